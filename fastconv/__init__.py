@@ -1,0 +1,22 @@
+"""fastconv: convolution and pooling primitives for NumPy arrays, with PyTorch's semantics.
+
+Every op has an explicit backward. Layouts are PyTorch's: ``(N, C, *spatial)`` inputs,
+``(C_out, C_in // groups, *kernel)`` conv weights, ``(C_in, C_out // groups, *kernel)``
+transposed-conv weights. The computing backend is chosen by ``FASTCONV_BACKEND``,
+:func:`set_backend` or :func:`use_backend`.
+"""
+
+from ._backend import available_backends, get_backend, set_backend, use_backend
+from .functional import *  # noqa: F403
+from .functional import __all__ as _functional_all
+
+__version__ = "0.1.0"
+
+__all__ = [
+    *_functional_all,
+    "available_backends",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+    "__version__",
+]

@@ -1,0 +1,147 @@
+"""NumPy reference backend: short, vectorised, obviously right.
+
+Every backend implements the same five primitives on 5-D arrays ``(N, C, D, H, W)`` with
+canonical arguments (three-int tuples, low-side padding only; the high side is implied by the
+output size). ``fastconv.functional`` composes everything else from them:
+
+- ``conv_forward``: cross-correlation, weight ``(K, C // groups, *kernel)``;
+- ``conv_transpose_forward``: its adjoint, weight ``(C_in, C_out // groups, *kernel)``, which is
+  also the convolution's input gradient;
+- ``conv_weight_grad``: the weight gradient, shared by both directions;
+- ``max_pool_forward`` (values and flat per-plane indices) and ``max_pool_backward``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+name = "numpy"
+
+
+def _padded(x, pad_lo, extent, fill=0):
+    """A copy of ``x`` padded by ``pad_lo`` and padded or cut at the end to ``extent``."""
+    out = np.full(x.shape[:2] + tuple(extent), fill, dtype=x.dtype)
+    dst, src = [slice(None)] * 2, [slice(None)] * 2
+    for size, lo, ext in zip(x.shape[2:], pad_lo, extent):
+        n = max(0, min(size, ext - lo))
+        dst.append(slice(lo, lo + n))
+        src.append(slice(0, n))
+    out[tuple(dst)] = x[tuple(src)]
+    return out
+
+
+def _extent(out_size, kernel, stride, dilation):
+    """How far along each axis the windows of a convolution reach."""
+    return [(o - 1) * s + d * (k - 1) + 1 for o, k, s, d in zip(out_size, kernel, stride, dilation)]
+
+
+def _windows(x, kernel, stride, dilation, out_size, groups=1):
+    """Read-only view ``(N, groups, C // groups, *out_size, *kernel)`` of the windows of ``x``."""
+    n, c = x.shape[:2]
+    sn, sc, *ss = x.strides
+    shape = (n, groups, c // groups, *out_size, *kernel)
+    strides = (sn, sc * (c // groups), sc, *(a * s for a, s in zip(ss, stride)),
+               *(a * d for a, d in zip(ss, dilation)))
+    return as_strided(x, shape, strides, writeable=False)
+
+
+def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size):
+    """``y[n, k, o] = sum_{c, r} x[n, g*Cg + c, o*stride - pad + r*dilation] * w[k, c, r]``."""
+    kernel = w.shape[2:]
+    xp = _padded(x, pad_lo, _extent(out_size, kernel, stride, dilation))
+    win = _windows(xp, kernel, stride, dilation, out_size, groups)
+    kg = w.shape[0] // groups
+    y = np.empty((x.shape[0], w.shape[0], *out_size), dtype=x.dtype)
+    for g in range(groups):
+        wg = w[g * kg:(g + 1) * kg]
+        prod = np.tensordot(win[:, g], wg, axes=([1, 5, 6, 7], [1, 2, 3, 4]))
+        y[:, g * kg:(g + 1) * kg] = np.moveaxis(prod, -1, 1)
+    return y
+
+
+def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size):
+    """The adjoint of :func:`conv_forward`: each input element scatters ``x * w`` on its window."""
+    n, c_in = x.shape[:2]
+    cig, cog = c_in // groups, w.shape[1]
+    in_size = x.shape[2:]
+    reach = _extent(in_size, w.shape[2:], stride, dilation)
+    full = [max(r, lo + o) for r, lo, o in zip(reach, pad_lo, out_size)]
+    buf = np.zeros((n, cog * groups, *full), dtype=x.dtype)
+    for g, offset in itertools.product(range(groups), np.ndindex(*w.shape[2:])):
+        xg = x[:, g * cig:(g + 1) * cig]
+        wg = w[g * cig:(g + 1) * cig, :, offset[0], offset[1], offset[2]]
+        contrib = np.moveaxis(np.tensordot(xg, wg, axes=([1], [0])), -1, 1)
+        where = tuple(slice(r * d, r * d + (i - 1) * s + 1, s)
+                      for r, d, i, s in zip(offset, dilation, in_size, stride))
+        buf[(slice(None), slice(g * cog, (g + 1) * cog)) + where] += contrib
+    crop = tuple(slice(lo, lo + o) for lo, o in zip(pad_lo, out_size))
+    return np.ascontiguousarray(buf[(slice(None), slice(None)) + crop])
+
+
+def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
+    """``gw[k, c, r] = sum_{n, o} gy[n, k, o] * x[n, g*Cg + c, o*stride - pad + r*dilation]``."""
+    out_size = gy.shape[2:]
+    xp = _padded(x, pad_lo, _extent(out_size, kernel, stride, dilation))
+    win = _windows(xp, kernel, stride, dilation, out_size, groups)
+    k, kg, cg = gy.shape[1], gy.shape[1] // groups, x.shape[1] // groups
+    gw = np.empty((k, cg, *kernel), dtype=x.dtype)
+    for g in range(groups):
+        gw[g * kg:(g + 1) * kg] = np.tensordot(gy[:, g * kg:(g + 1) * kg], win[:, g],
+                                               axes=([0, 2, 3, 4], [0, 2, 3, 4]))
+    return gw
+
+
+def _first_valid(out, size, kernel, stride, pad, dilation):
+    """Per axis, the first in-bounds position of each window (PyTorch's default argmax)."""
+    start = np.arange(out) * stride - pad
+    skip = np.maximum(0, -(start // dilation))  # steps of `dilation` needed to reach 0
+    return start + skip * dilation
+
+
+def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size):
+    """Max over each window and the flat per-plane index of the element taken.
+
+    PyTorch's rule: the first maximum wins, any NaN beats every number and the last NaN wins,
+    and a window of only ``-inf`` (or, degenerately, of padding only) points at its first
+    in-bounds position.
+    """
+    n, c = x.shape[:2]
+    size = x.shape[2:]
+    extent = _extent(out_size, kernel, stride, dilation)
+    values = _windows(_padded(x, pad_lo, extent, -np.inf), kernel, stride, dilation, out_size)
+    values = values.reshape(n, c, *out_size, -1)
+    flat = np.arange(np.prod(size), dtype=np.int64).reshape(1, 1, *size)
+    where = _windows(_padded(flat, pad_lo, extent, -1), kernel, stride, dilation, out_size)
+    where = where.reshape(*out_size, -1)
+
+    valid = where >= 0
+    nan = np.isnan(values) & valid
+    finite = np.where(valid & ~nan, values, -np.inf)
+    best = finite.max(axis=-1, keepdims=True)
+    first_max = np.argmax((finite == best) & valid, axis=-1)
+    last_nan = nan.shape[-1] - 1 - np.argmax(nan[..., ::-1], axis=-1)
+    pick = np.where(nan.any(axis=-1), last_nan, first_max)
+
+    y = np.take_along_axis(values, pick[..., None], axis=-1)[..., 0]
+    idx = np.take_along_axis(np.broadcast_to(where, values.shape), pick[..., None], axis=-1)[..., 0]
+    starts = [_first_valid(o, s, k, st, p, d)
+              for o, s, k, st, p, d in zip(out_size, size, kernel, stride, pad_lo, dilation)]
+    default = (starts[0][:, None, None] * size[1] + starts[1][None, :, None]) * size[2] \
+        + starts[2][None, None, :]
+    only_ninf = (best[..., 0] == -np.inf) & ~nan.any(axis=-1)
+    idx = np.where(only_ninf, default, idx)
+    return np.ascontiguousarray(y), np.ascontiguousarray(idx)
+
+
+def max_pool_backward(gy, idx, in_size):
+    """Scatter-add ``gy`` into the positions ``idx`` of each input plane."""
+    n, c = gy.shape[:2]
+    plane = int(np.prod(in_size))
+    rows = np.arange(n * c).reshape(n, c, 1, 1, 1) * plane
+    keep = (idx >= 0) & (idx < plane)  # only a window of padding points outside its plane
+    flat = (rows + idx)[keep]
+    gx = np.bincount(flat, weights=gy[keep], minlength=n * c * plane)
+    return gx.astype(gy.dtype).reshape(n, c, *in_size)

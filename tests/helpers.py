@@ -1,0 +1,84 @@
+"""Test helpers: the PyTorch oracle and the closeness rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
+
+
+def assert_close(actual, expected, dtype, what=""):
+    """Relative error in the 2-norm, against the reference's norm, within the dtype's budget."""
+    expected = np.asarray(expected)
+    assert isinstance(actual, np.ndarray), f"{what}: got {type(actual).__name__}"
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype} != {dtype}"
+    if expected.size == 0:
+        return
+    scale = np.linalg.norm(expected.astype(np.float64))
+    err = np.linalg.norm(actual.astype(np.float64) - expected.astype(np.float64))
+    assert err <= TOL[np.dtype(dtype)] * max(scale, 1e-30), (
+        f"{what}: relative error {err / max(scale, 1e-30):.3g} (dtype {dtype})")
+
+
+def randn(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def autograd(f, arrays, rng):
+    """Run ``f`` on PyTorch copies of ``arrays`` and backpropagate a random ``grad_output``.
+
+    Returns ``(y, extra, grad_output, grads)``: the output, a second output if ``f`` returns a
+    pair (pooling indices), the upstream gradient drawn, and the gradient of each array.
+    """
+    tensors = [None if a is None else torch.from_numpy(np.array(a)).requires_grad_()
+               for a in arrays]
+    out = f(*tensors)
+    y, extra = out if isinstance(out, tuple) else (out, None)
+    gy = randn(rng, tuple(y.shape), arrays[0].dtype)
+    y.backward(torch.from_numpy(gy))
+    grads = [None if t is None else t.grad.numpy() for t in tensors]
+    extra = None if extra is None else extra.numpy()
+    return y.detach().numpy(), extra, gy, grads
+
+
+def torch_pad(pairs):
+    """Per-axis (lo, hi) pairs as F.pad's flat argument (last axis first)."""
+    return tuple(v for lo, hi in reversed(pairs) for v in (lo, hi))
+
+
+def pairs_of(padding, nd, kernel, dilation):
+    """Any fastconv conv padding as explicit (lo, hi) pairs."""
+    if padding == "valid":
+        return [(0, 0)] * nd
+    if padding == "same":
+        d = dilation if isinstance(dilation, tuple) else (dilation,) * nd
+        totals = [dd * (k - 1) for k, dd in zip(kernel, d)]
+        return [(t // 2, t - t // 2) for t in totals]
+    if isinstance(padding, int):
+        return [(padding, padding)] * nd
+    if all(isinstance(p, int) for p in padding):
+        return [(p, p) for p in padding]
+    return [tuple(p) for p in padding]
+
+
+TORCH_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
+              "circular": "circular"}
+
+
+def torch_conv(nd, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
+    """A function of (x, w, b) computing fastconv's conv with PyTorch."""
+    conv = getattr(F, f"conv{nd}d")
+
+    def f(x, w, b):
+        simple = padding_mode == "zeros" and (isinstance(padding, (int, str)) or all(
+            isinstance(p, int) for p in padding))
+        if simple:
+            return conv(x, w, b, stride, padding, dilation, groups)
+        pairs = pairs_of(padding, nd, w.shape[2:], dilation)
+        xp = F.pad(x, torch_pad(pairs), mode=TORCH_MODE[padding_mode])
+        return conv(xp, w, b, stride, 0, dilation, groups)
+
+    return f
