@@ -323,6 +323,14 @@ def pool_spec(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode):
                     lift(dilation, 1), bool(ceil_mode), lift(in_size, 1), lift(out, 1))
 
 
+def check_avg_pool3d_input(fn, spec: PoolSpec):
+    """PyTorch's avg_pool3d (alone among the pooling ops) needs the unpadded input to hold a
+    whole kernel; fastconv follows it so that the two accept the same calls."""
+    if any(i < k for i, k in zip(spec.in_size, spec.kernel)):
+        _fail(fn, f"input spatial size {spec.in_size} is smaller than kernel_size {spec.kernel} "
+                  "(PyTorch's avg_pool3d requires the unpadded input to cover the kernel)")
+
+
 def check_grad_output(fn, grad_output, expected_shape, dtype):
     """The gradient must have the forward output's shape and the input's dtype."""
     if tuple(grad_output.shape) != tuple(expected_shape):

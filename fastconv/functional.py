@@ -181,6 +181,8 @@ def _max_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding, dil
 def _avg_pool_setup(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                     divisor_override):
     spec = P.pool_spec(fn, nd, x, kernel_size, stride, padding, 1, ceil_mode)
+    if nd == 3:
+        P.check_avg_pool3d_input(fn, spec)
     override = P.check_divisor_override(fn, divisor_override)
     divisor = P.avg_pool_divisor(spec, count_include_pad, override).astype(x.dtype)
     return spec, divisor, _ones_kernel(x.shape[-nd - 1], spec.kernel, x.dtype)

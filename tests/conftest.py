@@ -16,6 +16,9 @@ import fastconv
 settings.register_profile(
     "fastconv", max_examples=30, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(  # HYPOTHESIS_PROFILE=thorough for a longer hunt
+    "thorough", max_examples=400, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fastconv"))
 
 BACKENDS = ["numpy", "numba"]

@@ -197,7 +197,8 @@ def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size):
 def max_pool_backward(gy, idx, in_size):
     n, c = gy.shape[:2]
     plane = int(np.prod(in_size))
-    gx = _max_pool_backward(gy.reshape(n * c, -1), idx.reshape(n * c, -1), plane)
+    outs = int(np.prod(gy.shape[2:]))  # explicit: -1 cannot be inferred for an empty batch
+    gx = _max_pool_backward(gy.reshape(n * c, outs), idx.reshape(n * c, outs), plane)
     return gx.reshape(n, c, *in_size)
 
 

@@ -112,10 +112,11 @@ def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size):
     size = x.shape[2:]
     extent = _extent(out_size, kernel, stride, dilation)
     values = _windows(_padded(x, pad_lo, extent, -np.inf), kernel, stride, dilation, out_size)
-    values = values.reshape(n, c, *out_size, -1)
+    taps = int(np.prod(kernel))  # explicit: -1 cannot be inferred for an empty batch
+    values = values.reshape(n, c, *out_size, taps)
     flat = np.arange(np.prod(size), dtype=np.int64).reshape(1, 1, *size)
     where = _windows(_padded(flat, pad_lo, extent, -1), kernel, stride, dilation, out_size)
-    where = where.reshape(*out_size, -1)
+    where = where.reshape(*out_size, taps)
 
     valid = where >= 0
     nan = np.isnan(values) & valid

@@ -1,0 +1,75 @@
+"""Output-size rules and the public shape helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastconv as fc
+from fastconv._params import conv_output_size, pool_output_size
+
+ints = st.integers
+
+
+@given(size=ints(1, 60), k=ints(1, 9), s=ints(1, 5), lo=ints(0, 4), hi=ints(0, 4), d=ints(1, 4))
+def test_conv_output_size_defining_inequality(size, k, s, lo, hi, d):
+    """``out`` windows fit in the padded input and one more would not."""
+    out = conv_output_size(size, k, s, lo, hi, d)
+    span = d * (k - 1) + 1
+    padded = size + lo + hi
+    if out > 0:
+        assert (out - 1) * s + span <= padded < out * s + span
+    else:
+        assert padded < span
+
+
+@given(size=ints(1, 40), k=ints(1, 6), s=ints(1, 4), d=ints(1, 3), data=st.data())
+def test_pool_output_size_matches_torch(size, k, s, d, data):
+    p = data.draw(ints(0, k // 2))
+    for ceil_mode in (False, True):
+        out = pool_output_size(size, k, s, p, d, ceil_mode)
+        try:
+            expected = F.max_pool1d(torch.zeros(1, 1, size), k, s, p, d, ceil_mode).shape[-1]
+        except RuntimeError:
+            expected = 0  # PyTorch rejects an empty output
+        assert max(out, 0) == expected
+
+
+def test_shape_helpers_match_the_ops(rng):
+    x = rng.standard_normal((3, 4, 11, 9))
+    w = rng.standard_normal((6, 2, 3, 2))
+    kw = {"stride": (2, 1), "padding": ((1, 0), (2, 2)), "dilation": (1, 2), "groups": 2}
+    assert fc.conv_output_shape(x.shape, w.shape, **kw) == fc.conv2d(x, w, **kw).shape
+    wt = rng.standard_normal((4, 3, 3, 3))
+    kt = {"stride": 2, "padding": 1, "output_padding": (1, 0), "groups": 2}
+    assert (fc.conv_transpose_output_shape(x.shape, wt.shape, **kt)
+            == fc.conv_transpose2d(x, wt, **kt).shape)
+    assert fc.pool_output_shape(x.shape, 3, 2, 1, ceil_mode=True) == fc.max_pool2d(
+        x, 3, 2, 1, ceil_mode=True).shape
+    assert fc.pool_output_shape(x[0].shape, (2, 2)) == fc.avg_pool2d(x[0], 2).shape
+
+
+@pytest.mark.parametrize("shape, weight, kw, expected", [
+    ((256, 1, 28, 28), (6, 1, 5, 5), {"padding": 2}, (256, 6, 28, 28)),
+    ((32, 128, 28, 28), (256, 128, 3, 3), {"stride": 2, "padding": 1}, (32, 256, 14, 14)),
+    ((4, 32, 16, 56, 56), (64, 32, 3, 3, 3), {"padding": 1}, (4, 64, 16, 56, 56)),
+    ((8, 3, 100), (5, 3, 7), {"padding": "same", "dilation": 3}, (8, 5, 100)),
+])
+def test_known_conv_shapes(shape, weight, kw, expected):
+    assert fc.conv_output_shape(shape, weight, **kw) == expected
+    assert tuple(getattr(F, f"conv{len(shape) - 2}d")(
+        torch.zeros(shape), torch.zeros(weight), **kw).shape) == expected
+
+
+def test_padding_normalisation():
+    from fastconv._params import conv_padding
+    assert conv_padding("f", 1, 2, (3, 3), (1, 1), (1, 1)) == ((1, 1), (1, 1))
+    assert conv_padding("f", (1, 2), 2, (3, 3), (1, 1), (1, 1)) == ((1, 1), (2, 2))
+    assert conv_padding("f", ((0, 1), (2, 3)), 2, (3, 3), (1, 1), (1, 1)) == ((0, 1), (2, 3))
+    assert conv_padding("f", "same", 2, (4, 3), (1, 1), (1, 3)) == ((1, 2), (3, 3))
+    assert conv_padding("f", "valid", 3, (4, 3, 1), (2, 2, 2), (1, 1, 1)) == ((0, 0),) * 3
+    assert conv_padding("f", np.int64(2), 1, (3,), (1,), (1,)) == ((2, 2),)
