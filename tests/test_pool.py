@@ -113,4 +113,4 @@ def test_max_pool_nan_and_inf_like_torch(nd, dtype, backend, rng):
     np.testing.assert_array_equal(y, y_t)  # equal NaN positions and values
     np.testing.assert_array_equal(idx, idx_t)
     gx = getattr(fc, f"max_pool{nd}d_backward")(gy, x, **kwargs)
-    np.testing.assert_allclose(gx, gx_t, rtol=1e-6, atol=0)
+    assert_close(gx, gx_t, dtype, "grad_x")  # sums of several gradients: rounding order varies
