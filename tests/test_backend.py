@@ -110,3 +110,33 @@ def test_numba_results_are_bitwise_repeatable(rng):
         for _ in range(3):
             for a, b in zip(first, fc.conv2d_backward(gy, x, w)):
                 assert np.array_equal(a, b)
+
+
+CONCURRENT = """
+import threading, numpy as np, fastconv as fc
+rng = np.random.default_rng(0)
+x, w = rng.standard_normal((8, 4, 32, 32)), rng.standard_normal((8, 4, 3, 3))
+expected = fc.conv2d(x, w, padding=1)
+results = []
+def work():
+    for _ in range(20):
+        results.append(np.array_equal(fc.conv2d(x, w, padding=1), expected))
+threads = [threading.Thread(target=work) for _ in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(len(results), all(results))
+"""
+
+
+def test_numba_calls_from_many_threads():
+    """Parallel kernels launched from several Python threads at once neither crash nor differ.
+
+    The child process forces Numba's workqueue threading layer, which aborts the process on
+    concurrent launches unless fastconv serialises them; a child keeps such an abort from
+    killing the test run.
+    """
+    env = dict(os.environ, FASTCONV_BACKEND="numba", NUMBA_THREADING_LAYER="workqueue")
+    done = subprocess.run([sys.executable, "-c", CONCURRENT], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["80", "True"]

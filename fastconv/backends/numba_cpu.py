@@ -9,6 +9,9 @@ Sums are accumulated in float64 and rounded once at the end.
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -178,22 +181,42 @@ def _max_pool_backward(gy, idx, plane):
     return gx
 
 
+# Numba's workqueue threading layer (used where neither OpenMP nor TBB is available) aborts the
+# process when two Python threads launch parallel kernels at once. Launches are serialised;
+# each one still uses every Numba thread.
+_launch_lock = threading.Lock()
+
+
+def _serialised(kernel_call):
+    @functools.wraps(kernel_call)
+    def call(*args):
+        with _launch_lock:
+            return kernel_call(*args)
+
+    return call
+
+
+@_serialised
 def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size):
     return _conv_forward(x, w, stride, pad_lo, dilation, groups, out_size)
 
 
+@_serialised
 def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size):
     return _conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size)
 
 
+@_serialised
 def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
     return _conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel)
 
 
+@_serialised
 def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size):
     return _max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size)
 
 
+@_serialised
 def max_pool_backward(gy, idx, in_size):
     n, c = gy.shape[:2]
     plane = int(np.prod(in_size))
