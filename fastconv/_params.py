@@ -120,12 +120,12 @@ def check_float(fn, dtype=None, **arrays):
 
 def check_batched(fn, x, nd):
     """Whether ``x`` has a batch axis: ``nd + 2`` dims (batched) or ``nd + 1`` (unbatched)."""
-    if x.ndim == nd + 2:
-        return True
-    if x.ndim == nd + 1:
-        return False
-    _fail(fn, f"input must have {nd + 2} dims (N, C, {_spatial_names(nd)}) or {nd + 1} "
-              f"(unbatched), got shape {x.shape}")
+    if x.ndim not in (nd + 1, nd + 2):
+        _fail(fn, f"input must have {nd + 2} dims (N, C, {_spatial_names(nd)}) or {nd + 1} "
+                  f"(unbatched), got shape {x.shape}")
+    if 0 in x.shape[-nd - 1:]:
+        _fail(fn, f"only the batch axis of the input may be empty, got shape {x.shape}")
+    return x.ndim == nd + 2
 
 
 def _spatial_names(nd):

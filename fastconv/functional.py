@@ -194,8 +194,6 @@ def _avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_
     spec, divisor, ones = _avg_pool_setup(fn, nd, x, kernel_size, stride, padding, ceil_mode,
                                           count_include_pad, divisor_override)
     channels = x.shape[-nd - 1]
-    if channels == 0:
-        return np.zeros(_output_shape(x, nd, spec.batched, 0, spec.out_size), dtype=x.dtype)
     sums = be.conv_forward(_to5d(x, nd, spec.batched), ones, spec.stride, spec.padding, _UNIT,
                            channels, spec.out_size)
     return _from5d(sums / divisor, nd, spec.batched)
@@ -209,8 +207,6 @@ def _avg_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding, cei
     channels = x.shape[-nd - 1]
     P.check_grad_output(fn, grad_output,
                         _output_shape(x, nd, spec.batched, channels, spec.out_size), x.dtype)
-    if channels == 0:
-        return np.zeros(x.shape, dtype=x.dtype)
     gy = _to5d(grad_output, nd, spec.batched) / divisor
     gx = be.conv_transpose_forward(gy, ones, spec.stride, spec.padding, _UNIT, channels,
                                    spec.in_size)
