@@ -40,7 +40,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, threads and the backends available here"
                    ).set_defaults(run=_info)
-    sub.add_parser("demo", help="a short tour: the textbook examples, computed and checked"
+    sub.add_parser("demo", help="a short tour: the textbook examples, computed with fastconv"
                    ).set_defaults(run=_demo)
     return parser
 

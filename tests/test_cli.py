@@ -1,0 +1,27 @@
+"""The ``fastconv`` command."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastconv.cli import main
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "fastconv 0.1.0" in out and "available: numpy, numba" in out
+
+
+def test_demo(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "[[19. 25.]\n [37. 43.]]" in out
+    assert "learned K = [[ 0.99 -0.99]]" in out  # ten steps of gradient descent from seed 0
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "info" in out and "demo" in out
