@@ -129,7 +129,7 @@ def check_batched(fn, x, nd):
 
 
 def _spatial_names(nd):
-    return ", ".join(("D", "H", "W")[SPATIAL - nd:])
+    return {1: "L", 2: "H, W", 3: "D, H, W"}[nd]
 
 
 # --------------------------------------------------------------------------- padding

@@ -43,13 +43,13 @@ _UNIT = (1, 1, 1)
 # --------------------------------------------------------------------------- plumbing
 
 
-def _backend_for(fn, dtype=None, **arrays):
+def _backend_for(fn, **arrays):
     """Check the arrays (type, float dtype, one device) and return the backend module."""
     xp = P.array_namespace(fn, **arrays)
     if xp is not np:
         raise TypeError(f"{fn}: CuPy arrays need the 'cupy' backend, which this version of "
                         "fastconv does not have yet; pass NumPy arrays")
-    P.check_float(fn, dtype, **arrays)
+    P.check_float(fn, **arrays)
     return _backend.resolve(fn)
 
 
