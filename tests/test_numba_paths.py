@@ -1,0 +1,62 @@
+"""The Numba backend's two ways to convolve (direct kernels; packing + BLAS in tasks) agree with
+the reference however the work is split: each path forced, and tasks as small as one row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import assert_close, randn
+
+import fastconv as fc
+from fastconv.backends import numba_cpu
+
+SETTINGS = {
+    "direct": {"_GEMM_MIN_WORK": 10**9},
+    "gemm": {"_GEMM_MIN_WORK": 0},
+    "gemm_row_tasks": {"_GEMM_MIN_WORK": 0, "_TASK_BYTES": 1},  # a row or a channel per task
+}
+
+CASES = [
+    (2, {"padding": 1}),
+    (2, {"stride": (2, 1), "padding": ((0, 2), (1, 0)), "dilation": (1, 2), "groups": 2}),
+    (3, {"stride": 2, "padding": 1, "groups": 2}),
+    (1, {"stride": 3, "dilation": 2, "padding": 2}),
+]
+
+
+def run_all(nd, kw, x, w, gy, wt):
+    conv = getattr(fc, f"conv{nd}d")
+    out = [conv(x, w, **kw), *getattr(fc, f"conv{nd}d_backward")(gy, x, w, **kw)]
+    tkw = {k: v for k, v in kw.items() if k in ("stride", "dilation", "groups")}
+    yt = getattr(fc, f"conv_transpose{nd}d")(x, wt, **tkw)
+    out += [yt, *getattr(fc, f"conv_transpose{nd}d_backward")(np.ones_like(yt), x, wt, **tkw)]
+    return out
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("nd, kw", CASES)
+def test_paths_agree_with_reference(setting, nd, kw, dtype, rng, monkeypatch):
+    for attr, value in SETTINGS[setting].items():
+        monkeypatch.setattr(numba_cpu, attr, value)
+    size = {1: (17,), 2: (9, 11), 3: (5, 6, 7)}[nd]
+    x = randn(rng, (3, 4, *size), dtype)
+    w = randn(rng, (6, 4 // kw.get("groups", 1), *(3,) * nd), dtype)
+    wt = randn(rng, (4, 3, *(2,) * nd), dtype)
+    gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, **kw), dtype)
+    with fc.use_backend("numpy"):
+        expected = run_all(nd, kw, x, w, gy, wt)
+    with fc.use_backend("numba"):
+        got = run_all(nd, kw, x, w, gy, wt)
+    for a, b, what in zip(got, expected, ["y", "gx", "gw", "gb", "yt", "gxt", "gwt", "gbt"]):
+        assert_close(a, b, dtype, what)
+
+
+def test_single_thread_path(rng, monkeypatch):
+    """One task: the call runs in the caller's thread with BLAS's own threads."""
+    monkeypatch.setattr(numba_cpu, "_TASK_BYTES", 1 << 30)
+    x = randn(rng, (1, 4, 9, 9), np.float64)
+    w = randn(rng, (6, 4, 3, 3), np.float64)
+    with fc.use_backend("numpy"):
+        expected = fc.conv2d(x, w, padding=1)
+    with fc.use_backend("numba"):
+        assert_close(fc.conv2d(x, w, padding=1), expected, np.float64, "forward")
