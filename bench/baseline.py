@@ -54,8 +54,14 @@ def make_calls(op, x_shape, w_shape, kwargs, rng):
             txg.grad = None
             t(txg, w_shape, **kwargs).backward(torch.from_numpy(gy))
 
-        return (lambda: f(x, w_shape, **kwargs),
-                lambda: (f(x, w_shape, **kwargs), back(gy, x, w_shape, **kwargs)),
+        def fc_both():
+            if op.startswith("max"):  # keep the indices, as PyTorch's autograd does
+                _, idx = f(x, w_shape, **kwargs, return_indices=True)
+                return back(gy, x, w_shape, **kwargs, indices=idx)
+            f(x, w_shape, **kwargs)
+            return back(gy, x, w_shape, **kwargs)
+
+        return (lambda: f(x, w_shape, **kwargs), fc_both,
                 lambda: t(tx, w_shape, **kwargs), torch_both)
     w = rng.standard_normal(w_shape).astype(np.float32)
     channels = w_shape[1] * kwargs.get("groups", 1) if "transpose" in op else w_shape[0]

@@ -24,110 +24,148 @@ name = "numba"
 _jit = {"cache": True, "parallel": True, "nogil": True}
 
 
+@njit(cache=True, inline="always")
+def _valid_range(count, stride, offset, size):
+    """The positions ``j`` in ``[0, count)`` with ``0 <= j * stride + offset < size``."""
+    lo = 0
+    while lo < count and lo * stride + offset < 0:
+        lo += 1
+    hi = count
+    while hi > lo and (hi - 1) * stride + offset >= size:
+        hi -= 1
+    return lo, hi
+
+
 @njit(**_jit)
 def _conv_forward(x, w, stride, pad, dilation, groups, out_size):
+    """Direct convolution, one (image, output channel) plane per task.
+
+    Each tap adds ``weight * input row`` into an output row (in cache), so unit-stride rows
+    vectorise; the sum order per element (channels, then taps) is fixed.
+    """
     n_batch, c_in, d_in, h_in, w_in = x.shape
     k_out, cg, kd, kh, kw = w.shape
     od_n, oh_n, ow_n = out_size
     kg = k_out // groups
-    y = np.empty((n_batch, k_out, od_n, oh_n, ow_n), dtype=x.dtype)
+    sw = stride[2]
+    y = np.zeros((n_batch, k_out, od_n, oh_n, ow_n), dtype=x.dtype)
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
     for task in prange(n_batch * k_out):
         n, k = task // k_out, task % k_out
         c0 = (k // kg) * cg
-        for od in range(od_n):
-            for oh in range(oh_n):
-                for ow in range(ow_n):
-                    acc = 0.0
-                    for c in range(cg):
-                        for rd in range(kd):
+        y_plane = task * od_n * oh_n * ow_n
+        for c in range(cg):
+            x_plane = (n * c_in + c0 + c) * d_in
+            for rd in range(kd):
+                for rh in range(kh):
+                    for rw in range(kw):
+                        wv = w[k, c, rd, rh, rw]
+                        off = rw * dilation[2] - pad[2]
+                        lo, hi = _valid_range(ow_n, sw, off, w_in)
+                        for od in range(od_n):
                             i_d = od * stride[0] - pad[0] + rd * dilation[0]
                             if i_d < 0 or i_d >= d_in:
                                 continue
-                            for rh in range(kh):
+                            for oh in range(oh_n):
                                 i_h = oh * stride[1] - pad[1] + rh * dilation[1]
                                 if i_h < 0 or i_h >= h_in:
                                     continue
-                                for rw in range(kw):
-                                    i_w = ow * stride[2] - pad[2] + rw * dilation[2]
-                                    if i_w < 0 or i_w >= w_in:
-                                        continue
-                                    acc += x[n, c0 + c, i_d, i_h, i_w] * w[k, c, rd, rh, rw]
-                    y[n, k, od, oh, ow] = acc
+                                dst = y_plane + (od * oh_n + oh) * ow_n
+                                src = ((x_plane + i_d) * h_in + i_h) * w_in + off
+                                if sw == 1:
+                                    for ow in range(lo, hi):
+                                        yf[np.uintp(dst + ow)] += wv * xf[np.uintp(src + ow)]
+                                else:
+                                    for ow in range(lo, hi):
+                                        yf[np.uintp(dst + ow)] += wv * xf[np.uintp(src + ow * sw)]
     return y
-
-
-@njit(cache=True, inline="always")
-def _source(o_pos, r, stride, pad, dilation, size):
-    """Input position whose window puts tap ``r`` on ``o_pos``, or -1 if there is none."""
-    t = o_pos + pad - r * dilation
-    if t < 0 or t % stride:
-        return -1
-    t //= stride
-    return t if t < size else -1
 
 
 @njit(**_jit)
 def _conv_transpose_forward(x, w, stride, pad, dilation, groups, out_size):
+    """Direct transposed convolution, one (image, output channel) plane per task.
+
+    Each input row, times a tap's weight, is added into the output row it lands on; a task
+    owns its plane, so the scatter is race-free and its order fixed.
+    """
     n_batch, c_in, d_in, h_in, w_in = x.shape
     _, cog, kd, kh, kw = w.shape
     od_n, oh_n, ow_n = out_size
     c_out = cog * groups
     cig = c_in // groups
-    y = np.empty((n_batch, c_out, od_n, oh_n, ow_n), dtype=x.dtype)
+    sw = stride[2]
+    y = np.zeros((n_batch, c_out, od_n, oh_n, ow_n), dtype=x.dtype)
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
     for task in prange(n_batch * c_out):
         n, co = task // c_out, task % c_out
         ci0, cc = (co // cog) * cig, co % cog
-        for od in range(od_n):
-            for oh in range(oh_n):
-                for ow in range(ow_n):
-                    acc = 0.0
-                    for rd in range(kd):
-                        i_d = _source(od, rd, stride[0], pad[0], dilation[0], d_in)
-                        if i_d < 0:
-                            continue
-                        for rh in range(kh):
-                            i_h = _source(oh, rh, stride[1], pad[1], dilation[1], h_in)
-                            if i_h < 0:
+        y_plane = task * od_n * oh_n * ow_n
+        for ci in range(ci0, ci0 + cig):
+            x_plane = (n * c_in + ci) * d_in
+            for rd in range(kd):
+                for rh in range(kh):
+                    for rw in range(kw):
+                        wv = w[ci, cc, rd, rh, rw]
+                        off = rw * dilation[2] - pad[2]
+                        lo, hi = _valid_range(w_in, sw, off, ow_n)
+                        for i_d in range(d_in):
+                            o_d = i_d * stride[0] - pad[0] + rd * dilation[0]
+                            if o_d < 0 or o_d >= od_n:
                                 continue
-                            for rw in range(kw):
-                                i_w = _source(ow, rw, stride[2], pad[2], dilation[2], w_in)
-                                if i_w < 0:
+                            for i_h in range(h_in):
+                                o_h = i_h * stride[1] - pad[1] + rh * dilation[1]
+                                if o_h < 0 or o_h >= oh_n:
                                     continue
-                                for ci in range(ci0, ci0 + cig):
-                                    acc += x[n, ci, i_d, i_h, i_w] * w[ci, cc, rd, rh, rw]
-                    y[n, co, od, oh, ow] = acc
+                                dst = y_plane + (o_d * oh_n + o_h) * ow_n + off
+                                src = ((x_plane + i_d) * h_in + i_h) * w_in
+                                if sw == 1:
+                                    for iw in range(lo, hi):
+                                        yf[np.uintp(dst + iw)] += wv * xf[np.uintp(src + iw)]
+                                else:
+                                    for iw in range(lo, hi):
+                                        yf[np.uintp(dst + iw * sw)] += wv * xf[np.uintp(src + iw)]
     return y
 
 
-@njit(**_jit)
+# reassoc lets the row dot products vectorise; NaN and Inf still propagate through any order
+@njit(cache=True, parallel=True, nogil=True, fastmath={"reassoc", "contract"})
 def _conv_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
+    """Direct weight gradient, one (output channel, input channel) pair per task."""
     n_batch, c_in, d_in, h_in, w_in = x.shape
     _, k_out, od_n, oh_n, ow_n = gy.shape
     kd, kh, kw = kernel
     kg, cg = k_out // groups, c_in // groups
+    sw = stride[2]
     gw = np.empty((k_out, cg, kd, kh, kw), dtype=x.dtype)
-    for task in prange(k_out * cg * kd):
-        k, rest = task // (cg * kd), task % (cg * kd)
-        c, rd = rest // kd, rest % kd
+    xf = x.reshape(x.size)
+    gf = gy.reshape(gy.size)
+    for task in prange(k_out * cg):
+        k, c = task // cg, task % cg
         ci = (k // kg) * cg + c
-        for rh in range(kh):
-            for rw in range(kw):
-                acc = 0.0
-                for n in range(n_batch):
-                    for od in range(od_n):
-                        i_d = od * stride[0] - pad[0] + rd * dilation[0]
-                        if i_d < 0 or i_d >= d_in:
-                            continue
-                        for oh in range(oh_n):
-                            i_h = oh * stride[1] - pad[1] + rh * dilation[1]
-                            if i_h < 0 or i_h >= h_in:
+        for rd in range(kd):
+            for rh in range(kh):
+                for rw in range(kw):
+                    off = rw * dilation[2] - pad[2]
+                    lo, hi = _valid_range(ow_n, sw, off, w_in)
+                    acc = 0.0
+                    for n in range(n_batch):
+                        x_plane = (n * c_in + ci) * d_in
+                        g_plane = (n * k_out + k) * od_n
+                        for od in range(od_n):
+                            i_d = od * stride[0] - pad[0] + rd * dilation[0]
+                            if i_d < 0 or i_d >= d_in:
                                 continue
-                            for ow in range(ow_n):
-                                i_w = ow * stride[2] - pad[2] + rw * dilation[2]
-                                if i_w < 0 or i_w >= w_in:
+                            for oh in range(oh_n):
+                                i_h = oh * stride[1] - pad[1] + rh * dilation[1]
+                                if i_h < 0 or i_h >= h_in:
                                     continue
-                                acc += gy[n, k, od, oh, ow] * x[n, ci, i_d, i_h, i_w]
-                gw[k, c, rd, rh, rw] = acc
+                                g_row = ((g_plane + od) * oh_n + oh) * ow_n
+                                src = ((x_plane + i_d) * h_in + i_h) * w_in + off
+                                for ow in range(lo, hi):
+                                    acc += gf[np.uintp(g_row + ow)] * xf[np.uintp(src + ow * sw)]
+                    gw[k, c, rd, rh, rw] = acc
     return gw
 
 
@@ -240,18 +278,6 @@ def _im2col(x, c0, cg, kernel, stride, pad, dilation, out_size, n0, n1, r0, r1, 
                             oh += 1
                             if oh == oh_n:
                                 oh, od = 0, od + 1
-
-
-@njit(cache=True, inline="always")
-def _valid_range(count, stride, offset, size):
-    """The positions ``j`` in ``[0, count)`` with ``0 <= j * stride + offset < size``."""
-    lo = 0
-    while lo < count and lo * stride + offset < 0:
-        lo += 1
-    hi = count
-    while hi > lo and (hi - 1) * stride + offset >= size:
-        hi -= 1
-    return lo, hi
 
 
 @njit(cache=True, nogil=True)
