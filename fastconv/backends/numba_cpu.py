@@ -355,11 +355,19 @@ def _serialised(kernel_call):
 # call (one buffer per thread), large enough that BLAS runs near its peak.
 _TASK_BYTES = 4 << 20
 # Below this much work per output element (out-channels x in-channels x taps per group), the
-# packing costs more than BLAS saves (depthwise convolutions, average pooling): direct kernels.
+# packing costs more than BLAS saves: direct kernels.
 _GEMM_MIN_WORK = 32
 
 
 def _gemm_worthwhile(k_per_group, c_per_group, kernel):
+    """Whether packing + BLAS beats the direct kernels, for ``c_per_group`` packed channels.
+
+    With one packed channel per group (depthwise convolutions, hence average pooling, and
+    LeNet's first layer) packing only multiplies the memory traffic by the number of taps;
+    measured, the direct kernels win there (LeNet c1 forward 2.6 ms direct vs 3.8 ms packed).
+    """
+    if c_per_group == 1:
+        return False
     return k_per_group * c_per_group * int(np.prod(kernel)) >= _GEMM_MIN_WORK
 
 
@@ -505,7 +513,9 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size):
 
 @_serialised
 def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
-    if _gemm_worthwhile(gy.shape[1] // groups, x.shape[1] // groups, kernel):
+    k_per_group, c_per_group = gy.shape[1] // groups, x.shape[1] // groups
+    # packed even with one channel per group: LeNet c1's weight gradient 6.2 ms vs 10.2 direct
+    if k_per_group * c_per_group * int(np.prod(kernel)) >= _GEMM_MIN_WORK:
         return _conv_weight_grad_gemm(x, gy, stride, pad_lo, dilation, groups, kernel)
     return _conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel)
 
