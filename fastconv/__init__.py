@@ -7,6 +7,7 @@ transposed-conv weights. The computing backend is chosen by ``FASTCONV_BACKEND``
 """
 
 from ._backend import available_backends, get_backend, set_backend, use_backend
+from ._threads import get_num_threads, set_num_threads
 from .functional import *  # noqa: F403
 from .functional import __all__ as _functional_all
 
@@ -15,6 +16,8 @@ __version__ = "0.1.0"
 __all__ = [
     *_functional_all,
     "available_backends",
+    "get_num_threads",
+    "set_num_threads",
     "get_backend",
     "set_backend",
     "use_backend",

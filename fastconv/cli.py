@@ -33,6 +33,12 @@ def _demo(_args):
     return 0
 
 
+def _bench(args):
+    from .bench import run
+
+    return run(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="fastconv",
@@ -42,6 +48,15 @@ def build_parser():
                    ).set_defaults(run=_info)
     sub.add_parser("demo", help="a short tour: the textbook examples, computed with fastconv"
                    ).set_defaults(run=_demo)
+    bench = sub.add_parser(
+        "bench", help="time fastconv side by side with PyTorch and SciPy",
+        description="Time fastconv's primitives, forward and forward + backward, side by side "
+                    "with PyTorch (CPU), SciPy's correlate2d and the textbook loop; print a "
+                    "table last.")
+    from .bench import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(run=_bench)
     return parser
 
 

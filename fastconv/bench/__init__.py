@@ -1,0 +1,155 @@
+"""``fastconv bench``: fastconv's primitives timed side by side with PyTorch, SciPy and the
+textbook loop, with roofline figures, a table printed last, JSON and a plot.
+
+Method: every contender is warmed up first (Numba compiles then, outside the numbers), then
+timed ``--repeat`` times, the contenders taking turns in every round, and the median kept.
+Inputs are fresh random data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+
+import numpy as np
+
+from .cases import CASE_HELP, SUITES, parse_case
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser):
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = CASE_HELP
+    parser.add_argument("--suite", choices=sorted(SUITES), default=None,
+                        help="a named set of cases (default: all, unless --case is given)")
+    parser.add_argument("--case", action="append", default=[], metavar="SPEC",
+                        help="a case of your own (repeatable); see below")
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated fastconv backends (default: all available)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds (median kept)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for fastconv, PyTorch and BLAS (default: all cores)")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="time fastconv only (no PyTorch, SciPy or textbook loop)")
+    parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
+    parser.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios to PyTorch")
+    parser.add_argument("--compare", nargs=2, metavar=("OLD.json", "NEW.json"),
+                        help="print the changes between two saved runs, and nothing else")
+    parser.add_argument("--startup", action="store_true",
+                        help="also time import + a first conv2d in fresh processes "
+                             "(empty and warm Numba cache, and PyTorch)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+
+
+def _versions():
+    import numba
+    import scipy
+
+    import fastconv
+
+    versions = {"fastconv": fastconv.__version__, "numpy": np.__version__,
+                "numba": numba.__version__, "scipy": scipy.__version__,
+                "python": platform.python_version()}
+    try:
+        import torch
+
+        versions["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def _set_threads(threads):
+    """Give fastconv, PyTorch and BLAS the same thread count; return it."""
+    import numba
+
+    import fastconv
+
+    threads = threads or numba.config.NUMBA_NUM_THREADS
+    fastconv.set_num_threads(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+    return threads
+
+
+def run(args):
+    from threadpoolctl import threadpool_limits
+    from tqdm import tqdm
+
+    import fastconv
+
+    from . import report
+    from .contenders import contenders_for, make_data
+    from .measure import alternate, ceilings, peak_memory
+    from .startup import startup, startup_table
+
+    if args.compare:
+        print(report.compare(*args.compare))
+        return 0
+    cases = list(SUITES[args.suite or ("all" if not args.case else None)]
+                 if (args.suite or not args.case) else [])
+    cases += [parse_case(spec) for spec in args.case]
+    backends = (args.backends.split(",") if args.backends else fastconv.available_backends())
+    unknown = set(backends) - set(fastconv.available_backends())
+    if unknown:
+        raise SystemExit(f"fastconv bench: backends not available here: {sorted(unknown)}; "
+                         f"available: {fastconv.available_backends()}")
+    dtype = np.dtype(args.dtype)
+    threads = _set_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    rows, notes = [], []
+    with threadpool_limits(threads, user_api="blas"):
+        ceil = ceilings(threads, dtype)
+        print(f"ceilings here: {ceil['flops'] / 1e9:.0f} GFLOP/s ({args.dtype} matmul), "
+              f"{ceil['bandwidth'] / 1e9:.1f} GB/s (copy); {threads} threads")
+        for case in tqdm(cases, desc="bench", unit="case"):
+            data = make_data(case, dtype, rng)
+            ready = []
+            for c in contenders_for(case, data, backends, peers=not args.no_peers):
+                try:  # warm-up: compilation and first-touch allocations stay out of the times
+                    c.forward()
+                    if c.both:
+                        c.both()
+                except Exception as exc:  # a peer that cannot compute this case is left out
+                    if c.is_fastconv:
+                        raise
+                    notes.append(f"{case.name}: {c.name} left out ({type(exc).__name__}: "
+                                 f"{str(exc)[:80]})")
+                    continue
+                ready.append(c)
+            fwd = alternate({c.name: c.forward for c in ready}, args.repeat)
+            both = alternate({c.name: c.both for c in ready if c.both}, args.repeat)
+            for c in ready:
+                peak = peak_memory(c.both or c.forward) if c.is_fastconv else None
+                rows.append(report.row_for(case, c.name, fwd[c.name], both.get(c.name),
+                                           fwd.get("torch"), both.get("torch"), peak,
+                                           dtype.itemsize, ceil))
+    means = report.geomeans(rows)
+    print()
+    print(report.table(rows))
+    print()
+    print(report.summary(means))
+    for note in notes:
+        print(note)
+    started = startup() if args.startup else None
+    if started:
+        print()
+        print(startup_table(started))
+    if args.json:
+        meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+                "machine": platform.machine(), "processor": platform.processor(),
+                "dtype": args.dtype, "repeat": args.repeat, "threads": threads,
+                "backends": backends, "ceilings": ceil, "versions": _versions()}
+        report.save_json(args.json, meta, rows, means, started)
+        print(f"wrote {args.json}")
+    if args.plot:
+        report.plot(args.plot, rows)
+        print(f"wrote {args.plot}")
+    return 0
