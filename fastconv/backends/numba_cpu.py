@@ -170,41 +170,62 @@ def _conv_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
 
 
 @njit(cache=True, inline="always")
-def _window(o_pos, kernel, stride, pad, dilation, size):
-    """First in-bounds position and end of a pooling window (PyTorch's loop bounds)."""
+def _first_in_bounds(o_pos, stride, pad, dilation):
+    """The first window position at or after ``o_pos * stride - pad`` that is not negative
+    (PyTorch's default argmax, which it keeps when nothing beats -inf)."""
     start = o_pos * stride - pad
-    end = min(start + (kernel - 1) * dilation + 1, size)
-    while start < 0:
-        start += dilation
-    return start, end
+    if start < 0:
+        start += ((-start + dilation - 1) // dilation) * dilation
+    return start
 
 
 @njit(**_jit)
 def _max_pool_forward(x, kernel, stride, pad, dilation, out_size):
+    """Max pooling, one (image, channel) plane per task, a tap at a time over output rows.
+
+    Taps run in the window's raster order and a candidate replaces the current best when it is
+    larger or NaN, so the first maximum and the last NaN win, as in PyTorch.
+    """
     n_batch, c_in, d_in, h_in, w_in = x.shape
     od_n, oh_n, ow_n = out_size
+    kd, kh, kw = kernel
+    sw = stride[2]
     y = np.empty((n_batch, c_in, od_n, oh_n, ow_n), dtype=x.dtype)
     idx = np.empty((n_batch, c_in, od_n, oh_n, ow_n), dtype=np.int64)
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    idf = idx.reshape(idx.size)
+    plane_in = d_in * h_in * w_in
     for task in prange(n_batch * c_in):
-        n, c = task // c_in, task % c_in
+        x_plane = task * plane_in
         for od in range(od_n):
-            d0, d1 = _window(od, kernel[0], stride[0], pad[0], dilation[0], d_in)
+            d0 = _first_in_bounds(od, stride[0], pad[0], dilation[0])
             for oh in range(oh_n):
-                h0, h1 = _window(oh, kernel[1], stride[1], pad[1], dilation[1], h_in)
+                h0 = _first_in_bounds(oh, stride[1], pad[1], dilation[1])
+                dst = ((task * od_n + od) * oh_n + oh) * ow_n
                 for ow in range(ow_n):
-                    w0, w1 = _window(ow, kernel[2], stride[2], pad[2], dilation[2], w_in)
-                    best = -np.inf
-                    where = (d0 * h_in + h0) * w_in + w0
-                    for i_d in range(d0, d1, dilation[0]):
-                        for i_h in range(h0, h1, dilation[1]):
-                            for i_w in range(w0, w1, dilation[2]):
-                                v = x[n, c, i_d, i_h, i_w]
-                                # NaN beats everything, and a later NaN beats an earlier one
-                                if v > best or np.isnan(v):
-                                    best = v
-                                    where = (i_d * h_in + i_h) * w_in + i_w
-                    y[n, c, od, oh, ow] = best
-                    idx[n, c, od, oh, ow] = where
+                    w0 = _first_in_bounds(ow, sw, pad[2], dilation[2])
+                    yf[np.uintp(dst + ow)] = -np.inf
+                    idf[np.uintp(dst + ow)] = (d0 * h_in + h0) * w_in + w0
+                for rd in range(kd):
+                    i_d = od * stride[0] - pad[0] + rd * dilation[0]
+                    if i_d < 0 or i_d >= d_in:
+                        continue
+                    for rh in range(kh):
+                        i_h = oh * stride[1] - pad[1] + rh * dilation[1]
+                        if i_h < 0 or i_h >= h_in:
+                            continue
+                        row = (i_d * h_in + i_h) * w_in
+                        for rw in range(kw):
+                            off = rw * dilation[2] - pad[2]
+                            lo, hi = _valid_range(ow_n, sw, off, w_in)
+                            for ow in range(lo, hi):
+                                where = row + ow * sw + off
+                                v = xf[np.uintp(x_plane + where)]
+                                best = yf[np.uintp(dst + ow)]
+                                if v > best or v != v:
+                                    yf[np.uintp(dst + ow)] = v
+                                    idf[np.uintp(dst + ow)] = where
     return y, idx
 
 
