@@ -2,8 +2,8 @@
 textbook loop, with roofline figures, a table printed last, JSON and a plot.
 
 Method: every contender is warmed up first (Numba compiles then, outside the numbers), then
-timed ``--repeat`` times, the contenders taking turns in every round, and the median kept.
-Inputs are fresh random data.
+timed ``--repeat`` times in three interleaved rounds (see ``measure.alternate``), and the
+median kept. Inputs are fresh random data.
 """
 
 from __future__ import annotations

@@ -44,12 +44,21 @@ def timed(call):
     return time.perf_counter() - start
 
 
-def alternate(calls, repeat):
-    """Median time of each call, the calls taking turns in every round (noise hits all alike)."""
+def alternate(calls, repeat, rounds=3):
+    """Median time of each call over ``repeat`` timed runs, in ``rounds`` interleaved rounds.
+
+    In a round, each call runs once untimed, then its share of the timed runs back to back.
+    Rounds interleave the contenders, so slow drifts of a shared machine hit all alike; the
+    untimed run and the consecutive timing keep one contender's idle threads, still spinning
+    after its call (PyTorch's OpenMP), from slowing the next one (measured: LeNet c2 through
+    fastconv took 8.2 ms right after a PyTorch call, 4.3 ms on its own).
+    """
+    per_round = max(1, -(-repeat // rounds))
     times = {name: [] for name in calls}
-    for _ in range(repeat):
+    for _ in range(rounds):
         for name, call in calls.items():
-            times[name].append(timed(call))
+            call()
+            times[name].extend(timed(call) for _ in range(per_round))
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
