@@ -21,6 +21,8 @@ CASES = [
     (2, {"stride": (2, 1), "padding": ((0, 2), (1, 0)), "dilation": (1, 2), "groups": 2}),
     (3, {"stride": 2, "padding": 1, "groups": 2}),
     (1, {"stride": 3, "dilation": 2, "padding": 2}),
+    (2, {"groups": 2, "kernel": 1}),  # pointwise: no packing at all
+    (3, {"kernel": 1}),
 ]
 
 
@@ -40,8 +42,10 @@ def test_paths_agree_with_reference(setting, nd, kw, dtype, rng, monkeypatch):
         monkeypatch.setattr(numba_cpu, attr, value)
     size = {1: (17,), 2: (9, 11), 3: (5, 6, 7)}[nd]
     x = randn(rng, (3, 4, *size), dtype)
-    w = randn(rng, (6, 4 // kw.get("groups", 1), *(3,) * nd), dtype)
-    wt = randn(rng, (4, 3, *(2,) * nd), dtype)
+    kw = dict(kw)
+    k = kw.pop("kernel", 3)
+    w = randn(rng, (6, 4 // kw.get("groups", 1), *(k,) * nd), dtype)
+    wt = randn(rng, (4, 3, *(2 if k == 3 else 1,) * nd), dtype)
     gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, **kw), dtype)
     with fc.use_backend("numpy"):
         expected = run_all(nd, kw, x, w, gy, wt)

@@ -450,6 +450,12 @@ def _run(tasks, work):
     return threads
 
 
+def _is_pointwise(kernel, stride, pad):
+    """A 1x1 kernel at stride 1 without padding: each image's (C, positions) block is already
+    the GEMM operand, so nothing needs packing."""
+    return all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not any(pad)
+
+
 def _conv_forward_gemm(x, w, stride, pad, dilation, groups, out_size):
     n_b, c_in = x.shape[:2]
     k_out, kernel = w.shape[0], w.shape[2:]
@@ -458,6 +464,17 @@ def _conv_forward_gemm(x, w, stride, pad, dilation, groups, out_size):
     rows, ow = out_size[0] * out_size[1], out_size[2]
     w2 = w.reshape(groups, kg, ck)
     y = np.empty((n_b, k_out, rows * ow), dtype=x.dtype)
+    threads = numba.get_num_threads()
+    if _is_pointwise(kernel, stride, pad):
+        x3 = x.reshape(n_b, c_in, rows * ow)
+
+        def per_image(slot, n0, n1):
+            for n in range(n0, n1):
+                for g in range(groups):
+                    np.matmul(w2[g], x3[n, g * cg:(g + 1) * cg], out=y[n, g * kg:(g + 1) * kg])
+
+        _run(_split(n_b, 0, threads), per_image)
+        return y.reshape(n_b, k_out, *out_size)
 
     def work(slot, n0, n1, r0, r1):
         cols = np.empty((ck, (n1 - n0) * (r1 - r0) * ow), dtype=x.dtype)
@@ -465,7 +482,6 @@ def _conv_forward_gemm(x, w, stride, pad, dilation, groups, out_size):
             _im2col(x, g * cg, cg, kernel, stride, pad, dilation, out_size, n0, n1, r0, r1, cols)
             _unpack_rows(w2[g] @ cols, y, g * kg, n0, n1, r0 * ow, r1 * ow)
 
-    threads = numba.get_num_threads()
     _run(_image_row_tasks(n_b, rows, ck * ow * x.itemsize, threads), work)
     return y.reshape(n_b, k_out, *out_size)
 
@@ -480,6 +496,18 @@ def _conv_weight_grad_gemm(x, gy, stride, pad, dilation, groups, kernel):
     threads = numba.get_num_threads()
     partial = np.zeros((threads, k_out, ck), dtype=x.dtype)  # one sum per thread, fixed order
 
+    if _is_pointwise(kernel, stride, pad):
+        x3 = x.reshape(n_b, c_in, rows * ow)
+
+        def per_image(slot, n0, n1):
+            for n in range(n0, n1):
+                for g in range(groups):
+                    partial[slot, g * kg:(g + 1) * kg] += (
+                        gy3[n, g * kg:(g + 1) * kg] @ x3[n, g * cg:(g + 1) * cg].T)
+
+        used = _run(_split(n_b, 0, threads), per_image)
+        return _sum_slots(partial, used).reshape(k_out, cg, *kernel)
+
     def work(slot, n0, n1, r0, r1):
         span = (n1 - n0) * (r1 - r0) * ow
         cols = np.empty((ck, span), dtype=x.dtype)
@@ -490,10 +518,15 @@ def _conv_weight_grad_gemm(x, gy, stride, pad, dilation, groups, kernel):
             partial[slot, g * kg:(g + 1) * kg] += grads @ cols.T
 
     used = _run(_image_row_tasks(n_b, rows, ck * ow * x.itemsize, threads), work)
-    gw = partial[0]
+    return _sum_slots(partial, used).reshape(k_out, cg, *kernel)
+
+
+def _sum_slots(partial, used):
+    """Add the per-thread partial sums, always in thread order."""
+    total = partial[0]
     for slot in range(1, used):
-        gw += partial[slot]
-    return gw.reshape(k_out, cg, *kernel)
+        total += partial[slot]
+    return total
 
 
 def _conv_transpose_forward_gemm(x, w, stride, pad, dilation, groups, out_size):
@@ -504,6 +537,17 @@ def _conv_transpose_forward_gemm(x, w, stride, pad, dilation, groups, out_size):
     w_t = w.reshape(groups, cig, cog * taps).transpose(0, 2, 1)  # (groups, cog * taps, cig)
     x3 = x.reshape(n_b, c_in, positions)
     y = np.empty((n_b, cog * groups, *out_size), dtype=x.dtype)
+    if _is_pointwise(kernel, stride, pad):
+        y3 = y.reshape(n_b, cog * groups, positions)
+
+        def per_image(slot, n0, n1):
+            for n in range(n0, n1):
+                for g in range(groups):
+                    np.matmul(w_t[g], x3[n, g * cig:(g + 1) * cig],
+                              out=y3[n, g * cog:(g + 1) * cog])
+
+        _run(_split(n_b, 0, numba.get_num_threads()), per_image)
+        return y
 
     def work(slot, n, g, c0, c1):
         cols = w_t[g, c0 * taps:c1 * taps] @ x3[n, g * cig:(g + 1) * cig]
