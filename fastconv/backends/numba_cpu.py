@@ -1,10 +1,17 @@
-"""Numba CPU backend: the five primitives of the reference backend as ``@njit`` kernels.
+"""Numba CPU backend: the five primitives of the reference backend, fast.
 
-Every kernel is gather-style: each output element is written by exactly one thread, so results
-are deterministic for a fixed thread count and no atomics are needed. Kernels trust their
-inputs (contiguous 5-D arrays, canonical tuples); ``fastconv.functional`` guarantees that.
+Two ways to compute, chosen per call (see ``_gemm_worthwhile``):
+
+- direct ``prange`` kernels (depthwise convolutions, hence average pooling; max pooling; small
+  convolutions), one output plane, or one weight-gradient entry, per task;
+- packing (im2col / col2im, serial GIL-free Numba kernels) plus BLAS, run as tasks on a few
+  Python threads, each task owning its outputs.
+
+Either way each output element is written by one task in a fixed order: no atomics, and
+results are bitwise repeatable for a fixed thread count. Direct kernels accumulate in the
+output's dtype, as BLAS does; the direct weight gradient accumulates in float64. Kernels trust
+their inputs (contiguous 5-D arrays, canonical tuples); ``fastconv.functional`` guarantees that.
 All ``@njit`` functions live in this one module, because Numba's cache tracks one source file.
-Sums are accumulated in float64 and rounded once at the end.
 """
 
 from __future__ import annotations
@@ -380,6 +387,11 @@ _TASK_BYTES = 4 << 20
 _GEMM_MIN_WORK = 32
 
 
+def _enough_work(k_per_group, c_per_group, kernel):
+    """Whether each output element takes enough multiply-adds for BLAS to pay for packing."""
+    return k_per_group * c_per_group * int(np.prod(kernel)) >= _GEMM_MIN_WORK
+
+
 def _gemm_worthwhile(k_per_group, c_per_group, kernel):
     """Whether packing + BLAS beats the direct kernels, for ``c_per_group`` packed channels.
 
@@ -387,9 +399,7 @@ def _gemm_worthwhile(k_per_group, c_per_group, kernel):
     LeNet's first layer) packing only multiplies the memory traffic by the number of taps;
     measured, the direct kernels win there (LeNet c1 forward 2.6 ms direct vs 3.8 ms packed).
     """
-    if c_per_group == 1:
-        return False
-    return k_per_group * c_per_group * int(np.prod(kernel)) >= _GEMM_MIN_WORK
+    return c_per_group > 1 and _enough_work(k_per_group, c_per_group, kernel)
 
 
 @functools.cache
@@ -578,9 +588,8 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size):
 
 @_serialised
 def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
-    k_per_group, c_per_group = gy.shape[1] // groups, x.shape[1] // groups
     # packed even with one channel per group: LeNet c1's weight gradient 6.2 ms vs 10.2 direct
-    if k_per_group * c_per_group * int(np.prod(kernel)) >= _GEMM_MIN_WORK:
+    if _enough_work(gy.shape[1] // groups, x.shape[1] // groups, kernel):
         return _conv_weight_grad_gemm(x, gy, stride, pad_lo, dilation, groups, kernel)
     return _conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel)
 
@@ -597,8 +606,3 @@ def max_pool_backward(gy, idx, in_size):
     outs = int(np.prod(gy.shape[2:]))  # explicit: -1 cannot be inferred for an empty batch
     gx = _max_pool_backward(gy.reshape(n * c, outs), idx.reshape(n * c, outs), plane)
     return gx.reshape(n, c, *in_size)
-
-
-def threads():
-    """Threads Numba's parallel loops use."""
-    return numba.get_num_threads()

@@ -93,9 +93,8 @@ def run(args):
     if args.compare:
         print(report.compare(*args.compare))
         return 0
-    cases = list(SUITES[args.suite or ("all" if not args.case else None)]
-                 if (args.suite or not args.case) else [])
-    cases += [parse_case(spec) for spec in args.case]
+    suite = args.suite or (None if args.case else "all")
+    cases = (list(SUITES[suite]) if suite else []) + [parse_case(spec) for spec in args.case]
     backends = (args.backends.split(",") if args.backends else fastconv.available_backends())
     unknown = set(backends) - set(fastconv.available_backends())
     if unknown:

@@ -50,33 +50,22 @@ def fastconv_contender(case: Case, data, backend):
     op = getattr(fastconv, case.op)
     back = getattr(fastconv, f"{case.op}_backward")
     kw = case.kwargs
-    if case.kind in ("conv", "conv_transpose"):
-        def forward():
-            with use(backend):
-                return op(x, w, b, **kw)
+    convolution = case.kind in ("conv", "conv_transpose")
+    operands = (x, w, b) if convolution else (x,)
+    grad_inputs = (gy, x, w) if convolution else (gy, x)
 
-        def both():
-            with use(backend):
-                op(x, w, b, **kw)
-                return back(gy, x, w, **kw)
-    elif case.kind == "max_pool":
-        def forward():
-            with use(backend):
-                return op(x, **kw)
+    def forward():
+        with use(backend):
+            return op(*operands, **kw)
 
-        def both():  # keep the indices for the backward, as PyTorch's autograd does
-            with use(backend):
+    def both():
+        with use(backend):
+            if case.kind == "max_pool":  # keep the indices, as PyTorch's autograd does
                 _, idx = op(x, **kw, return_indices=True)
                 return back(gy, x, **kw, indices=idx)
-    else:
-        def forward():
-            with use(backend):
-                return op(x, **kw)
+            op(*operands, **kw)
+            return back(*grad_inputs, **kw)
 
-        def both():
-            with use(backend):
-                op(x, **kw)
-                return back(gy, x, **kw)
     return Contender(f"fastconv-{backend}", forward, both, True)
 
 
