@@ -154,7 +154,7 @@ def _max_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, retu
     be = _backend_for(fn, input=x)
     spec = P.pool_spec(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode)
     y, idx = be.max_pool_forward(_to5d(x, nd, spec.batched), spec.kernel, spec.stride,
-                                 spec.padding, spec.dilation, spec.out_size)
+                                 spec.padding, spec.dilation, spec.out_size, return_indices)
     y = _from5d(y, nd, spec.batched)
     return (y, _from5d(idx, nd, spec.batched)) if return_indices else y
 
@@ -196,7 +196,8 @@ def _avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_
     channels = x.shape[-nd - 1]
     sums = be.conv_forward(_to5d(x, nd, spec.batched), ones, spec.stride, spec.padding, _UNIT,
                            channels, spec.out_size)
-    return _from5d(sums / divisor, nd, spec.batched)
+    sums /= divisor  # in place: a second output-sized array costs more than the division
+    return _from5d(sums, nd, spec.batched)
 
 
 def _avg_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding, ceil_mode,

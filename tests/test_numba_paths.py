@@ -64,3 +64,33 @@ def test_single_thread_path(rng, monkeypatch):
         expected = fc.conv2d(x, w, padding=1)
     with fc.use_backend("numba"):
         assert_close(fc.conv2d(x, w, padding=1), expected, np.float64, "forward")
+
+
+BANDED = [  # planes large enough that the direct kernels work in several bands of rows
+    ("conv2d", (1, 2, 150, 161), {"weight": (2, 1, 3, 3), "padding": 1, "groups": 2}),
+    ("conv2d", (1, 1, 131, 140), {"weight": (3, 1, 5, 3), "stride": 2, "dilation": (2, 1),
+                                   "padding": (3, 0)}),
+    ("conv3d", (1, 1, 3, 140, 130), {"weight": (1, 1, 2, 3, 3), "stride": (1, 3, 2),
+                                      "padding": (1, 1, 2)}),
+    ("max_pool2d", (1, 2, 301, 297), {"kernel_size": 3, "stride": 2, "padding": 1,
+                                      "ceil_mode": True}),
+    ("max_pool3d", (1, 1, 3, 150, 151), {"kernel_size": (2, 3, 3), "dilation": (1, 2, 1)}),
+    ("avg_pool2d", (1, 2, 299, 300), {"kernel_size": 3, "stride": 2, "padding": 1}),
+]
+
+
+@pytest.mark.parametrize("op, shape, kw", BANDED, ids=[c[0] for c in BANDED])
+def test_large_planes_in_bands(op, shape, kw, rng):
+    x = randn(rng, shape, np.float64)
+    kw = dict(kw)
+    args = (x, randn(rng, kw.pop("weight"), np.float64)) if "weight" in kw else (x,)
+    if op.startswith("max"):
+        kw["return_indices"] = True
+    with fc.use_backend("numpy"):
+        expected = getattr(fc, op)(*args, **kw)
+    with fc.use_backend("numba"):
+        got = getattr(fc, op)(*args, **kw)
+    if op.startswith("max"):
+        np.testing.assert_array_equal(got[1], expected[1])
+        got, expected = got[0], expected[0]
+    assert_close(got, expected, np.float64, op)

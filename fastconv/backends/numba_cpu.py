@@ -43,49 +43,154 @@ def _valid_range(count, stride, offset, size):
     return lo, hi
 
 
+# Direct kernels work band by band on a copy of the input: padded (so no tap needs a bounds
+# check) and split by stride phase (so every tap reads contiguously). With the band's rows laid
+# out at one pitch, a tap is one long multiply-add over the whole band, which vectorises; the
+# few lanes that fall in the pitch's slack columns are computed and never copied out.
+_BAND_ELEMS = 1 << 14  # input elements of one band's copy: stays in the L1/L2 caches
+
+
+@njit(cache=True, inline="always")
+def _band_geometry(o_n, stride, kernel, dilation):
+    """``(rows per band, row pitch)`` of the banded input copy for an output of ``o_n`` (H, W)."""
+    oh_n, ow_n = o_n
+    sh, sw = stride
+    kh, kw = kernel
+    dh, dw = dilation
+    pitch = ((ow_n - 1) * sw + (kw - 1) * dw + sw) // sw
+    fit = max(1, _BAND_ELEMS // (pitch * sw))
+    rows = ((fit - (kh - 1) * dh - 1) // sh) + 1
+    return max(1, min(oh_n, rows)), pitch
+
+
+@njit(cache=True, inline="always")
+def _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill):
+    col = col0 + 2 * m
+    buf[np.uintp(dst + m)] = xf[np.uintp(src + 2 * m)] if 0 <= col < w_in else fill
+    buf[np.uintp(odd + m)] = xf[np.uintp(src + 2 * m + 1)] if 0 <= col + 1 < w_in else fill
+
+
+@njit(cache=True, inline="always")
+def _fill_band(buf, xf, plane, h_in, w_in, row0, col0, sh, sw, hb, pitch, fill):
+    """``buf[ph, pw, j, m] = x[plane][row0 + j*sh + ph, col0 + m*sw + pw]``, ``fill`` outside."""
+    for ph in range(sh):
+        for j in range(hb):
+            row = row0 + j * sh + ph
+            dst = (ph * sw * hb + j) * pitch
+            if row < 0 or row >= h_in:
+                for pw in range(sw):
+                    for m in range(pitch):
+                        buf[np.uintp(dst + pw * hb * pitch + m)] = fill
+                continue
+            src = plane + row * w_in + col0
+            if sw == 2:
+                # both phases in one pass: contiguous pairs, which vectorise as shuffles
+                lo0, hi0 = _valid_range(pitch, 2, col0, w_in)
+                lo1, hi1 = _valid_range(pitch, 2, col0 + 1, w_in)
+                lo, hi = max(lo0, lo1), max(min(hi0, hi1), max(lo0, lo1))
+                odd = dst + hb * pitch
+                for m in range(lo, hi):
+                    buf[np.uintp(dst + m)] = xf[np.uintp(src + 2 * m)]
+                    buf[np.uintp(odd + m)] = xf[np.uintp(src + 2 * m + 1)]
+                for m in range(lo):
+                    _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill)
+                for m in range(hi, pitch):
+                    _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill)
+                continue
+            for pw in range(sw):
+                lo, hi = _valid_range(pitch, sw, col0 + pw, w_in)
+                d = dst + pw * hb * pitch
+                for m in range(lo):
+                    buf[np.uintp(d + m)] = fill
+                if sw == 1:
+                    for m in range(lo, hi):
+                        buf[np.uintp(d + m)] = xf[np.uintp(src + m)]
+                else:
+                    for m in range(lo, hi):
+                        buf[np.uintp(d + m)] = xf[np.uintp(src + m * sw + pw)]
+                for m in range(hi, pitch):
+                    buf[np.uintp(d + m)] = fill
+
+
+@njit(cache=True, inline="always")
+def _tap_start(rh, rw, dilation, sh, sw, hb, pitch):
+    """Where tap ``(rh, rw)`` starts reading in a band copied by :func:`_fill_band`."""
+    eh, ew = rh * dilation[1], rw * dilation[2]
+    return (((eh % sh) * sw + ew % sw) * hb + eh // sh) * pitch + ew // sw
+
+
+@njit(cache=True, inline="always")
+def _conv_taps(acc, buf, span, w_row, rh, rw, count, dilation, sh, sw, hb, pitch):
+    """Add taps ``rw:rw+count`` (at most 3) of kernel row ``rh`` into ``acc``, one pass.
+
+    A pass per three taps loads and stores ``acc`` a third as often; the sum order per element
+    stays tap by tap.
+    """
+    s0 = _tap_start(rh, rw, dilation, sh, sw, hb, pitch)
+    w0 = w_row[rw]
+    if count == 1:
+        for i in range(span):
+            acc[np.uintp(i)] += w0 * buf[np.uintp(s0 + i)]
+        return
+    s1 = _tap_start(rh, rw + 1, dilation, sh, sw, hb, pitch)
+    w1 = w_row[rw + 1]
+    if count == 2:
+        for i in range(span):
+            acc[np.uintp(i)] = (acc[np.uintp(i)] + w0 * buf[np.uintp(s0 + i)]
+                                + w1 * buf[np.uintp(s1 + i)])
+        return
+    s2 = _tap_start(rh, rw + 2, dilation, sh, sw, hb, pitch)
+    w2 = w_row[rw + 2]
+    for i in range(span):
+        acc[np.uintp(i)] = (acc[np.uintp(i)] + w0 * buf[np.uintp(s0 + i)]
+                            + w1 * buf[np.uintp(s1 + i)] + w2 * buf[np.uintp(s2 + i)])
+
+
 @njit(**_jit)
 def _conv_forward(x, w, stride, pad, dilation, groups, out_size):
-    """Direct convolution, one (image, output channel) plane per task.
+    """Direct convolution, one (image, output channel) plane per task, in bands of rows.
 
-    Each tap adds ``weight * input row`` into an output row (in cache), so unit-stride rows
-    vectorise; the sum order per element (channels, then taps) is fixed.
+    Per output element the sum runs over channels, then taps in raster order, from zero.
     """
     n_batch, c_in, d_in, h_in, w_in = x.shape
     k_out, cg, kd, kh, kw = w.shape
     od_n, oh_n, ow_n = out_size
     kg = k_out // groups
-    sw = stride[2]
-    y = np.zeros((n_batch, k_out, od_n, oh_n, ow_n), dtype=x.dtype)
-    xf = x.reshape(x.size)
+    sh, sw = stride[1], stride[2]
+    band, pitch = _band_geometry((oh_n, ow_n), (sh, sw), (kh, kw), (dilation[1], dilation[2]))
+    hb_most = ((band - 1) * sh + (kh - 1) * dilation[1] + sh) // sh
+    plane_in = d_in * h_in * w_in
+    y = np.empty((n_batch, k_out, od_n, oh_n, ow_n), dtype=x.dtype)
     yf = y.reshape(y.size)
+    xf = x.reshape(x.size)
     for task in prange(n_batch * k_out):
         n, k = task // k_out, task % k_out
         c0 = (k // kg) * cg
-        y_plane = task * od_n * oh_n * ow_n
-        for c in range(cg):
-            x_plane = (n * c_in + c0 + c) * d_in
-            for rd in range(kd):
-                for rh in range(kh):
-                    for rw in range(kw):
-                        wv = w[k, c, rd, rh, rw]
-                        off = rw * dilation[2] - pad[2]
-                        lo, hi = _valid_range(ow_n, sw, off, w_in)
-                        for od in range(od_n):
-                            i_d = od * stride[0] - pad[0] + rd * dilation[0]
-                            if i_d < 0 or i_d >= d_in:
-                                continue
-                            for oh in range(oh_n):
-                                i_h = oh * stride[1] - pad[1] + rh * dilation[1]
-                                if i_h < 0 or i_h >= h_in:
-                                    continue
-                                dst = y_plane + (od * oh_n + oh) * ow_n
-                                src = ((x_plane + i_d) * h_in + i_h) * w_in + off
-                                if sw == 1:
-                                    for ow in range(lo, hi):
-                                        yf[np.uintp(dst + ow)] += wv * xf[np.uintp(src + ow)]
-                                else:
-                                    for ow in range(lo, hi):
-                                        yf[np.uintp(dst + ow)] += wv * xf[np.uintp(src + ow * sw)]
+        buf = np.empty(sh * sw * hb_most * pitch, dtype=x.dtype)
+        acc = np.empty(band * pitch, dtype=x.dtype)
+        for od in range(od_n):
+            for oh0 in range(0, oh_n, band):
+                rows = min(band, oh_n - oh0)
+                hb = ((rows - 1) * sh + (kh - 1) * dilation[1] + sh) // sh
+                span = (rows - 1) * pitch + ow_n
+                for i in range(span):
+                    acc[np.uintp(i)] = 0
+                for c in range(cg):
+                    for rd in range(kd):
+                        i_d = od * stride[0] - pad[0] + rd * dilation[0]
+                        if i_d < 0 or i_d >= d_in:
+                            continue
+                        plane = (n * c_in + c0 + c) * plane_in + i_d * h_in * w_in
+                        _fill_band(buf, xf, plane, h_in, w_in, oh0 * sh - pad[1], -pad[2],
+                                   sh, sw, hb, pitch, 0)
+                        for rh in range(kh):
+                            for rw in range(0, kw, 3):
+                                _conv_taps(acc, buf, span, w[k, c, rd, rh], rh, rw,
+                                           min(3, kw - rw), dilation, sh, sw, hb, pitch)
+                for r in range(rows):
+                    dst = ((task * od_n + od) * oh_n + oh0 + r) * ow_n
+                    for ow in range(ow_n):
+                        yf[np.uintp(dst + ow)] = acc[np.uintp(r * pitch + ow)]
     return y
 
 
@@ -187,53 +292,91 @@ def _first_in_bounds(o_pos, stride, pad, dilation):
 
 
 @njit(**_jit)
-def _max_pool_forward(x, kernel, stride, pad, dilation, out_size):
-    """Max pooling, one (image, channel) plane per task, a tap at a time over output rows.
+def _max_pool_forward(x, kernel, stride, pad, dilation, out_size, with_indices):
+    """Max pooling, one (image, channel) plane per task, in bands of rows (as the convolution).
 
     Taps run in the window's raster order and a candidate replaces the current best when it is
-    larger or NaN, so the first maximum and the last NaN win, as in PyTorch.
+    larger or NaN, so the first maximum and the last NaN win, as in PyTorch; padding reads as
+    ``-inf``, which never replaces. The winning tap is kept per element and turned into a flat
+    input index only when the band is written out, and only ``with_indices``.
     """
     n_batch, c_in, d_in, h_in, w_in = x.shape
     od_n, oh_n, ow_n = out_size
     kd, kh, kw = kernel
-    sw = stride[2]
+    sh, sw = stride[1], stride[2]
+    band, pitch = _band_geometry((oh_n, ow_n), (sh, sw), (kh, kw), (dilation[1], dilation[2]))
+    hb_most = ((band - 1) * sh + (kh - 1) * dilation[1] + sh) // sh
+    plane_in = d_in * h_in * w_in
     y = np.empty((n_batch, c_in, od_n, oh_n, ow_n), dtype=x.dtype)
-    idx = np.empty((n_batch, c_in, od_n, oh_n, ow_n), dtype=np.int64)
+    idx_shape = (n_batch, c_in, od_n, oh_n, ow_n) if with_indices else (0, 0, 0, 0, 0)
+    idx = np.empty(idx_shape, dtype=np.int64)
+    # flat input offset of each tap, relative to the window's corner
+    tap_offset = np.empty(kd * kh * kw, dtype=np.int64)
+    for rd in range(kd):
+        for rh in range(kh):
+            for rw in range(kw):
+                tap_offset[(rd * kh + rh) * kw + rw] = (
+                    (rd * dilation[0] * h_in + rh * dilation[1]) * w_in + rw * dilation[2])
     xf = x.reshape(x.size)
     yf = y.reshape(y.size)
     idf = idx.reshape(idx.size)
-    plane_in = d_in * h_in * w_in
+    lowest = x.dtype.type(-np.inf)
     for task in prange(n_batch * c_in):
-        x_plane = task * plane_in
+        buf = np.empty(sh * sw * hb_most * pitch, dtype=x.dtype)
+        best = np.empty(band * pitch, dtype=x.dtype)
+        won = np.empty(band * pitch, dtype=np.int32)
         for od in range(od_n):
             d0 = _first_in_bounds(od, stride[0], pad[0], dilation[0])
-            for oh in range(oh_n):
-                h0 = _first_in_bounds(oh, stride[1], pad[1], dilation[1])
-                dst = ((task * od_n + od) * oh_n + oh) * ow_n
-                for ow in range(ow_n):
-                    w0 = _first_in_bounds(ow, sw, pad[2], dilation[2])
-                    yf[np.uintp(dst + ow)] = -np.inf
-                    idf[np.uintp(dst + ow)] = (d0 * h_in + h0) * w_in + w0
+            for oh0 in range(0, oh_n, band):
+                rows = min(band, oh_n - oh0)
+                hb = ((rows - 1) * sh + (kh - 1) * dilation[1] + sh) // sh
+                span = (rows - 1) * pitch + ow_n
+                for i in range(span):
+                    best[np.uintp(i)] = lowest
+                    won[np.uintp(i)] = -1
                 for rd in range(kd):
                     i_d = od * stride[0] - pad[0] + rd * dilation[0]
                     if i_d < 0 or i_d >= d_in:
                         continue
+                    _fill_band(buf, xf, task * plane_in + i_d * h_in * w_in, h_in, w_in,
+                               oh0 * sh - pad[1], -pad[2], sh, sw, hb, pitch, lowest)
                     for rh in range(kh):
-                        i_h = oh * stride[1] - pad[1] + rh * dilation[1]
-                        if i_h < 0 or i_h >= h_in:
-                            continue
-                        row = (i_d * h_in + i_h) * w_in
+                        eh = rh * dilation[1]
                         for rw in range(kw):
-                            off = rw * dilation[2] - pad[2]
-                            lo, hi = _valid_range(ow_n, sw, off, w_in)
-                            for ow in range(lo, hi):
-                                where = row + ow * sw + off
-                                v = xf[np.uintp(x_plane + where)]
-                                best = yf[np.uintp(dst + ow)]
-                                if v > best or v != v:
-                                    yf[np.uintp(dst + ow)] = v
-                                    idf[np.uintp(dst + ow)] = where
+                            ew = rw * dilation[2]
+                            src = (((eh % sh) * sw + ew % sw) * hb + eh // sh) * pitch
+                            src += ew // sw
+                            if with_indices:
+                                tap = np.int32((rd * kh + rh) * kw + rw)
+                                for i in range(span):
+                                    v = buf[np.uintp(src + i)]
+                                    b = best[np.uintp(i)]
+                                    take = (v > b) | (v != v)
+                                    best[np.uintp(i)] = v if take else b
+                                    won[np.uintp(i)] = tap if take else won[np.uintp(i)]
+                            else:
+                                for i in range(span):
+                                    v = buf[np.uintp(src + i)]
+                                    b = best[np.uintp(i)]
+                                    best[np.uintp(i)] = v if (v > b) | (v != v) else b
+                for r in range(rows):
+                    oh = oh0 + r
+                    dst = ((task * od_n + od) * oh_n + oh) * ow_n
+                    for ow in range(ow_n):
+                        yf[np.uintp(dst + ow)] = best[np.uintp(r * pitch + ow)]
+                    if with_indices:
+                        h0 = _first_in_bounds(oh, stride[1], pad[1], dilation[1])
+                        corner = ((od * stride[0] - pad[0]) * h_in
+                                  + oh * stride[1] - pad[1]) * w_in - pad[2]
+                        for ow in range(ow_n):
+                            t = won[np.uintp(r * pitch + ow)]
+                            if t >= 0:
+                                idf[np.uintp(dst + ow)] = corner + ow * sw + tap_offset[t]
+                            else:
+                                w0 = _first_in_bounds(ow, sw, pad[2], dilation[2])
+                                idf[np.uintp(dst + ow)] = (d0 * h_in + h0) * w_in + w0
     return y, idx
+
 
 
 @njit(**_jit)
@@ -595,8 +738,9 @@ def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
 
 
 @_serialised
-def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size):
-    return _max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size)
+def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices=True):
+    y, idx = _max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices)
+    return y, (idx if indices else None)
 
 
 @_serialised

@@ -8,7 +8,8 @@ output size). ``fastconv.functional`` composes everything else from them:
 - ``conv_transpose_forward``: its adjoint, weight ``(C_in, C_out // groups, *kernel)``, which is
   also the convolution's input gradient;
 - ``conv_weight_grad``: the weight gradient, shared by both directions;
-- ``max_pool_forward`` (values and flat per-plane indices) and ``max_pool_backward``.
+- ``max_pool_forward`` (values and, when asked, flat per-plane indices) and
+  ``max_pool_backward``.
 """
 
 from __future__ import annotations
@@ -101,8 +102,11 @@ def _first_valid(out, size, kernel, stride, pad, dilation):
     return start + skip * dilation
 
 
-def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size):
+def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices=True):
     """Max over each window and the flat per-plane index of the element taken.
+
+    Backends may skip the indices when ``indices`` is false (and return ``None`` for them);
+    this reference always computes them, as its one definition of the rules.
 
     PyTorch's rule: the first maximum wins, any NaN beats every number and the last NaN wins,
     and a window of only ``-inf`` (or, degenerately, of padding only) points at its first
@@ -134,7 +138,7 @@ def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size):
         + starts[2][None, None, :]
     only_ninf = (best[..., 0] == -np.inf) & ~nan.any(axis=-1)
     idx = np.where(only_ninf, default, idx)
-    return np.ascontiguousarray(y), np.ascontiguousarray(idx)
+    return np.ascontiguousarray(y), (np.ascontiguousarray(idx) if indices else None)
 
 
 def max_pool_backward(gy, idx, in_size):
