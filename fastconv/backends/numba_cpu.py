@@ -244,7 +244,12 @@ def _conv_transpose_forward(x, w, stride, pad, dilation, groups, out_size):
 # reassoc lets the row dot products vectorise; NaN and Inf still propagate through any order
 @njit(cache=True, parallel=True, nogil=True, fastmath={"reassoc", "contract"})
 def _conv_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
-    """Direct weight gradient, one (output channel, input channel) pair per task."""
+    """Direct weight gradient, one (output channel, input channel) pair per task.
+
+    Image by image, so that the two planes a task reads stay in cache across the taps. Each
+    tap sums into a row of float64 lanes, one per output column, added up once at the end:
+    a horizontal sum per output row cost more than the multiply-adds.
+    """
     n_batch, c_in, d_in, h_in, w_in = x.shape
     _, k_out, od_n, oh_n, ow_n = gy.shape
     kd, kh, kw = kernel
@@ -256,15 +261,16 @@ def _conv_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
     for task in prange(k_out * cg):
         k, c = task // cg, task % cg
         ci = (k // kg) * cg + c
-        for rd in range(kd):
-            for rh in range(kh):
-                for rw in range(kw):
-                    off = rw * dilation[2] - pad[2]
-                    lo, hi = _valid_range(ow_n, sw, off, w_in)
-                    acc = 0.0
-                    for n in range(n_batch):
-                        x_plane = (n * c_in + ci) * d_in
-                        g_plane = (n * k_out + k) * od_n
+        lanes = np.zeros((kd * kh * kw, ow_n))
+        for n in range(n_batch):
+            x_plane = (n * c_in + ci) * d_in
+            g_plane = (n * k_out + k) * od_n
+            for rd in range(kd):
+                for rh in range(kh):
+                    for rw in range(kw):
+                        off = rw * dilation[2] - pad[2]
+                        lo, hi = _valid_range(ow_n, sw, off, w_in)
+                        lane = lanes[(rd * kh + rh) * kw + rw]
                         for od in range(od_n):
                             i_d = od * stride[0] - pad[0] + rd * dilation[0]
                             if i_d < 0 or i_d >= d_in:
@@ -276,8 +282,10 @@ def _conv_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
                                 g_row = ((g_plane + od) * oh_n + oh) * ow_n
                                 src = ((x_plane + i_d) * h_in + i_h) * w_in + off
                                 for ow in range(lo, hi):
-                                    acc += gf[np.uintp(g_row + ow)] * xf[np.uintp(src + ow * sw)]
-                    gw[k, c, rd, rh, rw] = acc
+                                    lane[np.uintp(ow)] += (gf[np.uintp(g_row + ow)]
+                                                           * xf[np.uintp(src + ow * sw)])
+        for t in range(kd * kh * kw):
+            gw[k, c, t // (kh * kw), (t // kw) % kh, t % kw] = lanes[t].sum()
     return gw
 
 
@@ -726,7 +734,23 @@ def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size):
 def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size):
     if _gemm_worthwhile(x.shape[1] // groups, w.shape[1], w.shape[2:]):
         return _conv_transpose_forward_gemm(x, w, stride, pad_lo, dilation, groups, out_size)
+    if all(s == 1 for s in stride):
+        return _conv_forward(x, *_as_conv(w, pad_lo, dilation, groups), dilation, groups,
+                             out_size)
     return _conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size)
+
+
+def _as_conv(w, pad_lo, dilation, groups):
+    """At stride 1 a transposed convolution is a convolution: kernel flipped, its two channel
+    axes swapped per group, padding ``dilation * (k - 1) - pad`` (negative means a crop).
+    Returns ``(weight, stride, padding)`` for :func:`_conv_forward`, whose banded kernel
+    outruns the scatter kernel (depthwise input gradient 23 -> 19 ms)."""
+    c_in, cog, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    cig = c_in // groups
+    flipped = w.reshape(groups, cig, cog, *kernel)[..., ::-1, ::-1, ::-1]
+    weight = np.ascontiguousarray(flipped.transpose(0, 2, 1, 3, 4, 5))
+    pad = tuple(d * (k - 1) - p for d, k, p in zip(dilation, kernel, pad_lo))
+    return weight.reshape(groups * cog, cig, *kernel), (1, 1, 1), pad
 
 
 @_serialised
