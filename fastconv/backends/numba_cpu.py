@@ -71,12 +71,13 @@ def _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill):
 
 
 @njit(cache=True, inline="always")
-def _fill_band(buf, xf, plane, h_in, w_in, row0, col0, sh, sw, hb, pitch, fill):
-    """``buf[ph, pw, j, m] = x[plane][row0 + j*sh + ph, col0 + m*sw + pw]``, ``fill`` outside."""
+def _fill_band(buf, base, xf, plane, h_in, w_in, row0, col0, sh, sw, hb, pitch, fill):
+    """``buf[base:][ph, pw, j, m] = x[plane][row0 + j*sh + ph, col0 + m*sw + pw]``, ``fill``
+    outside."""
     for ph in range(sh):
         for j in range(hb):
             row = row0 + j * sh + ph
-            dst = (ph * sw * hb + j) * pitch
+            dst = base + (ph * sw * hb + j) * pitch
             if row < 0 or row >= h_in:
                 for pw in range(sw):
                     for m in range(pitch):
@@ -120,26 +121,26 @@ def _tap_start(rh, rw, dilation, sh, sw, hb, pitch):
 
 
 @njit(cache=True, inline="always")
-def _conv_taps(acc, buf, span, w_row, rh, rw, count, dilation, sh, sw, hb, pitch):
+def _conv_taps(acc, buf, base, span, w_row, rh, rw, count, dilation, sh, sw, hb, pitch):
     """Add taps ``rw:rw+count`` (at most 3) of kernel row ``rh`` into ``acc``, one pass.
 
     A pass per three taps loads and stores ``acc`` a third as often; the sum order per element
     stays tap by tap.
     """
-    s0 = _tap_start(rh, rw, dilation, sh, sw, hb, pitch)
+    s0 = base + _tap_start(rh, rw, dilation, sh, sw, hb, pitch)
     w0 = w_row[rw]
     if count == 1:
         for i in range(span):
             acc[np.uintp(i)] += w0 * buf[np.uintp(s0 + i)]
         return
-    s1 = _tap_start(rh, rw + 1, dilation, sh, sw, hb, pitch)
+    s1 = base + _tap_start(rh, rw + 1, dilation, sh, sw, hb, pitch)
     w1 = w_row[rw + 1]
     if count == 2:
         for i in range(span):
             acc[np.uintp(i)] = (acc[np.uintp(i)] + w0 * buf[np.uintp(s0 + i)]
                                 + w1 * buf[np.uintp(s1 + i)])
         return
-    s2 = _tap_start(rh, rw + 2, dilation, sh, sw, hb, pitch)
+    s2 = base + _tap_start(rh, rw + 2, dilation, sh, sw, hb, pitch)
     w2 = w_row[rw + 2]
     for i in range(span):
         acc[np.uintp(i)] = (acc[np.uintp(i)] + w0 * buf[np.uintp(s0 + i)]
@@ -147,8 +148,9 @@ def _conv_taps(acc, buf, span, w_row, rh, rw, count, dilation, sh, sw, hb, pitch
 
 
 @njit(**_jit)
-def _conv_forward(x, w, stride, pad, dilation, groups, out_size):
-    """Direct convolution, one (image, output channel) plane per task, in bands of rows.
+def _conv_forward(x, w, stride, pad, dilation, groups, out_size, k_chunk):
+    """Direct convolution in bands of output rows; a task is one image, one group and up to
+    ``k_chunk`` of its output channels, which share the band's input copies.
 
     Per output element the sum runs over channels, then taps in raster order, from zero.
     """
@@ -156,42 +158,59 @@ def _conv_forward(x, w, stride, pad, dilation, groups, out_size):
     k_out, cg, kd, kh, kw = w.shape
     od_n, oh_n, ow_n = out_size
     kg = k_out // groups
+    chunks = (kg + k_chunk - 1) // k_chunk
     sh, sw = stride[1], stride[2]
     band, pitch = _band_geometry((oh_n, ow_n), (sh, sw), (kh, kw), (dilation[1], dilation[2]))
-    hb_most = ((band - 1) * sh + (kh - 1) * dilation[1] + sh) // sh
+    slice_len = sh * sw * (((band - 1) * sh + (kh - 1) * dilation[1] + sh) // sh) * pitch
     plane_in = d_in * h_in * w_in
+    plane_out = od_n * oh_n * ow_n
     y = np.empty((n_batch, k_out, od_n, oh_n, ow_n), dtype=x.dtype)
     yf = y.reshape(y.size)
     xf = x.reshape(x.size)
-    for task in prange(n_batch * k_out):
-        n, k = task // k_out, task % k_out
-        c0 = (k // kg) * cg
-        buf = np.empty(sh * sw * hb_most * pitch, dtype=x.dtype)
+    for task in prange(n_batch * groups * chunks):
+        n, g, chunk = task // (groups * chunks), (task // chunks) % groups, task % chunks
+        k0 = g * kg + chunk * k_chunk
+        k1 = min(g * kg + kg, k0 + k_chunk)
+        bufs = np.empty(cg * kd * slice_len, dtype=x.dtype)
         acc = np.empty(band * pitch, dtype=x.dtype)
         for od in range(od_n):
             for oh0 in range(0, oh_n, band):
                 rows = min(band, oh_n - oh0)
                 hb = ((rows - 1) * sh + (kh - 1) * dilation[1] + sh) // sh
                 span = (rows - 1) * pitch + ow_n
-                for i in range(span):
-                    acc[np.uintp(i)] = 0
                 for c in range(cg):
                     for rd in range(kd):
                         i_d = od * stride[0] - pad[0] + rd * dilation[0]
-                        if i_d < 0 or i_d >= d_in:
-                            continue
-                        plane = (n * c_in + c0 + c) * plane_in + i_d * h_in * w_in
-                        _fill_band(buf, xf, plane, h_in, w_in, oh0 * sh - pad[1], -pad[2],
-                                   sh, sw, hb, pitch, 0)
-                        for rh in range(kh):
-                            for rw in range(0, kw, 3):
-                                _conv_taps(acc, buf, span, w[k, c, rd, rh], rh, rw,
-                                           min(3, kw - rw), dilation, sh, sw, hb, pitch)
-                for r in range(rows):
-                    dst = ((task * od_n + od) * oh_n + oh0 + r) * ow_n
-                    for ow in range(ow_n):
-                        yf[np.uintp(dst + ow)] = acc[np.uintp(r * pitch + ow)]
+                        if 0 <= i_d < d_in:
+                            plane = (n * c_in + g * cg + c) * plane_in + i_d * h_in * w_in
+                            _fill_band(bufs, (c * kd + rd) * slice_len, xf, plane, h_in, w_in,
+                                       oh0 * sh - pad[1], -pad[2], sh, sw, hb, pitch, 0)
+                for k in range(k0, k1):
+                    for i in range(span):
+                        acc[np.uintp(i)] = 0
+                    for c in range(cg):
+                        for rd in range(kd):
+                            i_d = od * stride[0] - pad[0] + rd * dilation[0]
+                            if i_d < 0 or i_d >= d_in:
+                                continue
+                            for rh in range(kh):
+                                for rw in range(0, kw, 3):
+                                    _conv_taps(acc, bufs, (c * kd + rd) * slice_len, span,
+                                               w[k, c, rd, rh], rh, rw, min(3, kw - rw),
+                                               dilation, sh, sw, hb, pitch)
+                    for r in range(rows):
+                        dst = (n * k_out + k) * plane_out + (od * oh_n + oh0 + r) * ow_n
+                        for ow in range(ow_n):
+                            yf[np.uintp(dst + ow)] = acc[np.uintp(r * pitch + ow)]
     return y
+
+
+def _direct_conv(x, w, stride, pad, dilation, groups, out_size):
+    """:func:`_conv_forward` with output channels chunked so that there are enough tasks."""
+    tasks = x.shape[0] * groups
+    kg = w.shape[0] // groups
+    chunks = min(kg, -(-4 * numba.get_num_threads() // max(tasks, 1)))
+    return _conv_forward(x, w, stride, pad, dilation, groups, out_size, -(-kg // max(chunks, 1)))
 
 
 @njit(**_jit)
@@ -346,7 +365,7 @@ def _max_pool_forward(x, kernel, stride, pad, dilation, out_size, with_indices):
                     i_d = od * stride[0] - pad[0] + rd * dilation[0]
                     if i_d < 0 or i_d >= d_in:
                         continue
-                    _fill_band(buf, xf, task * plane_in + i_d * h_in * w_in, h_in, w_in,
+                    _fill_band(buf, 0, xf, task * plane_in + i_d * h_in * w_in, h_in, w_in,
                                oh0 * sh - pad[1], -pad[2], sh, sw, hb, pitch, lowest)
                     for rh in range(kh):
                         eh = rh * dilation[1]
@@ -727,7 +746,7 @@ def _conv_transpose_forward_gemm(x, w, stride, pad, dilation, groups, out_size):
 def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size):
     if _gemm_worthwhile(w.shape[0] // groups, w.shape[1], w.shape[2:]):
         return _conv_forward_gemm(x, w, stride, pad_lo, dilation, groups, out_size)
-    return _conv_forward(x, w, stride, pad_lo, dilation, groups, out_size)
+    return _direct_conv(x, w, stride, pad_lo, dilation, groups, out_size)
 
 
 @_serialised
@@ -735,8 +754,8 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size):
     if _gemm_worthwhile(x.shape[1] // groups, w.shape[1], w.shape[2:]):
         return _conv_transpose_forward_gemm(x, w, stride, pad_lo, dilation, groups, out_size)
     if all(s == 1 for s in stride):
-        return _conv_forward(x, *_as_conv(w, pad_lo, dilation, groups), dilation, groups,
-                             out_size)
+        return _direct_conv(x, *_as_conv(w, pad_lo, dilation, groups), dilation, groups,
+                            out_size)
     return _conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size)
 
 
