@@ -408,14 +408,21 @@ def _max_pool_forward(x, kernel, stride, pad, dilation, out_size, with_indices):
 
 @njit(**_jit)
 def _max_pool_backward(gy, idx, plane):
-    # planes are independent, so a plane-per-thread scatter is race-free and deterministic
+    # planes are independent, so a plane-per-thread scatter is race-free and deterministic;
+    # each task zeroes its own plane first, so that plane is in cache for the scatter
     rows, outs = gy.shape
-    gx = np.zeros((rows, plane), dtype=gy.dtype)
+    gx = np.empty((rows, plane), dtype=gy.dtype)
+    gxf = gx.reshape(gx.size)
+    gyf = gy.reshape(gy.size)
+    idf = idx.reshape(idx.size)
     for r in prange(rows):
-        for o in range(outs):
-            i = idx[r, o]
+        base = r * plane
+        for i in range(plane):
+            gxf[np.uintp(base + i)] = 0
+        for o in range(r * outs, (r + 1) * outs):
+            i = idf[np.uintp(o)]
             if 0 <= i < plane:
-                gx[r, i] += gy[r, o]
+                gxf[np.uintp(base + i)] += gyf[np.uintp(o)]
     return gx
 
 
