@@ -78,12 +78,6 @@ def _padded_input(x5, spec):
     return pad(x5, spec.padding, spec.padding_mode), (0, 0, 0)
 
 
-def _add_bias(y, bias):
-    if bias is not None:
-        y += bias.reshape(1, -1, 1, 1, 1)
-    return y
-
-
 def _ones_kernel(channels, kernel, dtype):
     """Depthwise weight that turns a conv into a window sum (average pooling)."""
     return np.ones((channels, 1) + tuple(kernel), dtype=dtype)
@@ -97,8 +91,8 @@ def _conv(fn, nd, x, weight, bias, stride, padding, dilation, groups, padding_mo
     spec = P.conv_spec(fn, nd, x, weight, bias, stride, padding, dilation, groups, padding_mode)
     x5, pad_lo = _padded_input(_to5d(x, nd, spec.batched), spec)
     y = be.conv_forward(x5, _to5d(weight, nd), spec.stride, pad_lo, spec.dilation, spec.groups,
-                        spec.out_size)
-    return _from5d(_add_bias(y, bias), nd, spec.batched)
+                        spec.out_size, bias)
+    return _from5d(y, nd, spec.batched)
 
 
 def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, groups,
@@ -125,8 +119,8 @@ def _conv_transpose(fn, nd, x, weight, bias, stride, padding, output_padding, gr
     spec = P.conv_transpose_spec(fn, nd, x, weight, bias, stride, padding, output_padding,
                                  groups, dilation)
     y = be.conv_transpose_forward(_to5d(x, nd, spec.batched), _to5d(weight, nd), spec.stride,
-                                  spec.pad_lo, spec.dilation, spec.groups, spec.out_size)
-    return _from5d(_add_bias(y, bias), nd, spec.batched)
+                                  spec.pad_lo, spec.dilation, spec.groups, spec.out_size, bias)
+    return _from5d(y, nd, spec.batched)
 
 
 def _conv_transpose_backward(fn, nd, grad_output, x, weight, stride, padding, output_padding,

@@ -26,11 +26,11 @@ CASES = [
 ]
 
 
-def run_all(nd, kw, x, w, gy, wt):
+def run_all(nd, kw, x, w, b, gy, wt, bt):
     conv = getattr(fc, f"conv{nd}d")
-    out = [conv(x, w, **kw), *getattr(fc, f"conv{nd}d_backward")(gy, x, w, **kw)]
+    out = [conv(x, w, b, **kw), *getattr(fc, f"conv{nd}d_backward")(gy, x, w, **kw)]
     tkw = {k: v for k, v in kw.items() if k in ("stride", "dilation", "groups")}
-    yt = getattr(fc, f"conv_transpose{nd}d")(x, wt, **tkw)
+    yt = getattr(fc, f"conv_transpose{nd}d")(x, wt, bt, **tkw)
     out += [yt, *getattr(fc, f"conv_transpose{nd}d_backward")(np.ones_like(yt), x, wt, **tkw)]
     return out
 
@@ -46,11 +46,13 @@ def test_paths_agree_with_reference(setting, nd, kw, dtype, rng, monkeypatch):
     k = kw.pop("kernel", 3)
     w = randn(rng, (6, 4 // kw.get("groups", 1), *(k,) * nd), dtype)
     wt = randn(rng, (4, 3, *(2 if k == 3 else 1,) * nd), dtype)
+    b, bt = randn(rng, (6,), dtype), randn(rng, (3 * kw.get("groups", 1),), dtype)
     gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, **kw), dtype)
+    args = (nd, kw, x, w, b, gy, wt, bt)
     with fc.use_backend("numpy"):
-        expected = run_all(nd, kw, x, w, gy, wt)
+        expected = run_all(*args)
     with fc.use_backend("numba"):
-        got = run_all(nd, kw, x, w, gy, wt)
+        got = run_all(*args)
     for a, b, what in zip(got, expected, ["y", "gx", "gw", "gb", "yt", "gxt", "gwt", "gbt"]):
         assert_close(a, b, dtype, what)
 

@@ -148,11 +148,12 @@ def _conv_taps(acc, buf, base, span, w_row, rh, rw, count, dilation, sh, sw, hb,
 
 
 @njit(**_jit)
-def _conv_forward(x, w, stride, pad, dilation, groups, out_size, k_chunk):
+def _conv_forward(x, w, bias, stride, pad, dilation, groups, out_size, k_chunk):
     """Direct convolution in bands of output rows; a task is one image, one group and up to
     ``k_chunk`` of its output channels, which share the band's input copies.
 
-    Per output element the sum runs over channels, then taps in raster order, from zero.
+    Per output element the sum starts at the bias (``bias`` may be empty) and runs over
+    channels, then taps in raster order.
     """
     n_batch, c_in, d_in, h_in, w_in = x.shape
     k_out, cg, kd, kh, kw = w.shape
@@ -186,8 +187,9 @@ def _conv_forward(x, w, stride, pad, dilation, groups, out_size, k_chunk):
                             _fill_band(bufs, (c * kd + rd) * slice_len, xf, plane, h_in, w_in,
                                        oh0 * sh - pad[1], -pad[2], sh, sw, hb, pitch, 0)
                 for k in range(k0, k1):
+                    start = bias[k] if bias.size else 0
                     for i in range(span):
-                        acc[np.uintp(i)] = 0
+                        acc[np.uintp(i)] = start
                     for c in range(cg):
                         for rd in range(kd):
                             i_d = od * stride[0] - pad[0] + rd * dilation[0]
@@ -205,16 +207,22 @@ def _conv_forward(x, w, stride, pad, dilation, groups, out_size, k_chunk):
     return y
 
 
-def _direct_conv(x, w, stride, pad, dilation, groups, out_size):
+def _direct_conv(x, w, bias, stride, pad, dilation, groups, out_size):
     """:func:`_conv_forward` with output channels chunked so that there are enough tasks."""
     tasks = x.shape[0] * groups
     kg = w.shape[0] // groups
     chunks = min(kg, -(-4 * numba.get_num_threads() // max(tasks, 1)))
-    return _conv_forward(x, w, stride, pad, dilation, groups, out_size, -(-kg // max(chunks, 1)))
+    return _conv_forward(x, w, _bias_array(bias, x.dtype), stride, pad, dilation, groups,
+                         out_size, -(-kg // max(chunks, 1)))
+
+
+def _bias_array(bias, dtype):
+    """The bias as the kernels take it: contiguous, and empty for none."""
+    return np.empty(0, dtype) if bias is None else np.ascontiguousarray(bias)
 
 
 @njit(**_jit)
-def _conv_transpose_forward(x, w, stride, pad, dilation, groups, out_size):
+def _conv_transpose_forward(x, w, bias, stride, pad, dilation, groups, out_size):
     """Direct transposed convolution, one (image, output channel) plane per task.
 
     Each input row, times a tap's weight, is added into the output row it lands on; a task
@@ -226,13 +234,16 @@ def _conv_transpose_forward(x, w, stride, pad, dilation, groups, out_size):
     c_out = cog * groups
     cig = c_in // groups
     sw = stride[2]
-    y = np.zeros((n_batch, c_out, od_n, oh_n, ow_n), dtype=x.dtype)
+    y = np.empty((n_batch, c_out, od_n, oh_n, ow_n), dtype=x.dtype)
     xf = x.reshape(x.size)
     yf = y.reshape(y.size)
     for task in prange(n_batch * c_out):
         n, co = task // c_out, task % c_out
         ci0, cc = (co // cog) * cig, co % cog
         y_plane = task * od_n * oh_n * ow_n
+        start = bias[co] if bias.size else 0
+        for i in range(od_n * oh_n * ow_n):
+            yf[np.uintp(y_plane + i)] = start
         for ci in range(ci0, ci0 + cig):
             x_plane = (n * c_in + ci) * d_in
             for rd in range(kd):
@@ -486,12 +497,15 @@ def _im2col(x, c0, cg, kernel, stride, pad, dilation, out_size, n0, n1, r0, r1, 
 
 
 @njit(cache=True, nogil=True)
-def _unpack_rows(prod, y, k0, n0, n1, o0, o1):
-    """``y[n, k0 + k, o0:o1] = prod[k, (n - n0, o)]``: a GEMM result back to (N, K, O)."""
+def _unpack_rows(prod, bias, y, k0, n0, n1, o0, o1):
+    """``y[n, k0 + k, o0:o1] = prod[k, (n - n0, o)] (+ bias[k0 + k])``: a GEMM result back to
+    (N, K, O)."""
     span = o1 - o0
     for n in range(n0, n1):
         for k in range(prod.shape[0]):
-            y[n, k0 + k, o0:o1] = prod[k, (n - n0) * span:(n - n0 + 1) * span]
+            b = bias[k0 + k] if bias.size else 0
+            for o in range(span):
+                y[n, k0 + k, o0 + o] = prod[k, (n - n0) * span + o] + b
 
 
 @njit(cache=True, nogil=True)
@@ -504,7 +518,7 @@ def _pack_rows(g, k0, kg, n0, n1, o0, o1, dst):
 
 
 @njit(cache=True, nogil=True)
-def _col2im(cols, y, n, c0, c1, in_size, kernel, stride, pad, dilation):
+def _col2im(cols, bias, y, n, c0, c1, in_size, kernel, stride, pad, dilation):
     """Add each tap's row of ``cols`` (columns: input positions) into output channels ``c0:c1``.
 
     ``y[n, c, i*stride - pad + r*dilation] += cols[(c - c0, r), i]``: the scatter of a
@@ -514,7 +528,8 @@ def _col2im(cols, y, n, c0, c1, in_size, kernel, stride, pad, dilation):
     kd, kh, kw = kernel
     c_all, od_n, oh_n, ow_n = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
     sw = stride[2]
-    y[n, c0:c1] = 0
+    for c in range(c0, c1):
+        y[n, c] = bias[c] if bias.size else 0
     yf = y.reshape(y.size)
     cf = cols.reshape(cols.size)
     width = cols.shape[1]
@@ -643,7 +658,7 @@ def _is_pointwise(kernel, stride, pad):
     return all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not any(pad)
 
 
-def _conv_forward_gemm(x, w, stride, pad, dilation, groups, out_size):
+def _conv_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_size):
     n_b, c_in = x.shape[:2]
     k_out, kernel = w.shape[0], w.shape[2:]
     cg, kg = c_in // groups, k_out // groups
@@ -659,15 +674,18 @@ def _conv_forward_gemm(x, w, stride, pad, dilation, groups, out_size):
             for n in range(n0, n1):
                 for g in range(groups):
                     np.matmul(w2[g], x3[n, g * cg:(g + 1) * cg], out=y[n, g * kg:(g + 1) * kg])
+                if bias is not None:
+                    y[n] += bias[:, None]  # while the image's output is in cache
 
         _run(_split(n_b, 0, threads), per_image)
         return y.reshape(n_b, k_out, *out_size)
+    bias = _bias_array(bias, x.dtype)
 
     def work(slot, n0, n1, r0, r1):
         cols = np.empty((ck, (n1 - n0) * (r1 - r0) * ow), dtype=x.dtype)
         for g in range(groups):
             _im2col(x, g * cg, cg, kernel, stride, pad, dilation, out_size, n0, n1, r0, r1, cols)
-            _unpack_rows(w2[g] @ cols, y, g * kg, n0, n1, r0 * ow, r1 * ow)
+            _unpack_rows(w2[g] @ cols, bias, y, g * kg, n0, n1, r0 * ow, r1 * ow)
 
     _run(_image_row_tasks(n_b, rows, ck * ow * x.itemsize, threads), work)
     return y.reshape(n_b, k_out, *out_size)
@@ -716,7 +734,7 @@ def _sum_slots(partial, used):
     return total
 
 
-def _conv_transpose_forward_gemm(x, w, stride, pad, dilation, groups, out_size):
+def _conv_transpose_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_size):
     n_b, c_in = x.shape[:2]
     cig, cog, kernel = c_in // groups, w.shape[1], w.shape[2:]
     taps, in_size = int(np.prod(kernel)), x.shape[2:]
@@ -732,13 +750,17 @@ def _conv_transpose_forward_gemm(x, w, stride, pad, dilation, groups, out_size):
                 for g in range(groups):
                     np.matmul(w_t[g], x3[n, g * cig:(g + 1) * cig],
                               out=y3[n, g * cog:(g + 1) * cog])
+                if bias is not None:
+                    y3[n] += bias[:, None]
 
         _run(_split(n_b, 0, numba.get_num_threads()), per_image)
         return y
+    bias = _bias_array(bias, x.dtype)
 
     def work(slot, n, g, c0, c1):
         cols = w_t[g, c0 * taps:c1 * taps] @ x3[n, g * cig:(g + 1) * cig]
-        _col2im(cols, y, n, g * cog + c0, g * cog + c1, in_size, kernel, stride, pad, dilation)
+        _col2im(cols, bias, y, n, g * cog + c0, g * cog + c1, in_size, kernel, stride, pad,
+                dilation)
 
     blocks = _split(cog, taps * positions * x.itemsize, 1)
     _run([(n, g, c0, c1) for n in range(n_b) for g in range(groups) for c0, c1 in blocks],
@@ -750,33 +772,35 @@ def _conv_transpose_forward_gemm(x, w, stride, pad, dilation, groups, out_size):
 
 
 @_serialised
-def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size):
+def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
     if _gemm_worthwhile(w.shape[0] // groups, w.shape[1], w.shape[2:]):
-        return _conv_forward_gemm(x, w, stride, pad_lo, dilation, groups, out_size)
-    return _direct_conv(x, w, stride, pad_lo, dilation, groups, out_size)
+        return _conv_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups, out_size)
+    return _direct_conv(x, w, bias, stride, pad_lo, dilation, groups, out_size)
 
 
 @_serialised
-def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size):
+def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
     if _gemm_worthwhile(x.shape[1] // groups, w.shape[1], w.shape[2:]):
-        return _conv_transpose_forward_gemm(x, w, stride, pad_lo, dilation, groups, out_size)
+        return _conv_transpose_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups,
+                                            out_size)
     if all(s == 1 for s in stride):
-        return _direct_conv(x, *_as_conv(w, pad_lo, dilation, groups), dilation, groups,
+        return _direct_conv(x, *_as_conv(w, bias, pad_lo, dilation, groups), dilation, groups,
                             out_size)
-    return _conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size)
+    return _conv_transpose_forward(x, w, _bias_array(bias, x.dtype), stride, pad_lo, dilation,
+                                   groups, out_size)
 
 
-def _as_conv(w, pad_lo, dilation, groups):
+def _as_conv(w, bias, pad_lo, dilation, groups):
     """At stride 1 a transposed convolution is a convolution: kernel flipped, its two channel
     axes swapped per group, padding ``dilation * (k - 1) - pad`` (negative means a crop).
-    Returns ``(weight, stride, padding)`` for :func:`_conv_forward`, whose banded kernel
+    Returns ``(weight, bias, stride, padding)`` for :func:`_conv_forward`, whose banded kernel
     outruns the scatter kernel (depthwise input gradient 23 -> 19 ms)."""
     c_in, cog, kernel = w.shape[0], w.shape[1], w.shape[2:]
     cig = c_in // groups
     flipped = w.reshape(groups, cig, cog, *kernel)[..., ::-1, ::-1, ::-1]
     weight = np.ascontiguousarray(flipped.transpose(0, 2, 1, 3, 4, 5))
     pad = tuple(d * (k - 1) - p for d, k, p in zip(dilation, kernel, pad_lo))
-    return weight.reshape(groups * cog, cig, *kernel), (1, 1, 1), pad
+    return weight.reshape(groups * cog, cig, *kernel), bias, (1, 1, 1), pad
 
 
 @_serialised

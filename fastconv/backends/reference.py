@@ -49,8 +49,9 @@ def _windows(x, kernel, stride, dilation, out_size, groups=1):
     return as_strided(x, shape, strides, writeable=False)
 
 
-def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size):
-    """``y[n, k, o] = sum_{c, r} x[n, g*Cg + c, o*stride - pad + r*dilation] * w[k, c, r]``."""
+def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
+    """``y[n, k, o] = sum_{c, r} x[n, g*Cg + c, o*stride - pad + r*dilation] * w[k, c, r]``,
+    plus ``bias[k]`` unless ``bias`` is ``None``."""
     kernel = w.shape[2:]
     xp = _padded(x, pad_lo, _extent(out_size, kernel, stride, dilation))
     win = _windows(xp, kernel, stride, dilation, out_size, groups)
@@ -60,11 +61,18 @@ def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size):
         wg = w[g * kg:(g + 1) * kg]
         prod = np.tensordot(win[:, g], wg, axes=([1, 5, 6, 7], [1, 2, 3, 4]))
         y[:, g * kg:(g + 1) * kg] = np.moveaxis(prod, -1, 1)
+    return _with_bias(y, bias)
+
+
+def _with_bias(y, bias):
+    if bias is not None:
+        y += bias.reshape(1, -1, 1, 1, 1)
     return y
 
 
-def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size):
-    """The adjoint of :func:`conv_forward`: each input element scatters ``x * w`` on its window."""
+def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
+    """The adjoint of :func:`conv_forward`: each input element scatters ``x * w`` on its window
+    (then ``bias``, if given, is added per output channel)."""
     n, c_in = x.shape[:2]
     cig, cog = c_in // groups, w.shape[1]
     in_size = x.shape[2:]
@@ -79,7 +87,7 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size):
                       for r, d, i, s in zip(offset, dilation, in_size, stride))
         buf[(slice(None), slice(g * cog, (g + 1) * cog)) + where] += contrib
     crop = tuple(slice(lo, lo + o) for lo, o in zip(pad_lo, out_size))
-    return np.ascontiguousarray(buf[(slice(None), slice(None)) + crop])
+    return _with_bias(np.ascontiguousarray(buf[(slice(None), slice(None)) + crop]), bias)
 
 
 def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
