@@ -111,7 +111,7 @@ def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, gr
         gx = pad_backward(gx, spec.padding, spec.padding_mode)
     gw = be.conv_weight_grad(x5, gy, spec.stride, pad_lo, spec.dilation, spec.groups,
                              spec.kernel)
-    return _from5d(gx, nd, spec.batched), gw.reshape(weight.shape), gy.sum(axis=(0, 2, 3, 4))
+    return _from5d(gx, nd, spec.batched), gw.reshape(weight.shape), be.bias_grad(gy)
 
 
 def _conv_transpose(fn, nd, x, weight, bias, stride, padding, output_padding, groups, dilation):
@@ -138,7 +138,7 @@ def _conv_transpose_backward(fn, nd, grad_output, x, weight, stride, padding, ou
                          spec.in_size)
     gw = be.conv_weight_grad(gy, x5, spec.stride, spec.pad_lo, spec.dilation, spec.groups,
                              spec.kernel)
-    return _from5d(gx, nd, spec.batched), gw.reshape(weight.shape), gy.sum(axis=(0, 2, 3, 4))
+    return _from5d(gx, nd, spec.batched), gw.reshape(weight.shape), be.bias_grad(gy)
 
 
 # --------------------------------------------------------------------------- pooling

@@ -1,13 +1,13 @@
 """NumPy reference backend: short, vectorised, obviously right.
 
-Every backend implements the same five primitives on 5-D arrays ``(N, C, D, H, W)`` with
+Every backend implements the same six primitives on 5-D arrays ``(N, C, D, H, W)`` with
 canonical arguments (three-int tuples, low-side padding only; the high side is implied by the
 output size). ``fastconv.functional`` composes everything else from them:
 
 - ``conv_forward``: cross-correlation, weight ``(K, C // groups, *kernel)``;
 - ``conv_transpose_forward``: its adjoint, weight ``(C_in, C_out // groups, *kernel)``, which is
   also the convolution's input gradient;
-- ``conv_weight_grad``: the weight gradient, shared by both directions;
+- ``conv_weight_grad``: the weight gradient, shared by both directions; ``bias_grad``;
 - ``max_pool_forward`` (values and, when asked, flat per-plane indices) and
   ``max_pool_backward``.
 """
@@ -88,6 +88,11 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bia
         buf[(slice(None), slice(g * cog, (g + 1) * cog)) + where] += contrib
     crop = tuple(slice(lo, lo + o) for lo, o in zip(pad_lo, out_size))
     return _with_bias(np.ascontiguousarray(buf[(slice(None), slice(None)) + crop]), bias)
+
+
+def bias_grad(gy):
+    """The bias gradient: ``gy`` summed over everything but the channel axis."""
+    return gy.sum(axis=(0, 2, 3, 4))
 
 
 def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
