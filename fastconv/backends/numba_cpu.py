@@ -63,14 +63,14 @@ def _band_geometry(o_n, stride, kernel, dilation):
     return max(1, min(oh_n, rows)), pitch
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True)
 def _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill):
     col = col0 + 2 * m
     buf[np.uintp(dst + m)] = xf[np.uintp(src + 2 * m)] if 0 <= col < w_in else fill
     buf[np.uintp(odd + m)] = xf[np.uintp(src + 2 * m + 1)] if 0 <= col + 1 < w_in else fill
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True)
 def _fill_band(buf, base, xf, plane, h_in, w_in, row0, col0, sh, sw, hb, pitch, fill):
     """``buf[base:][ph, pw, j, m] = x[plane][row0 + j*sh + ph, col0 + m*sw + pw]``, ``fill``
     outside."""
@@ -113,14 +113,14 @@ def _fill_band(buf, base, xf, plane, h_in, w_in, row0, col0, sh, sw, hb, pitch, 
                     buf[np.uintp(d + m)] = fill
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True)
 def _tap_start(rh, rw, dilation, sh, sw, hb, pitch):
     """Where tap ``(rh, rw)`` starts reading in a band copied by :func:`_fill_band`."""
     eh, ew = rh * dilation[1], rw * dilation[2]
     return (((eh % sh) * sw + ew % sw) * hb + eh // sh) * pitch + ew // sw
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True)
 def _conv_taps(acc, buf, base, span, w_row, rh, rw, count, dilation, sh, sw, hb, pitch):
     """Add taps ``rw:rw+count`` (at most 3) of kernel row ``rh`` into ``acc``, one pass.
 
