@@ -10,14 +10,18 @@ from helpers import assert_close, randn
 import fastconv as fc
 from fastconv.backends import numba_cpu
 
+NO_WINOGRAD = {"_WINOGRAD_MIN_CHANNELS": 10**9}
 SETTINGS = {
-    "direct": {"_GEMM_MIN_WORK": 10**9},
-    "gemm": {"_GEMM_MIN_WORK": 0},
-    "gemm_row_tasks": {"_GEMM_MIN_WORK": 0, "_TASK_BYTES": 1},  # a row or a channel per task
+    "direct": {"_GEMM_MIN_WORK": 10**9, **NO_WINOGRAD},
+    "gemm": {"_GEMM_MIN_WORK": 0, **NO_WINOGRAD},
+    "gemm_row_tasks": {"_GEMM_MIN_WORK": 0, "_TASK_BYTES": 1, **NO_WINOGRAD},  # a row per task
+    "winograd": {"_WINOGRAD_MIN_CHANNELS": 1},  # 3x3, stride 1, no dilation; others as usual
+    "winograd_row_tasks": {"_WINOGRAD_MIN_CHANNELS": 1, "_TASK_BYTES": 1},
 }
 
 CASES = [
     (2, {"padding": 1}),
+    (2, {"padding": ((0, 2), (2, 1)), "groups": 2}),  # Winograd: odd sizes, asymmetric pads
     (2, {"stride": (2, 1), "padding": ((0, 2), (1, 0)), "dilation": (1, 2), "groups": 2}),
     (3, {"stride": 2, "padding": 1, "groups": 2}),
     (1, {"stride": 3, "dilation": 2, "padding": 2}),

@@ -571,6 +571,101 @@ def _col2im(cols, bias, y, n, c0, c1, in_size, kernel, stride, pad, dilation):
                             for i_w in range(lo, hi):
                                 yf[np.uintp(dst + i_w * sw)] += cf[np.uintp(src + i_w)]
 
+# --------------------------------------------------------------------------- Winograd
+# 3x3 convolutions at stride 1 as Winograd's F(2x2, 3x3): each 2x2 block of outputs takes
+# 16 multiplies per channel pair instead of 36, as 16 GEMMs (one per transformed position)
+# between the transformed weights U = G g G^T and the transformed input tiles V = B^T d B;
+# the output is A^T M A. Transforms run row-wise so that they vectorise across tiles.
+
+
+@njit(cache=True, nogil=True)
+def _winograd_input(x, n, c0, cg, pad_h, pad_w, th0, th1, tiles_w, v):
+    """``v[(i, j), c, tile] = (B^T d B)[i, j]`` for the 4x4 input patch ``d`` of each tile of
+    tile rows ``th0:th1`` of channel ``c0 + c`` of image ``n`` (zero outside the input)."""
+    h_in, w_in = x.shape[3], x.shape[4]
+    wp = 2 * tiles_w + 2
+    rows = np.empty(4 * wp, dtype=x.dtype)  # the tile row's four input rows, padded
+    t = np.empty(4 * wp, dtype=x.dtype)  # B^T applied down the columns
+    lo, hi = _valid_range(wp, 1, -pad_w, w_in)
+    xf = x.reshape(x.size)
+    vf = v.reshape(v.size)
+    span = v.shape[2]
+    plane_v = cg * span
+    for c in range(cg):
+        plane = (n * x.shape[1] + c0 + c) * h_in * w_in
+        for th in range(th0, th1):
+            for i in range(4):
+                r = 2 * th - pad_h + i
+                for q in range(wp):
+                    rows[np.uintp(i * wp + q)] = 0
+                if 0 <= r < h_in:
+                    src = plane + r * w_in - pad_w
+                    for q in range(lo, hi):
+                        rows[np.uintp(i * wp + q)] = xf[np.uintp(src + q)]
+            for q in range(wp):
+                d0, d1 = rows[np.uintp(q)], rows[np.uintp(wp + q)]
+                d2, d3 = rows[np.uintp(2 * wp + q)], rows[np.uintp(3 * wp + q)]
+                t[np.uintp(q)] = d0 - d2
+                t[np.uintp(wp + q)] = d1 + d2
+                t[np.uintp(2 * wp + q)] = d2 - d1
+                t[np.uintp(3 * wp + q)] = d1 - d3
+            base = c * span + (th - th0) * tiles_w
+            for i in range(4):
+                row = i * wp
+                out = 4 * i * plane_v + base
+                for tw in range(tiles_w):
+                    a0, a1 = t[np.uintp(row + 2 * tw)], t[np.uintp(row + 2 * tw + 1)]
+                    a2, a3 = t[np.uintp(row + 2 * tw + 2)], t[np.uintp(row + 2 * tw + 3)]
+                    vf[np.uintp(out + tw)] = a0 - a2
+                    vf[np.uintp(out + plane_v + tw)] = a1 + a2
+                    vf[np.uintp(out + 2 * plane_v + tw)] = a2 - a1
+                    vf[np.uintp(out + 3 * plane_v + tw)] = a1 - a3
+
+
+@njit(cache=True, nogil=True)
+def _winograd_output(m, bias, y, n, k0, th0, th1, tiles_w):
+    """``y[n, k0 + k]`` rows ``2*th0:2*th1`` from ``m[(i, j), k, tile]``: ``A^T M A`` per tile,
+    plus the bias; rows and columns past the output are dropped."""
+    kg, span = m.shape[1], m.shape[2]
+    oh_n, ow_n = y.shape[3], y.shape[4]
+    plane_m = kg * span
+    s = np.empty(8 * tiles_w, dtype=m.dtype)  # A^T along each patch row: s[i, j, tile]
+    mf = m.reshape(m.size)
+    yf = y.reshape(y.size)
+    pairs = ow_n // 2
+    for k in range(kg):
+        b = bias[k0 + k] if bias.size else 0
+        y_plane = (n * y.shape[1] + k0 + k) * oh_n * ow_n
+        for th in range(th0, th1):
+            base = k * span + (th - th0) * tiles_w
+            for i in range(4):
+                src = 4 * i * plane_m + base
+                for tw in range(tiles_w):
+                    m0, m1 = mf[np.uintp(src + tw)], mf[np.uintp(src + plane_m + tw)]
+                    m2 = mf[np.uintp(src + 2 * plane_m + tw)]
+                    m3 = mf[np.uintp(src + 3 * plane_m + tw)]
+                    s[np.uintp((2 * i) * tiles_w + tw)] = m0 + m1 + m2
+                    s[np.uintp((2 * i + 1) * tiles_w + tw)] = m1 - m2 - m3
+            for r in range(min(2, oh_n - 2 * th)):
+                dst = y_plane + (2 * th + r) * ow_n
+                sign = 1 - 2 * r  # row 0: s0 + s1 + s2; row 1: s1 - s2 - s3
+                first = 0 if r == 0 else 2
+                for tw in range(pairs):
+                    for j in range(2):
+                        lead = s[np.uintp((first + j) * tiles_w + tw)] if r == 0 else 0
+                        tail = -s[np.uintp((6 + j) * tiles_w + tw)] if r == 1 else 0
+                        yf[np.uintp(dst + 2 * tw + j)] = (
+                            lead + s[np.uintp((2 + j) * tiles_w + tw)]
+                            + sign * s[np.uintp((4 + j) * tiles_w + tw)] + tail + b)
+                if ow_n % 2:
+                    tw = pairs
+                    lead = s[np.uintp(first * tiles_w + tw)] if r == 0 else 0
+                    tail = -s[np.uintp(6 * tiles_w + tw)] if r == 1 else 0
+                    yf[np.uintp(dst + 2 * tw)] = (
+                        lead + s[np.uintp(2 * tiles_w + tw)]
+                        + sign * s[np.uintp(4 * tiles_w + tw)] + tail + b)
+
+
 # Numba's workqueue threading layer (used where neither OpenMP nor TBB is available) aborts the
 # process when two Python threads launch parallel kernels at once. Launches are serialised;
 # each one still uses every Numba thread.
@@ -785,11 +880,58 @@ def _conv_transpose_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_
     return y
 
 
+# Winograd pays once a GEMM has enough channels on both sides
+_WINOGRAD_MIN_CHANNELS = 16
+
+
+def _winograd_fits(x, w, stride, dilation, groups):
+    """3x3 (2-D) kernels at stride 1, no dilation, with enough channels per group."""
+    return (x.shape[2] == 1 and w.shape[2:] == (1, 3, 3) and tuple(stride) == (1, 1, 1)
+            and tuple(dilation) == (1, 1, 1)
+            and min(w.shape[1], w.shape[0] // groups) >= _WINOGRAD_MIN_CHANNELS)
+
+
+def _winograd_weights(w, groups):
+    """``U[g, (i, j), k, c] = (G w[k, c] G^T)[i, j]``."""
+    g_mat = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=w.dtype)
+    k_out, cg = w.shape[:2]
+    u = np.einsum("ia,kcab,jb->ijkc", g_mat, w[:, :, 0], g_mat, optimize=True)
+    return np.ascontiguousarray(
+        u.reshape(16, groups, k_out // groups, cg).transpose(1, 0, 2, 3))
+
+
+def _conv_forward_winograd(x, w, bias, pad, groups, out_size):
+    n_b, c_in = x.shape[:2]
+    k_out = w.shape[0]
+    cg, kg = c_in // groups, k_out // groups
+    oh_n, ow_n = out_size[1], out_size[2]
+    tiles_h, tiles_w = -(-oh_n // 2), -(-ow_n // 2)
+    u = _winograd_weights(w, groups)
+    bias = _bias_array(bias, x.dtype)
+    y = np.empty((n_b, k_out, 1, oh_n, ow_n), dtype=x.dtype)
+    row_bytes = 16 * max(cg, kg) * tiles_w * x.itemsize
+
+    def work(slot, n, th0, th1):
+        span = (th1 - th0) * tiles_w
+        v = np.empty((16, cg, span), dtype=x.dtype)
+        m = np.empty((16, kg, span), dtype=x.dtype)
+        for g in range(groups):
+            _winograd_input(x, n, g * cg, cg, pad[1], pad[2], th0, th1, tiles_w, v)
+            np.matmul(u[g], v, out=m)
+            _winograd_output(m, bias, y, n, g * kg, th0, th1, tiles_w)
+
+    blocks = _split(tiles_h, row_bytes, 1)
+    _run([(n, th0, th1) for n in range(n_b) for th0, th1 in blocks], work)
+    return y
+
+
 # --------------------------------------------------------------------------- primitives
 
 
 @_serialised
 def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
+    if _winograd_fits(x, w, stride, dilation, groups):
+        return _conv_forward_winograd(x, w, bias, pad_lo, groups, out_size)
     if _gemm_worthwhile(w.shape[0] // groups, w.shape[1], w.shape[2:]):
         return _conv_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups, out_size)
     return _direct_conv(x, w, bias, stride, pad_lo, dilation, groups, out_size)
@@ -797,6 +939,11 @@ def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
 
 @_serialised
 def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
+    if all(s == 1 for s in stride):
+        as_conv = _as_conv(w, bias, pad_lo, dilation, groups)
+        if _winograd_fits(x, as_conv[0], as_conv[2], dilation, groups):
+            w_c, b_c, _, pad_c = as_conv
+            return _conv_forward_winograd(x, w_c, b_c, pad_c, groups, out_size)
     if _gemm_worthwhile(x.shape[1] // groups, w.shape[1], w.shape[2:]):
         return _conv_transpose_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups,
                                             out_size)
