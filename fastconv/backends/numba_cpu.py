@@ -579,10 +579,15 @@ def _col2im(cols, bias, y, n, c0, c1, in_size, kernel, stride, pad, dilation):
 
 
 @njit(cache=True, nogil=True)
-def _winograd_input(x, n, c0, cg, pad_h, pad_w, th0, th1, tiles_w, v):
+def _winograd_input(x, n, c0, cg, pad_h, pad_w, th0, th1, tiles_w, v, step, offset, size):
     """``v[(i, j), c, tile] = (B^T d B)[i, j]`` for the 4x4 input patch ``d`` of each tile of
-    tile rows ``th0:th1`` of channel ``c0 + c`` of image ``n`` (zero outside the input)."""
-    h_in, w_in = x.shape[3], x.shape[4]
+    tile rows ``th0:th1`` of channel ``c0 + c`` of image ``n`` (zero outside the input).
+
+    The input is the sub-lattice ``x[..., offset[0]::step[0], offset[1]::step[1]]`` of size
+    ``size`` (the whole plane at step 1): a dilated convolution is an undilated one on each.
+    """
+    h_in, w_in = size
+    row_len = x.shape[4]
     wp = 2 * tiles_w + 2
     rows = np.empty(4 * wp, dtype=x.dtype)  # the tile row's four input rows, padded
     t = np.empty(4 * wp, dtype=x.dtype)  # B^T applied down the columns
@@ -592,16 +597,17 @@ def _winograd_input(x, n, c0, cg, pad_h, pad_w, th0, th1, tiles_w, v):
     span = v.shape[2]
     plane_v = cg * span
     for c in range(cg):
-        plane = (n * x.shape[1] + c0 + c) * h_in * w_in
+        plane = (n * x.shape[1] + c0 + c) * x.shape[3] * row_len
         for th in range(th0, th1):
             for i in range(4):
                 r = 2 * th - pad_h + i
                 for q in range(wp):
                     rows[np.uintp(i * wp + q)] = 0
                 if 0 <= r < h_in:
-                    src = plane + r * w_in - pad_w
+                    src = plane + (step[0] * r + offset[0]) * row_len + offset[1]
+                    src -= step[1] * pad_w
                     for q in range(lo, hi):
-                        rows[np.uintp(i * wp + q)] = xf[np.uintp(src + q)]
+                        rows[np.uintp(i * wp + q)] = xf[np.uintp(src + step[1] * q)]
             for q in range(wp):
                 d0, d1 = rows[np.uintp(q)], rows[np.uintp(wp + q)]
                 d2, d3 = rows[np.uintp(2 * wp + q)], rows[np.uintp(3 * wp + q)]
@@ -623,11 +629,13 @@ def _winograd_input(x, n, c0, cg, pad_h, pad_w, th0, th1, tiles_w, v):
 
 
 @njit(cache=True, nogil=True)
-def _winograd_output(m, bias, y, n, k0, th0, th1, tiles_w):
+def _winograd_output(m, bias, y, n, k0, th0, th1, tiles_w, step, offset, size):
     """``y[n, k0 + k]`` rows ``2*th0:2*th1`` from ``m[(i, j), k, tile]``: ``A^T M A`` per tile,
-    plus the bias; rows and columns past the output are dropped."""
+    plus the bias; rows and columns past the output are dropped. As in
+    :func:`_winograd_input`, the output may be a sub-lattice of ``y``."""
     kg, span = m.shape[1], m.shape[2]
-    oh_n, ow_n = y.shape[3], y.shape[4]
+    oh_n, ow_n = size
+    row_len = y.shape[4]
     plane_m = kg * span
     s = np.empty(8 * tiles_w, dtype=m.dtype)  # A^T along each patch row: s[i, j, tile]
     mf = m.reshape(m.size)
@@ -635,7 +643,7 @@ def _winograd_output(m, bias, y, n, k0, th0, th1, tiles_w):
     pairs = ow_n // 2
     for k in range(kg):
         b = bias[k0 + k] if bias.size else 0
-        y_plane = (n * y.shape[1] + k0 + k) * oh_n * ow_n
+        y_plane = (n * y.shape[1] + k0 + k) * y.shape[3] * row_len + offset[1]
         for th in range(th0, th1):
             base = k * span + (th - th0) * tiles_w
             for i in range(4):
@@ -647,21 +655,21 @@ def _winograd_output(m, bias, y, n, k0, th0, th1, tiles_w):
                     s[np.uintp((2 * i) * tiles_w + tw)] = m0 + m1 + m2
                     s[np.uintp((2 * i + 1) * tiles_w + tw)] = m1 - m2 - m3
             for r in range(min(2, oh_n - 2 * th)):
-                dst = y_plane + (2 * th + r) * ow_n
+                dst = y_plane + (step[0] * (2 * th + r) + offset[0]) * row_len
                 sign = 1 - 2 * r  # row 0: s0 + s1 + s2; row 1: s1 - s2 - s3
                 first = 0 if r == 0 else 2
                 for tw in range(pairs):
                     for j in range(2):
                         lead = s[np.uintp((first + j) * tiles_w + tw)] if r == 0 else 0
                         tail = -s[np.uintp((6 + j) * tiles_w + tw)] if r == 1 else 0
-                        yf[np.uintp(dst + 2 * tw + j)] = (
+                        yf[np.uintp(dst + step[1] * (2 * tw + j))] = (
                             lead + s[np.uintp((2 + j) * tiles_w + tw)]
                             + sign * s[np.uintp((4 + j) * tiles_w + tw)] + tail + b)
                 if ow_n % 2:
                     tw = pairs
                     lead = s[np.uintp(first * tiles_w + tw)] if r == 0 else 0
                     tail = -s[np.uintp(6 * tiles_w + tw)] if r == 1 else 0
-                    yf[np.uintp(dst + 2 * tw)] = (
+                    yf[np.uintp(dst + step[1] * 2 * tw)] = (
                         lead + s[np.uintp(2 * tiles_w + tw)]
                         + sign * s[np.uintp(4 * tiles_w + tw)] + tail + b)
 
@@ -885,10 +893,24 @@ _WINOGRAD_MIN_CHANNELS = 16
 
 
 def _winograd_fits(x, w, stride, dilation, groups):
-    """3x3 (2-D) kernels at stride 1, no dilation, with enough channels per group."""
+    """3x3 (2-D) kernels at stride 1 with enough channels per group."""
     return (x.shape[2] == 1 and w.shape[2:] == (1, 3, 3) and tuple(stride) == (1, 1, 1)
-            and tuple(dilation) == (1, 1, 1)
             and min(w.shape[1], w.shape[0] // groups) >= _WINOGRAD_MIN_CHANNELS)
+
+
+def _sub_lattices(in_size, out_size, pad, dilation):
+    """The undilated problems a dilated convolution splits into, per axis: for each class
+    ``a`` of output positions modulo the dilation, ``(out offset, out size, in offset,
+    in size, padding)``: output ``a + d*u`` reads input ``b + d*(u - pad' + r)``."""
+    axes = []
+    for size, o_n, p, d in zip(in_size, out_size, pad, dilation):
+        classes = []
+        for a in range(min(d, o_n)):
+            b = (a - p) % d
+            classes.append((a, len(range(a, o_n, d)), b, len(range(b, size, d)),
+                            -((a - p - b) // d)))
+        axes.append(classes)
+    return [(h, w) for h in axes[0] for w in axes[1]]
 
 
 def _winograd_weights(w, groups):
@@ -900,28 +922,35 @@ def _winograd_weights(w, groups):
         u.reshape(16, groups, k_out // groups, cg).transpose(1, 0, 2, 3))
 
 
-def _conv_forward_winograd(x, w, bias, pad, groups, out_size):
+def _conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
     n_b, c_in = x.shape[:2]
     k_out = w.shape[0]
     cg, kg = c_in // groups, k_out // groups
-    oh_n, ow_n = out_size[1], out_size[2]
-    tiles_h, tiles_w = -(-oh_n // 2), -(-ow_n // 2)
     u = _winograd_weights(w, groups)
     bias = _bias_array(bias, x.dtype)
-    y = np.empty((n_b, k_out, 1, oh_n, ow_n), dtype=x.dtype)
-    row_bytes = 16 * max(cg, kg) * tiles_w * x.itemsize
+    y = np.empty((n_b, k_out, 1, *out_size[1:]), dtype=x.dtype)
+    step = (dilation[1], dilation[2])
 
-    def work(slot, n, th0, th1):
+    def work(slot, n, lattice, th0, th1):
+        (a_h, o_h, b_h, i_h, p_h), (a_w, o_w, b_w, i_w, p_w) = lattice
+        tiles_w = -(-o_w // 2)
         span = (th1 - th0) * tiles_w
         v = np.empty((16, cg, span), dtype=x.dtype)
         m = np.empty((16, kg, span), dtype=x.dtype)
         for g in range(groups):
-            _winograd_input(x, n, g * cg, cg, pad[1], pad[2], th0, th1, tiles_w, v)
+            _winograd_input(x, n, g * cg, cg, p_h, p_w, th0, th1, tiles_w, v, step,
+                            (b_h, b_w), (i_h, i_w))
             np.matmul(u[g], v, out=m)
-            _winograd_output(m, bias, y, n, g * kg, th0, th1, tiles_w)
+            _winograd_output(m, bias, y, n, g * kg, th0, th1, tiles_w, step, (a_h, a_w),
+                             (o_h, o_w))
 
-    blocks = _split(tiles_h, row_bytes, 1)
-    _run([(n, th0, th1) for n in range(n_b) for th0, th1 in blocks], work)
+    tasks = []
+    for lattice in _sub_lattices(x.shape[3:], out_size[1:], pad[1:], step):
+        (_, o_h, *_), (_, o_w, *_) = lattice
+        row_bytes = 16 * max(cg, kg) * -(-o_w // 2) * x.itemsize
+        blocks = _split(-(-o_h // 2), row_bytes, 1)
+        tasks += [(n, lattice, th0, th1) for n in range(n_b) for th0, th1 in blocks]
+    _run(tasks, work)
     return y
 
 
@@ -931,7 +960,7 @@ def _conv_forward_winograd(x, w, bias, pad, groups, out_size):
 @_serialised
 def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
     if _winograd_fits(x, w, stride, dilation, groups):
-        return _conv_forward_winograd(x, w, bias, pad_lo, groups, out_size)
+        return _conv_forward_winograd(x, w, bias, pad_lo, dilation, groups, out_size)
     if _gemm_worthwhile(w.shape[0] // groups, w.shape[1], w.shape[2:]):
         return _conv_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups, out_size)
     return _direct_conv(x, w, bias, stride, pad_lo, dilation, groups, out_size)
@@ -943,7 +972,7 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bia
         as_conv = _as_conv(w, bias, pad_lo, dilation, groups)
         if _winograd_fits(x, as_conv[0], as_conv[2], dilation, groups):
             w_c, b_c, _, pad_c = as_conv
-            return _conv_forward_winograd(x, w_c, b_c, pad_c, groups, out_size)
+            return _conv_forward_winograd(x, w_c, b_c, pad_c, dilation, groups, out_size)
     if _gemm_worthwhile(x.shape[1] // groups, w.shape[1], w.shape[2:]):
         return _conv_transpose_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups,
                                             out_size)
