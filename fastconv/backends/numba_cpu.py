@@ -579,9 +579,11 @@ def _col2im(cols, bias, y, n, c0, c1, in_size, kernel, stride, pad, dilation):
 
 
 @njit(cache=True, nogil=True)
-def _winograd_input(x, n, c0, cg, pad_h, pad_w, th0, th1, tiles_w, v, step, offset, size):
-    """``v[(i, j), c, tile] = (B^T d B)[i, j]`` for the 4x4 input patch ``d`` of each tile of
-    tile rows ``th0:th1`` of channel ``c0 + c`` of image ``n`` (zero outside the input).
+def _winograd_input(x, n, c0, cg, i_d, pad_h, pad_w, th0, th1, tiles_w, v, v0, step, offset,
+                    size):
+    """``v[(i, j), v0 + c, tile] = (B^T d B)[i, j]`` for the 4x4 input patch ``d`` of each tile
+    of tile rows ``th0:th1`` of depth slice ``i_d`` of channel ``c0 + c`` of image ``n`` (zero
+    outside the input).
 
     The input is the sub-lattice ``x[..., offset[0]::step[0], offset[1]::step[1]]`` of size
     ``size`` (the whole plane at step 1): a dilated convolution is an undilated one on each.
@@ -595,9 +597,9 @@ def _winograd_input(x, n, c0, cg, pad_h, pad_w, th0, th1, tiles_w, v, step, offs
     xf = x.reshape(x.size)
     vf = v.reshape(v.size)
     span = v.shape[2]
-    plane_v = cg * span
+    plane_v = v.shape[1] * span
     for c in range(cg):
-        plane = (n * x.shape[1] + c0 + c) * x.shape[3] * row_len
+        plane = ((n * x.shape[1] + c0 + c) * x.shape[2] + i_d) * x.shape[3] * row_len
         for th in range(th0, th1):
             for i in range(4):
                 r = 2 * th - pad_h + i
@@ -615,7 +617,7 @@ def _winograd_input(x, n, c0, cg, pad_h, pad_w, th0, th1, tiles_w, v, step, offs
                 t[np.uintp(wp + q)] = d1 + d2
                 t[np.uintp(2 * wp + q)] = d2 - d1
                 t[np.uintp(3 * wp + q)] = d1 - d3
-            base = c * span + (th - th0) * tiles_w
+            base = (v0 + c) * span + (th - th0) * tiles_w
             for i in range(4):
                 row = i * wp
                 out = 4 * i * plane_v + base
@@ -629,8 +631,8 @@ def _winograd_input(x, n, c0, cg, pad_h, pad_w, th0, th1, tiles_w, v, step, offs
 
 
 @njit(cache=True, nogil=True)
-def _winograd_output(m, bias, y, n, k0, th0, th1, tiles_w, step, offset, size):
-    """``y[n, k0 + k]`` rows ``2*th0:2*th1`` from ``m[(i, j), k, tile]``: ``A^T M A`` per tile,
+def _winograd_output(m, bias, y, n, k0, od, th0, th1, tiles_w, step, offset, size):
+    """``y[n, k0 + k, od]`` rows ``2*th0:2*th1`` from ``m[(i, j), k, tile]``: ``A^T M A`` per tile,
     plus the bias; rows and columns past the output are dropped. As in
     :func:`_winograd_input`, the output may be a sub-lattice of ``y``."""
     kg, span = m.shape[1], m.shape[2]
@@ -643,7 +645,8 @@ def _winograd_output(m, bias, y, n, k0, th0, th1, tiles_w, step, offset, size):
     pairs = ow_n // 2
     for k in range(kg):
         b = bias[k0 + k] if bias.size else 0
-        y_plane = (n * y.shape[1] + k0 + k) * y.shape[3] * row_len + offset[1]
+        y_plane = ((n * y.shape[1] + k0 + k) * y.shape[2] + od) * y.shape[3] * row_len
+        y_plane += offset[1]
         for th in range(th0, th1):
             base = k * span + (th - th0) * tiles_w
             for i in range(4):
@@ -890,11 +893,13 @@ def _conv_transpose_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_
 
 # Winograd pays once a GEMM has enough channels on both sides
 _WINOGRAD_MIN_CHANNELS = 16
+# output depth slices per task of a 3-D Winograd convolution
+_WINOGRAD_DEPTH_BLOCK = 8
 
 
 def _winograd_fits(x, w, stride, dilation, groups):
-    """3x3 (2-D) kernels at stride 1 with enough channels per group."""
-    return (x.shape[2] == 1 and w.shape[2:] == (1, 3, 3) and tuple(stride) == (1, 1, 1)
+    """3x3 kernels (any depth) at stride 1 with enough channels per group."""
+    return (w.shape[3:] == (3, 3) and tuple(stride) == (1, 1, 1)
             and min(w.shape[1], w.shape[0] // groups) >= _WINOGRAD_MIN_CHANNELS)
 
 
@@ -914,45 +919,59 @@ def _sub_lattices(in_size, out_size, pad, dilation):
 
 
 def _winograd_weights(w, groups):
-    """``U[g, (i, j), k, c] = (G w[k, c] G^T)[i, j]``."""
+    """``U[g, (i, j), k, (r, c)] = (G w[k, c, r] G^T)[i, j]``: for each depth tap ``r`` a
+    block of columns, so that one GEMM sums over the depth taps too."""
     g_mat = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=w.dtype)
-    k_out, cg = w.shape[:2]
-    u = np.einsum("ia,kcab,jb->ijkc", g_mat, w[:, :, 0], g_mat, optimize=True)
+    k_out, cg, kd = w.shape[:3]
+    u = np.einsum("ia,kcrab,jb->ijkrc", g_mat, w, g_mat, optimize=True)
     return np.ascontiguousarray(
-        u.reshape(16, groups, k_out // groups, cg).transpose(1, 0, 2, 3))
+        u.reshape(16, groups, k_out // groups, kd * cg).transpose(1, 0, 2, 3))
 
 
 def _conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
-    n_b, c_in = x.shape[:2]
-    k_out = w.shape[0]
+    n_b, c_in, d_in = x.shape[:3]
+    k_out, kd = w.shape[0], w.shape[2]
     cg, kg = c_in // groups, k_out // groups
     u = _winograd_weights(w, groups)
     bias = _bias_array(bias, x.dtype)
-    y = np.empty((n_b, k_out, 1, *out_size[1:]), dtype=x.dtype)
+    y = np.empty((n_b, k_out, *out_size), dtype=x.dtype)
     step = (dilation[1], dilation[2])
+    # consecutive output slices share the transforms of the input slices they overlap on
+    od_block = _WINOGRAD_DEPTH_BLOCK if dilation[0] == 1 else 1
 
-    def work(slot, n, lattice, th0, th1):
+    def work(slot, n, od0, od1, lattice, th0, th1):
         (a_h, o_h, b_h, i_h, p_h), (a_w, o_w, b_w, i_w, p_w) = lattice
         tiles_w = -(-o_w // 2)
         span = (th1 - th0) * tiles_w
-        v = np.empty((16, cg, span), dtype=x.dtype)
+        # input slice s (a block of cg rows of v) is depth od0 - pad + s * dilation: with a
+        # depth dilation the blocks are one output slice's taps only (od_block is then 1)
+        slices = (od1 - od0 - 1) + kd
+        v = np.empty((16, slices * cg, span), dtype=x.dtype)
         m = np.empty((16, kg, span), dtype=x.dtype)
         for g in range(groups):
-            _winograd_input(x, n, g * cg, cg, p_h, p_w, th0, th1, tiles_w, v, step,
-                            (b_h, b_w), (i_h, i_w))
-            np.matmul(u[g], v, out=m)
-            _winograd_output(m, bias, y, n, g * kg, th0, th1, tiles_w, step, (a_h, a_w),
-                             (o_h, o_w))
+            for s_i in range(slices):
+                i_d = od0 - pad[0] + s_i * dilation[0]
+                if 0 <= i_d < d_in:
+                    _winograd_input(x, n, g * cg, cg, i_d, p_h, p_w, th0, th1, tiles_w, v,
+                                    s_i * cg, step, (b_h, b_w), (i_h, i_w))
+                else:  # depth padding
+                    v[:, s_i * cg:(s_i + 1) * cg] = 0
+            for od in range(od0, od1):
+                lo = (od - od0) * cg
+                np.matmul(u[g], v[:, lo:lo + kd * cg], out=m)
+                _winograd_output(m, bias, y, n, g * kg, od, th0, th1, tiles_w, step,
+                                 (a_h, a_w), (o_h, o_w))
 
     tasks = []
     for lattice in _sub_lattices(x.shape[3:], out_size[1:], pad[1:], step):
         (_, o_h, *_), (_, o_w, *_) = lattice
-        row_bytes = 16 * max(cg, kg) * -(-o_w // 2) * x.itemsize
+        row_bytes = 16 * max((od_block + kd - 1) * cg, kg) * -(-o_w // 2) * x.itemsize
         blocks = _split(-(-o_h // 2), row_bytes, 1)
-        tasks += [(n, lattice, th0, th1) for n in range(n_b) for th0, th1 in blocks]
+        tasks += [(n, od0, min(od0 + od_block, out_size[0]), lattice, th0, th1)
+                  for n in range(n_b) for od0 in range(0, out_size[0], od_block)
+                  for th0, th1 in blocks]
     _run(tasks, work)
     return y
-
 
 # --------------------------------------------------------------------------- primitives
 
