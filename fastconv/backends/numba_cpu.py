@@ -276,46 +276,57 @@ def _conv_transpose_forward(x, w, bias, stride, pad, dilation, groups, out_size)
 def _conv_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
     """Direct weight gradient, one (output channel, input channel) pair per task.
 
-    Image by image, so that the two planes a task reads stay in cache across the taps. Each
-    tap sums into a row of float64 lanes, one per output column, added up once at the end:
-    a horizontal sum per output row cost more than the multiply-adds.
+    Image by image and band by band (the input band copied as for the forward kernel, so the
+    taps need no bounds checks), so that what a task reads stays in cache across the taps.
+    Each tap sums a band into a row of lanes in the input's dtype, one per output column (a
+    horizontal sum per output row cost more than the multiply-adds), added after each band to
+    float64 lanes, summed once at the end.
     """
     n_batch, c_in, d_in, h_in, w_in = x.shape
     _, k_out, od_n, oh_n, ow_n = gy.shape
     kd, kh, kw = kernel
     kg, cg = k_out // groups, c_in // groups
-    sw = stride[2]
+    sh, sw = stride[1], stride[2]
+    band, pitch = _band_geometry((oh_n, ow_n), (sh, sw), (kh, kw), (dilation[1], dilation[2]))
+    slice_len = sh * sw * (((band - 1) * sh + (kh - 1) * dilation[1] + sh) // sh) * pitch
     gw = np.empty((k_out, cg, kd, kh, kw), dtype=x.dtype)
     xf = x.reshape(x.size)
     gf = gy.reshape(gy.size)
     for task in prange(k_out * cg):
         k, c = task // cg, task % cg
         ci = (k // kg) * cg + c
-        lanes = np.zeros((kd * kh * kw, ow_n))
+        buf = np.empty(slice_len, dtype=x.dtype)
+        lanes = np.zeros(kd * kh * kw * ow_n)
+        band_lanes = np.empty(kd * kh * kw * ow_n, dtype=x.dtype)
         for n in range(n_batch):
-            x_plane = (n * c_in + ci) * d_in
-            g_plane = (n * k_out + k) * od_n
-            for rd in range(kd):
-                for rh in range(kh):
-                    for rw in range(kw):
-                        off = rw * dilation[2] - pad[2]
-                        lo, hi = _valid_range(ow_n, sw, off, w_in)
-                        lane = lanes[(rd * kh + rh) * kw + rw]
-                        for od in range(od_n):
-                            i_d = od * stride[0] - pad[0] + rd * dilation[0]
-                            if i_d < 0 or i_d >= d_in:
-                                continue
-                            for oh in range(oh_n):
-                                i_h = oh * stride[1] - pad[1] + rh * dilation[1]
-                                if i_h < 0 or i_h >= h_in:
-                                    continue
-                                g_row = ((g_plane + od) * oh_n + oh) * ow_n
-                                src = ((x_plane + i_d) * h_in + i_h) * w_in + off
-                                for ow in range(lo, hi):
-                                    lane[np.uintp(ow)] += (gf[np.uintp(g_row + ow)]
-                                                           * xf[np.uintp(src + ow * sw)])
+            for od in range(od_n):
+                g_plane = ((n * k_out + k) * od_n + od) * oh_n * ow_n
+                for oh0 in range(0, oh_n, band):
+                    rows = min(band, oh_n - oh0)
+                    hb = ((rows - 1) * sh + (kh - 1) * dilation[1] + sh) // sh
+                    for i in range(band_lanes.size):
+                        band_lanes[np.uintp(i)] = 0
+                    for rd in range(kd):
+                        i_d = od * stride[0] - pad[0] + rd * dilation[0]
+                        if i_d < 0 or i_d >= d_in:
+                            continue
+                        plane = ((n * c_in + ci) * d_in + i_d) * h_in * w_in
+                        _fill_band(buf, 0, xf, plane, h_in, w_in, oh0 * sh - pad[1], -pad[2],
+                                   sh, sw, hb, pitch, 0)
+                        for rh in range(kh):
+                            for rw in range(kw):
+                                src = _tap_start(rh, rw, dilation, sh, sw, hb, pitch)
+                                lane = ((rd * kh + rh) * kw + rw) * ow_n
+                                for r in range(rows):
+                                    g_row = g_plane + (oh0 + r) * ow_n
+                                    b_row = src + r * pitch
+                                    for ow in range(ow_n):
+                                        band_lanes[np.uintp(lane + ow)] += (
+                                            gf[np.uintp(g_row + ow)] * buf[np.uintp(b_row + ow)])
+                    for i in range(band_lanes.size):
+                        lanes[np.uintp(i)] += band_lanes[np.uintp(i)]
         for t in range(kd * kh * kw):
-            gw[k, c, t // (kh * kw), (t // kw) % kh, t % kw] = lanes[t].sum()
+            gw[k, c, t // (kh * kw), (t // kw) % kh, t % kw] = lanes[t * ow_n:(t + 1) * ow_n].sum()
     return gw
 
 
