@@ -949,6 +949,8 @@ def _conv_transpose_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_
 _WINOGRAD_MIN_CHANNELS = 16
 # output depth slices per task of a 3-D Winograd convolution
 _WINOGRAD_DEPTH_BLOCK = 8
+# F(2x2, 3x3)'s kernel transform (its input and output transforms are written out in kernels)
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 
 def _winograd_fits(kernel, stride, c_per_group, k_per_group):
@@ -975,7 +977,7 @@ def _sub_lattices(in_size, out_size, pad, dilation):
 def _winograd_weights(w, groups):
     """``U[g, (i, j), k, (r, c)] = (G w[k, c, r] G^T)[i, j]``: for each depth tap ``r`` a
     block of columns, so that one GEMM sums over the depth taps too."""
-    g_mat = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=w.dtype)
+    g_mat = _WINOGRAD_G.astype(w.dtype)
     k_out, cg, kd = w.shape[:3]
     u = np.einsum("ia,kcrab,jb->ijkrc", g_mat, w, g_mat, optimize=True)
     return np.ascontiguousarray(
@@ -983,7 +985,7 @@ def _winograd_weights(w, groups):
 
 
 def _conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
-    n_b, c_in, d_in = x.shape[:3]
+    n_b, c_in = x.shape[:2]
     k_out, kd = w.shape[0], w.shape[2]
     cg, kg = c_in // groups, k_out // groups
     u = _winograd_weights(w, groups)
@@ -994,7 +996,7 @@ def _conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
     od_block = _WINOGRAD_DEPTH_BLOCK if dilation[0] == 1 else 1
 
     def work(slot, n, od0, od1, lattice, th0, th1):
-        (a_h, o_h, b_h, i_h, p_h), (a_w, o_w, b_w, i_w, p_w) = lattice
+        (a_h, o_h, *_), (a_w, o_w, *_) = lattice
         tiles_w = -(-o_w // 2)
         span = (th1 - th0) * tiles_w
         # input slice s (a block of cg rows of v) is depth od0 - pad + s * dilation: with a
@@ -1003,13 +1005,8 @@ def _conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
         v = np.empty((16, slices * cg, span), dtype=x.dtype)
         m = np.empty((16, kg, span), dtype=x.dtype)
         for g in range(groups):
-            for s_i in range(slices):
-                i_d = od0 - pad[0] + s_i * dilation[0]
-                if 0 <= i_d < d_in:
-                    _winograd_input(x, n, g * cg, cg, i_d, p_h, p_w, th0, th1, tiles_w, v,
-                                    s_i * cg, step, (b_h, b_w), (i_h, i_w))
-                else:  # depth padding
-                    v[:, s_i * cg:(s_i + 1) * cg] = 0
+            _winograd_input_slices(x, n, g * cg, cg, od0, slices, pad, dilation, lattice,
+                                   th0, th1, v)
             for od in range(od0, od1):
                 lo = (od - od0) * cg
                 np.matmul(u[g], v[:, lo:lo + kd * cg], out=m)
@@ -1020,11 +1017,12 @@ def _conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
                          x.itemsize), work)
     return y
 
+
 def _conv_weight_grad_winograd(x, gy, pad, dilation, groups, kernel):
     """The weight gradient of a Winograd-shaped convolution, by the transpose of F(2x2, 3x3):
     per transformed position a GEMM of gradient tiles (``A g A^T``) against input tiles
     (``B^T d B``), summed over all tiles, then ``G^T M G``."""
-    n_b, c_in, d_in = x.shape[:3]
+    n_b, c_in = x.shape[:2]
     k_out, out_size = gy.shape[1], gy.shape[2:]
     kd = kernel[0]
     cg, kg = c_in // groups, k_out // groups
@@ -1034,20 +1032,15 @@ def _conv_weight_grad_winograd(x, gy, pad, dilation, groups, kernel):
     partial = np.zeros((threads, groups, 16, kg, kd * cg), dtype=x.dtype)
 
     def work(slot, n, od0, od1, lattice, th0, th1):
-        (a_h, o_h, b_h, i_h, p_h), (a_w, o_w, b_w, i_w, p_w) = lattice
+        (a_h, o_h, *_), (a_w, o_w, *_) = lattice
         tiles_w = -(-o_w // 2)
         span = (th1 - th0) * tiles_w
         slices = (od1 - od0 - 1) + kd
         v = np.empty((16, slices * cg, span), dtype=x.dtype)
         wt = np.empty((16, kg, span), dtype=x.dtype)
         for g in range(groups):
-            for s_i in range(slices):
-                i_d = od0 - pad[0] + s_i * dilation[0]
-                if 0 <= i_d < d_in:
-                    _winograd_input(x, n, g * cg, cg, i_d, p_h, p_w, th0, th1, tiles_w, v,
-                                    s_i * cg, step, (b_h, b_w), (i_h, i_w))
-                else:
-                    v[:, s_i * cg:(s_i + 1) * cg] = 0
+            _winograd_input_slices(x, n, g * cg, cg, od0, slices, pad, dilation, lattice,
+                                   th0, th1, v)
             for od in range(od0, od1):
                 _winograd_grad_tiles(gy, n, g * kg, od, th0, th1, tiles_w, wt, step,
                                      (a_h, a_w), (o_h, o_w))
@@ -1057,10 +1050,23 @@ def _conv_weight_grad_winograd(x, gy, pad, dilation, groups, kernel):
     used = _run(_winograd_tasks(x.shape[2:], out_size, pad, step, n_b, od_block, kd, cg, kg,
                                 x.itemsize), work)
     m = _sum_slots(partial, used)  # (groups, 16, kg, kd * cg)
-    g_mat = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=x.dtype)
+    g_mat = _WINOGRAD_G.astype(x.dtype)
     m = m.reshape(groups, 4, 4, kg, kd, cg)
     gw = np.einsum("ia,gijkrc,jb->gkcrab", g_mat, m, g_mat, optimize=True)
     return np.ascontiguousarray(gw.reshape(k_out, cg, kd, 3, 3))
+
+
+def _winograd_input_slices(x, n, c0, cg, od0, slices, pad, dilation, lattice, th0, th1, v):
+    """Input tiles of the depth slices ``od0 - pad + s * dilation``: slice ``s`` fills rows
+    ``s * cg:(s + 1) * cg`` of ``v`` (zeros in the depth padding)."""
+    (_, _, b_h, i_h, p_h), (_, o_w, b_w, i_w, p_w) = lattice
+    for s_i in range(slices):
+        i_d = od0 - pad[0] + s_i * dilation[0]
+        if 0 <= i_d < x.shape[2]:
+            _winograd_input(x, n, c0, cg, i_d, p_h, p_w, th0, th1, -(-o_w // 2), v, s_i * cg,
+                            (dilation[1], dilation[2]), (b_h, b_w), (i_h, i_w))
+        else:
+            v[:, s_i * cg:(s_i + 1) * cg] = 0
 
 
 def _winograd_tasks(in_size, out_size, pad, step, n_b, od_block, kd, cg, kg, itemsize):
