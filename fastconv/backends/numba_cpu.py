@@ -997,21 +997,11 @@ def _conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
 
     def work(slot, n, od0, od1, lattice, th0, th1):
         (a_h, o_h, *_), (a_w, o_w, *_) = lattice
-        tiles_w = -(-o_w // 2)
-        span = (th1 - th0) * tiles_w
-        # input slice s (a block of cg rows of v) is depth od0 - pad + s * dilation: with a
-        # depth dilation the blocks are one output slice's taps only (od_block is then 1)
-        slices = (od1 - od0 - 1) + kd
-        v = np.empty((16, slices * cg, span), dtype=x.dtype)
-        m = np.empty((16, kg, span), dtype=x.dtype)
-        for g in range(groups):
-            _winograd_input_slices(x, n, g * cg, cg, od0, slices, pad, dilation, lattice,
-                                   th0, th1, v)
-            for od in range(od0, od1):
-                lo = (od - od0) * cg
-                np.matmul(u[g], v[:, lo:lo + kd * cg], out=m)
-                _winograd_output(m, bias, y, n, g * kg, od, th0, th1, tiles_w, step,
-                                 (a_h, a_w), (o_h, o_w))
+        for g, od, taps, m in _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups,
+                                              kg, pad, dilation):
+            np.matmul(u[g], taps, out=m)
+            _winograd_output(m, bias, y, n, g * kg, od, th0, th1, -(-o_w // 2), step,
+                             (a_h, a_w), (o_h, o_w))
 
     _run(_winograd_tasks(x.shape[2:], out_size, pad, step, n_b, od_block, kd, cg, kg,
                          x.itemsize), work)
@@ -1033,19 +1023,11 @@ def _conv_weight_grad_winograd(x, gy, pad, dilation, groups, kernel):
 
     def work(slot, n, od0, od1, lattice, th0, th1):
         (a_h, o_h, *_), (a_w, o_w, *_) = lattice
-        tiles_w = -(-o_w // 2)
-        span = (th1 - th0) * tiles_w
-        slices = (od1 - od0 - 1) + kd
-        v = np.empty((16, slices * cg, span), dtype=x.dtype)
-        wt = np.empty((16, kg, span), dtype=x.dtype)
-        for g in range(groups):
-            _winograd_input_slices(x, n, g * cg, cg, od0, slices, pad, dilation, lattice,
-                                   th0, th1, v)
-            for od in range(od0, od1):
-                _winograd_grad_tiles(gy, n, g * kg, od, th0, th1, tiles_w, wt, step,
-                                     (a_h, a_w), (o_h, o_w))
-                lo = (od - od0) * cg
-                partial[slot, g] += wt @ v[:, lo:lo + kd * cg].transpose(0, 2, 1)
+        for g, od, taps, wt in _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups,
+                                               kg, pad, dilation):
+            _winograd_grad_tiles(gy, n, g * kg, od, th0, th1, -(-o_w // 2), wt, step,
+                                 (a_h, a_w), (o_h, o_w))
+            partial[slot, g] += wt @ taps.transpose(0, 2, 1)
 
     used = _run(_winograd_tasks(x.shape[2:], out_size, pad, step, n_b, od_block, kd, cg, kg,
                                 x.itemsize), work)
@@ -1054,6 +1036,27 @@ def _conv_weight_grad_winograd(x, gy, pad, dilation, groups, kernel):
     m = m.reshape(groups, 4, 4, kg, kd, cg)
     gw = np.einsum("ia,gijkrc,jb->gkcrab", g_mat, m, g_mat, optimize=True)
     return np.ascontiguousarray(gw.reshape(k_out, cg, kd, 3, 3))
+
+
+def _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups, kg, pad, dilation):
+    """One task's steps: per group and output depth slice ``od``, ``(g, od, taps, out)`` with
+    ``taps`` the transformed input tiles ``od`` needs, ``(16, kd * cg, tiles)``, and ``out`` a
+    ``(16, kg, tiles)`` buffer.
+
+    Input slice ``s`` (a block of ``cg`` rows) is depth ``od0 - pad + s * dilation``, so
+    consecutive output slices share it; with a depth dilation a task has one output slice.
+    """
+    cg = x.shape[1] // groups
+    span = (th1 - th0) * -(-lattice[1][1] // 2)
+    slices = (od1 - od0 - 1) + kd
+    v = np.empty((16, slices * cg, span), dtype=x.dtype)
+    out = np.empty((16, kg, span), dtype=x.dtype)
+    for g in range(groups):
+        _winograd_input_slices(x, n, g * cg, cg, od0, slices, pad, dilation, lattice, th0, th1,
+                               v)
+        for od in range(od0, od1):
+            lo = (od - od0) * cg
+            yield g, od, v[:, lo:lo + kd * cg], out
 
 
 def _winograd_input_slices(x, n, c0, cg, od0, slices, pad, dilation, lattice, th0, th1, v):
