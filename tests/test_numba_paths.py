@@ -8,15 +8,18 @@ import pytest
 from helpers import assert_close, randn
 
 import fastconv as fc
-from fastconv.backends import numba_cpu
+from fastconv.backends import _numba_gemm, _numba_tasks, _numba_winograd
 
-NO_WINOGRAD = {"_WINOGRAD_MIN_CHANNELS": 10**9}
+# the knobs that choose a path, and the module each lives in
+KNOBS = {"GEMM_MIN_WORK": _numba_gemm, "TASK_BYTES": _numba_tasks,
+         "WINOGRAD_MIN_CHANNELS": _numba_winograd}
+NO_WINOGRAD = {"WINOGRAD_MIN_CHANNELS": 10**9}
 SETTINGS = {
-    "direct": {"_GEMM_MIN_WORK": 10**9, **NO_WINOGRAD},
-    "gemm": {"_GEMM_MIN_WORK": 0, **NO_WINOGRAD},
-    "gemm_row_tasks": {"_GEMM_MIN_WORK": 0, "_TASK_BYTES": 1, **NO_WINOGRAD},  # a row per task
-    "winograd": {"_WINOGRAD_MIN_CHANNELS": 1},  # 3x3, stride 1, no dilation; others as usual
-    "winograd_row_tasks": {"_WINOGRAD_MIN_CHANNELS": 1, "_TASK_BYTES": 1},
+    "direct": {"GEMM_MIN_WORK": 10**9, **NO_WINOGRAD},
+    "gemm": {"GEMM_MIN_WORK": 0, **NO_WINOGRAD},
+    "gemm_row_tasks": {"GEMM_MIN_WORK": 0, "TASK_BYTES": 1, **NO_WINOGRAD},  # a row per task
+    "winograd": {"WINOGRAD_MIN_CHANNELS": 1},  # 3x3 kernels at stride 1; the others as usual
+    "winograd_row_tasks": {"WINOGRAD_MIN_CHANNELS": 1, "TASK_BYTES": 1},
 }
 
 CASES = [
@@ -46,8 +49,8 @@ def run_all(nd, kw, x, w, b, gy, wt, bt):
 @pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("nd, kw", CASES)
 def test_paths_agree_with_reference(setting, nd, kw, dtype, rng, monkeypatch):
-    for attr, value in SETTINGS[setting].items():
-        monkeypatch.setattr(numba_cpu, attr, value)
+    for knob, value in SETTINGS[setting].items():
+        monkeypatch.setattr(KNOBS[knob], knob, value)
     size = {1: (17,), 2: (9, 11), 3: (5, 6, 7)}[nd]
     x = randn(rng, (3, 4, *size), dtype)
     kw = dict(kw)
@@ -67,7 +70,7 @@ def test_paths_agree_with_reference(setting, nd, kw, dtype, rng, monkeypatch):
 
 def test_single_thread_path(rng, monkeypatch):
     """One task: the call runs in the caller's thread with BLAS's own threads."""
-    monkeypatch.setattr(numba_cpu, "_TASK_BYTES", 1 << 30)
+    monkeypatch.setattr(_numba_tasks, "TASK_BYTES", 1 << 30)
     x = randn(rng, (1, 4, 9, 9), np.float64)
     w = randn(rng, (6, 4, 3, 3), np.float64)
     with fc.use_backend("numpy"):

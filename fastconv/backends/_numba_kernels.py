@@ -1,0 +1,707 @@
+"""The Numba kernels of the ``numba`` backend: every ``@njit`` function, in one module because
+Numba's on-disk cache tracks one source file (a kernel cached against a helper in another file
+would not see that helper change).
+
+Kernels trust their inputs (contiguous 5-D arrays, canonical tuples); ``fastconv.functional``
+guarantees that. Indices are unsigned (``np.uintp``) on flat views wherever a loop should
+vectorise: with signed ones Numba adds negative-index handling that kept the loops scalar.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# No `fastmath`: it would break NaN propagation, which must match PyTorch.
+_jit = {"cache": True, "parallel": True, "nogil": True}
+
+
+@njit(cache=True, inline="always")
+def _valid_range(count, stride, offset, size):
+    """The positions ``j`` in ``[0, count)`` with ``0 <= j * stride + offset < size``."""
+    lo = 0
+    while lo < count and lo * stride + offset < 0:
+        lo += 1
+    hi = count
+    while hi > lo and (hi - 1) * stride + offset >= size:
+        hi -= 1
+    return lo, hi
+
+
+# Direct kernels work band by band on a copy of the input: padded (so no tap needs a bounds
+# check) and split by stride phase (so every tap reads contiguously). With the band's rows laid
+# out at one pitch, a tap is one long multiply-add over the whole band, which vectorises; the
+# few lanes that fall in the pitch's slack columns are computed and never copied out.
+_BAND_ELEMS = 1 << 14  # input elements of one band's copy: stays in the L1/L2 caches
+
+
+@njit(cache=True, inline="always")
+def _band_geometry(o_n, stride, kernel, dilation):
+    """``(rows per band, row pitch)`` of the banded input copy for an output of ``o_n`` (H, W)."""
+    oh_n, ow_n = o_n
+    sh, sw = stride
+    kh, kw = kernel
+    dh, dw = dilation
+    pitch = ((ow_n - 1) * sw + (kw - 1) * dw + sw) // sw
+    fit = max(1, _BAND_ELEMS // (pitch * sw))
+    rows = ((fit - (kh - 1) * dh - 1) // sh) + 1
+    return max(1, min(oh_n, rows)), pitch
+
+
+@njit(cache=True, nogil=True)
+def _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill):
+    col = col0 + 2 * m
+    buf[np.uintp(dst + m)] = xf[np.uintp(src + 2 * m)] if 0 <= col < w_in else fill
+    buf[np.uintp(odd + m)] = xf[np.uintp(src + 2 * m + 1)] if 0 <= col + 1 < w_in else fill
+
+
+@njit(cache=True, nogil=True)
+def _fill_band(buf, base, xf, plane, h_in, w_in, row0, col0, sh, sw, hb, pitch, fill):
+    """``buf[base:][ph, pw, j, m] = x[plane][row0 + j*sh + ph, col0 + m*sw + pw]``, ``fill``
+    outside."""
+    for ph in range(sh):
+        for j in range(hb):
+            row = row0 + j * sh + ph
+            dst = base + (ph * sw * hb + j) * pitch
+            if row < 0 or row >= h_in:
+                for pw in range(sw):
+                    for m in range(pitch):
+                        buf[np.uintp(dst + pw * hb * pitch + m)] = fill
+                continue
+            src = plane + row * w_in + col0
+            if sw == 2:
+                # both phases in one pass: contiguous pairs, which vectorise as shuffles
+                lo0, hi0 = _valid_range(pitch, 2, col0, w_in)
+                lo1, hi1 = _valid_range(pitch, 2, col0 + 1, w_in)
+                lo, hi = max(lo0, lo1), max(min(hi0, hi1), max(lo0, lo1))
+                odd = dst + hb * pitch
+                for m in range(lo, hi):
+                    buf[np.uintp(dst + m)] = xf[np.uintp(src + 2 * m)]
+                    buf[np.uintp(odd + m)] = xf[np.uintp(src + 2 * m + 1)]
+                for m in range(lo):
+                    _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill)
+                for m in range(hi, pitch):
+                    _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill)
+                continue
+            for pw in range(sw):
+                lo, hi = _valid_range(pitch, sw, col0 + pw, w_in)
+                d = dst + pw * hb * pitch
+                for m in range(lo):
+                    buf[np.uintp(d + m)] = fill
+                if sw == 1:
+                    for m in range(lo, hi):
+                        buf[np.uintp(d + m)] = xf[np.uintp(src + m)]
+                else:
+                    for m in range(lo, hi):
+                        buf[np.uintp(d + m)] = xf[np.uintp(src + m * sw + pw)]
+                for m in range(hi, pitch):
+                    buf[np.uintp(d + m)] = fill
+
+
+@njit(cache=True, nogil=True)
+def _tap_start(rh, rw, dilation, sh, sw, hb, pitch):
+    """Where tap ``(rh, rw)`` starts reading in a band copied by :func:`_fill_band`."""
+    eh, ew = rh * dilation[1], rw * dilation[2]
+    return (((eh % sh) * sw + ew % sw) * hb + eh // sh) * pitch + ew // sw
+
+
+@njit(cache=True, nogil=True)
+def _conv_taps(acc, buf, base, span, w_row, rh, rw, count, dilation, sh, sw, hb, pitch):
+    """Add taps ``rw:rw+count`` (at most 3) of kernel row ``rh`` into ``acc``, one pass.
+
+    A pass per three taps loads and stores ``acc`` a third as often; the sum order per element
+    stays tap by tap.
+    """
+    s0 = base + _tap_start(rh, rw, dilation, sh, sw, hb, pitch)
+    w0 = w_row[rw]
+    if count == 1:
+        for i in range(span):
+            acc[np.uintp(i)] += w0 * buf[np.uintp(s0 + i)]
+        return
+    s1 = base + _tap_start(rh, rw + 1, dilation, sh, sw, hb, pitch)
+    w1 = w_row[rw + 1]
+    if count == 2:
+        for i in range(span):
+            acc[np.uintp(i)] = (acc[np.uintp(i)] + w0 * buf[np.uintp(s0 + i)]
+                                + w1 * buf[np.uintp(s1 + i)])
+        return
+    s2 = base + _tap_start(rh, rw + 2, dilation, sh, sw, hb, pitch)
+    w2 = w_row[rw + 2]
+    for i in range(span):
+        acc[np.uintp(i)] = (acc[np.uintp(i)] + w0 * buf[np.uintp(s0 + i)]
+                            + w1 * buf[np.uintp(s1 + i)] + w2 * buf[np.uintp(s2 + i)])
+
+
+@njit(**_jit)
+def _conv_forward(x, w, bias, stride, pad, dilation, groups, out_size, k_chunk):
+    """Direct convolution in bands of output rows; a task is one image, one group and up to
+    ``k_chunk`` of its output channels, which share the band's input copies.
+
+    Per output element the sum starts at the bias (``bias`` may be empty) and runs over
+    channels, then taps in raster order.
+    """
+    n_batch, c_in, d_in, h_in, w_in = x.shape
+    k_out, cg, kd, kh, kw = w.shape
+    od_n, oh_n, ow_n = out_size
+    kg = k_out // groups
+    chunks = (kg + k_chunk - 1) // k_chunk
+    sh, sw = stride[1], stride[2]
+    band, pitch = _band_geometry((oh_n, ow_n), (sh, sw), (kh, kw), (dilation[1], dilation[2]))
+    slice_len = sh * sw * (((band - 1) * sh + (kh - 1) * dilation[1] + sh) // sh) * pitch
+    plane_in = d_in * h_in * w_in
+    plane_out = od_n * oh_n * ow_n
+    y = np.empty((n_batch, k_out, od_n, oh_n, ow_n), dtype=x.dtype)
+    yf = y.reshape(y.size)
+    xf = x.reshape(x.size)
+    for task in prange(n_batch * groups * chunks):
+        n, g, chunk = task // (groups * chunks), (task // chunks) % groups, task % chunks
+        k0 = g * kg + chunk * k_chunk
+        k1 = min(g * kg + kg, k0 + k_chunk)
+        bufs = np.empty(cg * kd * slice_len, dtype=x.dtype)
+        acc = np.empty(band * pitch, dtype=x.dtype)
+        for od in range(od_n):
+            for oh0 in range(0, oh_n, band):
+                rows = min(band, oh_n - oh0)
+                hb = ((rows - 1) * sh + (kh - 1) * dilation[1] + sh) // sh
+                span = (rows - 1) * pitch + ow_n
+                for c in range(cg):
+                    for rd in range(kd):
+                        i_d = od * stride[0] - pad[0] + rd * dilation[0]
+                        if 0 <= i_d < d_in:
+                            plane = (n * c_in + g * cg + c) * plane_in + i_d * h_in * w_in
+                            _fill_band(bufs, (c * kd + rd) * slice_len, xf, plane, h_in, w_in,
+                                       oh0 * sh - pad[1], -pad[2], sh, sw, hb, pitch, 0)
+                for k in range(k0, k1):
+                    start = bias[k] if bias.size else 0
+                    for i in range(span):
+                        acc[np.uintp(i)] = start
+                    for c in range(cg):
+                        for rd in range(kd):
+                            i_d = od * stride[0] - pad[0] + rd * dilation[0]
+                            if i_d < 0 or i_d >= d_in:
+                                continue
+                            for rh in range(kh):
+                                for rw in range(0, kw, 3):
+                                    _conv_taps(acc, bufs, (c * kd + rd) * slice_len, span,
+                                               w[k, c, rd, rh], rh, rw, min(3, kw - rw),
+                                               dilation, sh, sw, hb, pitch)
+                    for r in range(rows):
+                        dst = (n * k_out + k) * plane_out + (od * oh_n + oh0 + r) * ow_n
+                        for ow in range(ow_n):
+                            yf[np.uintp(dst + ow)] = acc[np.uintp(r * pitch + ow)]
+    return y
+
+
+@njit(**_jit)
+def _conv_transpose_forward(x, w, bias, stride, pad, dilation, groups, out_size):
+    """Direct transposed convolution, one (image, output channel) plane per task.
+
+    Each input row, times a tap's weight, is added into the output row it lands on; a task
+    owns its plane, so the scatter is race-free and its order fixed.
+    """
+    n_batch, c_in, d_in, h_in, w_in = x.shape
+    _, cog, kd, kh, kw = w.shape
+    od_n, oh_n, ow_n = out_size
+    c_out = cog * groups
+    cig = c_in // groups
+    sw = stride[2]
+    y = np.empty((n_batch, c_out, od_n, oh_n, ow_n), dtype=x.dtype)
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    for task in prange(n_batch * c_out):
+        n, co = task // c_out, task % c_out
+        ci0, cc = (co // cog) * cig, co % cog
+        y_plane = task * od_n * oh_n * ow_n
+        start = bias[co] if bias.size else 0
+        for i in range(od_n * oh_n * ow_n):
+            yf[np.uintp(y_plane + i)] = start
+        for ci in range(ci0, ci0 + cig):
+            x_plane = (n * c_in + ci) * d_in
+            for rd in range(kd):
+                for rh in range(kh):
+                    for rw in range(kw):
+                        wv = w[ci, cc, rd, rh, rw]
+                        off = rw * dilation[2] - pad[2]
+                        lo, hi = _valid_range(w_in, sw, off, ow_n)
+                        for i_d in range(d_in):
+                            o_d = i_d * stride[0] - pad[0] + rd * dilation[0]
+                            if o_d < 0 or o_d >= od_n:
+                                continue
+                            for i_h in range(h_in):
+                                o_h = i_h * stride[1] - pad[1] + rh * dilation[1]
+                                if o_h < 0 or o_h >= oh_n:
+                                    continue
+                                dst = y_plane + (o_d * oh_n + o_h) * ow_n + off
+                                src = ((x_plane + i_d) * h_in + i_h) * w_in
+                                if sw == 1:
+                                    for iw in range(lo, hi):
+                                        yf[np.uintp(dst + iw)] += wv * xf[np.uintp(src + iw)]
+                                else:
+                                    for iw in range(lo, hi):
+                                        yf[np.uintp(dst + iw * sw)] += wv * xf[np.uintp(src + iw)]
+    return y
+
+
+# reassoc lets the row dot products vectorise; NaN and Inf still propagate through any order
+@njit(cache=True, parallel=True, nogil=True, fastmath={"reassoc", "contract"})
+def _conv_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
+    """Direct weight gradient, one (output channel, input channel) pair per task.
+
+    Image by image and band by band (the input band copied as for the forward kernel, so the
+    taps need no bounds checks), so that what a task reads stays in cache across the taps.
+    Each tap sums a band into a row of lanes in the input's dtype, one per output column (a
+    horizontal sum per output row cost more than the multiply-adds), added after each band to
+    float64 lanes, summed once at the end.
+    """
+    n_batch, c_in, d_in, h_in, w_in = x.shape
+    _, k_out, od_n, oh_n, ow_n = gy.shape
+    kd, kh, kw = kernel
+    kg, cg = k_out // groups, c_in // groups
+    sh, sw = stride[1], stride[2]
+    band, pitch = _band_geometry((oh_n, ow_n), (sh, sw), (kh, kw), (dilation[1], dilation[2]))
+    slice_len = sh * sw * (((band - 1) * sh + (kh - 1) * dilation[1] + sh) // sh) * pitch
+    gw = np.empty((k_out, cg, kd, kh, kw), dtype=x.dtype)
+    xf = x.reshape(x.size)
+    gf = gy.reshape(gy.size)
+    for task in prange(k_out * cg):
+        k, c = task // cg, task % cg
+        ci = (k // kg) * cg + c
+        buf = np.empty(slice_len, dtype=x.dtype)
+        lanes = np.zeros(kd * kh * kw * ow_n)
+        band_lanes = np.empty(kd * kh * kw * ow_n, dtype=x.dtype)
+        for n in range(n_batch):
+            for od in range(od_n):
+                g_plane = ((n * k_out + k) * od_n + od) * oh_n * ow_n
+                for oh0 in range(0, oh_n, band):
+                    rows = min(band, oh_n - oh0)
+                    hb = ((rows - 1) * sh + (kh - 1) * dilation[1] + sh) // sh
+                    for i in range(band_lanes.size):
+                        band_lanes[np.uintp(i)] = 0
+                    for rd in range(kd):
+                        i_d = od * stride[0] - pad[0] + rd * dilation[0]
+                        if i_d < 0 or i_d >= d_in:
+                            continue
+                        plane = ((n * c_in + ci) * d_in + i_d) * h_in * w_in
+                        _fill_band(buf, 0, xf, plane, h_in, w_in, oh0 * sh - pad[1], -pad[2],
+                                   sh, sw, hb, pitch, 0)
+                        for rh in range(kh):
+                            for rw in range(kw):
+                                src = _tap_start(rh, rw, dilation, sh, sw, hb, pitch)
+                                lane = ((rd * kh + rh) * kw + rw) * ow_n
+                                for r in range(rows):
+                                    g_row = g_plane + (oh0 + r) * ow_n
+                                    b_row = src + r * pitch
+                                    for ow in range(ow_n):
+                                        band_lanes[np.uintp(lane + ow)] += (
+                                            gf[np.uintp(g_row + ow)] * buf[np.uintp(b_row + ow)])
+                    for i in range(band_lanes.size):
+                        lanes[np.uintp(i)] += band_lanes[np.uintp(i)]
+        for t in range(kd * kh * kw):
+            gw[k, c, t // (kh * kw), (t // kw) % kh, t % kw] = lanes[t * ow_n:(t + 1) * ow_n].sum()
+    return gw
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath={"reassoc"})
+def _bias_grad(gy):
+    """``gy.sum(axis=(0, 2, 3, 4))`` in float64, one channel per task."""
+    n_batch, k_out = gy.shape[:2]
+    plane = gy.size // max(n_batch * k_out, 1)
+    gf = gy.reshape(gy.size)
+    gb = np.empty(k_out, dtype=gy.dtype)
+    for k in prange(k_out):
+        acc = 0.0
+        for n in range(n_batch):
+            start = (n * k_out + k) * plane
+            for i in range(start, start + plane):
+                acc += gf[np.uintp(i)]
+        gb[k] = acc
+    return gb
+
+
+@njit(cache=True, inline="always")
+def _first_in_bounds(o_pos, stride, pad, dilation):
+    """The first window position at or after ``o_pos * stride - pad`` that is not negative
+    (PyTorch's default argmax, which it keeps when nothing beats -inf)."""
+    start = o_pos * stride - pad
+    if start < 0:
+        start += ((-start + dilation - 1) // dilation) * dilation
+    return start
+
+
+@njit(**_jit)
+def _max_pool_forward(x, kernel, stride, pad, dilation, out_size, with_indices):
+    """Max pooling, one (image, channel) plane per task, in bands of rows (as the convolution).
+
+    Taps run in the window's raster order and a candidate replaces the current best when it is
+    larger or NaN, so the first maximum and the last NaN win, as in PyTorch; padding reads as
+    ``-inf``, which never replaces. The winning tap is kept per element and turned into a flat
+    input index only when the band is written out, and only ``with_indices``.
+    """
+    n_batch, c_in, d_in, h_in, w_in = x.shape
+    od_n, oh_n, ow_n = out_size
+    kd, kh, kw = kernel
+    sh, sw = stride[1], stride[2]
+    band, pitch = _band_geometry((oh_n, ow_n), (sh, sw), (kh, kw), (dilation[1], dilation[2]))
+    hb_most = ((band - 1) * sh + (kh - 1) * dilation[1] + sh) // sh
+    plane_in = d_in * h_in * w_in
+    y = np.empty((n_batch, c_in, od_n, oh_n, ow_n), dtype=x.dtype)
+    idx_shape = (n_batch, c_in, od_n, oh_n, ow_n) if with_indices else (0, 0, 0, 0, 0)
+    idx = np.empty(idx_shape, dtype=np.int64)
+    # flat input offset of each tap, relative to the window's corner
+    tap_offset = np.empty(kd * kh * kw, dtype=np.int64)
+    for rd in range(kd):
+        for rh in range(kh):
+            for rw in range(kw):
+                tap_offset[(rd * kh + rh) * kw + rw] = (
+                    (rd * dilation[0] * h_in + rh * dilation[1]) * w_in + rw * dilation[2])
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    idf = idx.reshape(idx.size)
+    lowest = x.dtype.type(-np.inf)
+    for task in prange(n_batch * c_in):
+        buf = np.empty(sh * sw * hb_most * pitch, dtype=x.dtype)
+        best = np.empty(band * pitch, dtype=x.dtype)
+        won = np.empty(band * pitch, dtype=np.int32)
+        for od in range(od_n):
+            d0 = _first_in_bounds(od, stride[0], pad[0], dilation[0])
+            for oh0 in range(0, oh_n, band):
+                rows = min(band, oh_n - oh0)
+                hb = ((rows - 1) * sh + (kh - 1) * dilation[1] + sh) // sh
+                span = (rows - 1) * pitch + ow_n
+                for i in range(span):
+                    best[np.uintp(i)] = lowest
+                    won[np.uintp(i)] = -1
+                for rd in range(kd):
+                    i_d = od * stride[0] - pad[0] + rd * dilation[0]
+                    if i_d < 0 or i_d >= d_in:
+                        continue
+                    _fill_band(buf, 0, xf, task * plane_in + i_d * h_in * w_in, h_in, w_in,
+                               oh0 * sh - pad[1], -pad[2], sh, sw, hb, pitch, lowest)
+                    for rh in range(kh):
+                        eh = rh * dilation[1]
+                        for rw in range(kw):
+                            ew = rw * dilation[2]
+                            src = (((eh % sh) * sw + ew % sw) * hb + eh // sh) * pitch
+                            src += ew // sw
+                            if with_indices:
+                                tap = np.int32((rd * kh + rh) * kw + rw)
+                                for i in range(span):
+                                    v = buf[np.uintp(src + i)]
+                                    b = best[np.uintp(i)]
+                                    take = (v > b) | (v != v)
+                                    best[np.uintp(i)] = v if take else b
+                                    won[np.uintp(i)] = tap if take else won[np.uintp(i)]
+                            else:
+                                for i in range(span):
+                                    v = buf[np.uintp(src + i)]
+                                    b = best[np.uintp(i)]
+                                    best[np.uintp(i)] = v if (v > b) | (v != v) else b
+                for r in range(rows):
+                    oh = oh0 + r
+                    dst = ((task * od_n + od) * oh_n + oh) * ow_n
+                    for ow in range(ow_n):
+                        yf[np.uintp(dst + ow)] = best[np.uintp(r * pitch + ow)]
+                    if with_indices:
+                        h0 = _first_in_bounds(oh, stride[1], pad[1], dilation[1])
+                        corner = ((od * stride[0] - pad[0]) * h_in
+                                  + oh * stride[1] - pad[1]) * w_in - pad[2]
+                        for ow in range(ow_n):
+                            t = won[np.uintp(r * pitch + ow)]
+                            if t >= 0:
+                                idf[np.uintp(dst + ow)] = corner + ow * sw + tap_offset[t]
+                            else:
+                                w0 = _first_in_bounds(ow, sw, pad[2], dilation[2])
+                                idf[np.uintp(dst + ow)] = (d0 * h_in + h0) * w_in + w0
+    return y, idx
+
+
+
+@njit(**_jit)
+def _max_pool_backward(gy, idx, plane):
+    # planes are independent, so a plane-per-thread scatter is race-free and deterministic;
+    # each task zeroes its own plane first, so that plane is in cache for the scatter
+    rows, outs = gy.shape
+    gx = np.empty((rows, plane), dtype=gy.dtype)
+    gxf = gx.reshape(gx.size)
+    gyf = gy.reshape(gy.size)
+    idf = idx.reshape(idx.size)
+    for r in prange(rows):
+        base = r * plane
+        for i in range(plane):
+            gxf[np.uintp(base + i)] = 0
+        for o in range(r * outs, (r + 1) * outs):
+            i = idf[np.uintp(o)]
+            if 0 <= i < plane:
+                gxf[np.uintp(base + i)] += gyf[np.uintp(o)]
+    return gx
+
+
+# --------------------------------------------------------------------------- packing for GEMM
+# GEMM-shaped convolutions are packed (im2col) by serial, GIL-free Numba kernels and multiplied
+# by BLAS, on a few Python threads, each task owning its own outputs. BLAS must not be called
+# inside `prange` (Numba's and OpenBLAS's thread pools spin against each other); here BLAS runs
+# one thread per task instead.
+
+
+@njit(cache=True, nogil=True)
+def _im2col(x, c0, cg, kernel, stride, pad, dilation, out_size, n0, n1, r0, r1, cols):
+    """Pack input channels ``c0:c0+cg`` of images ``n0:n1``, output rows ``r0:r1``.
+
+    ``cols[(c, tap), (n, row, ow)]`` holds the input element that tap multiplies for that
+    output position (zero in the padding). Rows enumerate ``(od, oh)``. Flat views indexed
+    with unsigned ints spare Numba its negative-index checks, which kept the copies scalar
+    (measured 2-3x slower).
+    """
+    c_all, d_in, h_in, w_in = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+    kd, kh, kw = kernel
+    oh_n, ow_n = out_size[1], out_size[2]
+    sw = stride[2]
+    span = (r1 - r0) * ow_n
+    xf = x.reshape(x.size)
+    cf = cols.reshape(cols.size)
+    width = cols.shape[1]
+    for c in range(cg):
+        for rd in range(kd):
+            for rh in range(kh):
+                for rw in range(kw):
+                    row = ((c * kd + rd) * kh + rh) * kw + rw
+                    off = rw * dilation[2] - pad[2]
+                    lo, hi = _valid_range(ow_n, sw, off, w_in)
+                    for n in range(n0, n1):
+                        plane = (n * c_all + c0 + c) * d_in
+                        od, oh = r0 // oh_n, r0 % oh_n
+                        base = row * width + (n - n0) * span
+                        for _ in range(r0, r1):
+                            i_d = od * stride[0] - pad[0] + rd * dilation[0]
+                            i_h = oh * stride[1] - pad[1] + rh * dilation[1]
+                            if i_d < 0 or i_d >= d_in or i_h < 0 or i_h >= h_in:
+                                for ow in range(ow_n):
+                                    cf[np.uintp(base + ow)] = 0
+                            else:
+                                for ow in range(lo):
+                                    cf[np.uintp(base + ow)] = 0
+                                src = ((plane + i_d) * h_in + i_h) * w_in + off
+                                if sw == 1:
+                                    for ow in range(lo, hi):
+                                        cf[np.uintp(base + ow)] = xf[np.uintp(src + ow)]
+                                else:
+                                    for ow in range(lo, hi):
+                                        cf[np.uintp(base + ow)] = xf[np.uintp(src + ow * sw)]
+                                for ow in range(hi, ow_n):
+                                    cf[np.uintp(base + ow)] = 0
+                            base += ow_n
+                            oh += 1
+                            if oh == oh_n:
+                                oh, od = 0, od + 1
+
+
+@njit(cache=True, nogil=True)
+def _unpack_rows(prod, bias, y, k0, n0, n1, o0, o1):
+    """``y[n, k0 + k, o0:o1] = prod[k, (n - n0, o)] (+ bias[k0 + k])``: a GEMM result back to
+    (N, K, O)."""
+    span = o1 - o0
+    for n in range(n0, n1):
+        for k in range(prod.shape[0]):
+            b = bias[k0 + k] if bias.size else 0
+            for o in range(span):
+                y[n, k0 + k, o0 + o] = prod[k, (n - n0) * span + o] + b
+
+
+@njit(cache=True, nogil=True)
+def _pack_rows(g, k0, kg, n0, n1, o0, o1, dst):
+    """The inverse of :func:`_unpack_rows`: ``dst[k, (n - n0, o)] = g[n, k0 + k, o0:o1]``."""
+    span = o1 - o0
+    for k in range(kg):
+        for n in range(n0, n1):
+            dst[k, (n - n0) * span:(n - n0 + 1) * span] = g[n, k0 + k, o0:o1]
+
+
+@njit(cache=True, nogil=True)
+def _col2im(cols, bias, y, n, c0, c1, in_size, kernel, stride, pad, dilation):
+    """Add each tap's row of ``cols`` (columns: input positions) into output channels ``c0:c1``.
+
+    ``y[n, c, i*stride - pad + r*dilation] += cols[(c - c0, r), i]``: the scatter of a
+    transposed convolution, serial within a task, so the sum order is fixed.
+    """
+    d_in, h_in, w_in = in_size
+    kd, kh, kw = kernel
+    c_all, od_n, oh_n, ow_n = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
+    sw = stride[2]
+    for c in range(c0, c1):
+        y[n, c] = bias[c] if bias.size else 0
+    yf = y.reshape(y.size)
+    cf = cols.reshape(cols.size)
+    width = cols.shape[1]
+    for c in range(c0, c1):
+        plane = (n * c_all + c) * od_n
+        for rd in range(kd):
+            for rh in range(kh):
+                for rw in range(kw):
+                    row = (((c - c0) * kd + rd) * kh + rh) * kw + rw
+                    off = rw * dilation[2] - pad[2]
+                    lo, hi = _valid_range(w_in, sw, off, ow_n)
+                    for i_d in range(d_in):
+                        o_d = i_d * stride[0] - pad[0] + rd * dilation[0]
+                        if o_d < 0 or o_d >= od_n:
+                            continue
+                        for i_h in range(h_in):
+                            o_h = i_h * stride[1] - pad[1] + rh * dilation[1]
+                            if o_h < 0 or o_h >= oh_n:
+                                continue
+                            dst = ((plane + o_d) * oh_n + o_h) * ow_n + off
+                            src = row * width + (i_d * h_in + i_h) * w_in
+                            for i_w in range(lo, hi):
+                                yf[np.uintp(dst + i_w * sw)] += cf[np.uintp(src + i_w)]
+
+# --------------------------------------------------------------------------- Winograd
+# 3x3 convolutions at stride 1 as Winograd's F(2x2, 3x3): each 2x2 block of outputs takes
+# 16 multiplies per channel pair instead of 36, as 16 GEMMs (one per transformed position)
+# between the transformed weights U = G g G^T and the transformed input tiles V = B^T d B;
+# the output is A^T M A. Transforms run row-wise so that they vectorise across tiles.
+
+
+@njit(cache=True, nogil=True)
+def _winograd_input(x, n, c0, cg, i_d, pad_h, pad_w, th0, th1, tiles_w, v, v0, step, offset,
+                    size):
+    """``v[(i, j), v0 + c, tile] = (B^T d B)[i, j]`` for the 4x4 input patch ``d`` of each tile
+    of tile rows ``th0:th1`` of depth slice ``i_d`` of channel ``c0 + c`` of image ``n`` (zero
+    outside the input).
+
+    The input is the sub-lattice ``x[..., offset[0]::step[0], offset[1]::step[1]]`` of size
+    ``size`` (the whole plane at step 1): a dilated convolution is an undilated one on each.
+    """
+    h_in, w_in = size
+    row_len = x.shape[4]
+    wp = 2 * tiles_w + 2
+    rows = np.empty(4 * wp, dtype=x.dtype)  # the tile row's four input rows, padded
+    t = np.empty(4 * wp, dtype=x.dtype)  # B^T applied down the columns
+    lo, hi = _valid_range(wp, 1, -pad_w, w_in)
+    xf = x.reshape(x.size)
+    vf = v.reshape(v.size)
+    span = v.shape[2]
+    plane_v = v.shape[1] * span
+    for c in range(cg):
+        plane = ((n * x.shape[1] + c0 + c) * x.shape[2] + i_d) * x.shape[3] * row_len
+        for th in range(th0, th1):
+            for i in range(4):
+                r = 2 * th - pad_h + i
+                for q in range(wp):
+                    rows[np.uintp(i * wp + q)] = 0
+                if 0 <= r < h_in:
+                    src = plane + (step[0] * r + offset[0]) * row_len + offset[1]
+                    src -= step[1] * pad_w
+                    for q in range(lo, hi):
+                        rows[np.uintp(i * wp + q)] = xf[np.uintp(src + step[1] * q)]
+            for q in range(wp):
+                d0, d1 = rows[np.uintp(q)], rows[np.uintp(wp + q)]
+                d2, d3 = rows[np.uintp(2 * wp + q)], rows[np.uintp(3 * wp + q)]
+                t[np.uintp(q)] = d0 - d2
+                t[np.uintp(wp + q)] = d1 + d2
+                t[np.uintp(2 * wp + q)] = d2 - d1
+                t[np.uintp(3 * wp + q)] = d1 - d3
+            base = (v0 + c) * span + (th - th0) * tiles_w
+            for i in range(4):
+                row = i * wp
+                out = 4 * i * plane_v + base
+                for tw in range(tiles_w):
+                    a0, a1 = t[np.uintp(row + 2 * tw)], t[np.uintp(row + 2 * tw + 1)]
+                    a2, a3 = t[np.uintp(row + 2 * tw + 2)], t[np.uintp(row + 2 * tw + 3)]
+                    vf[np.uintp(out + tw)] = a0 - a2
+                    vf[np.uintp(out + plane_v + tw)] = a1 + a2
+                    vf[np.uintp(out + 2 * plane_v + tw)] = a2 - a1
+                    vf[np.uintp(out + 3 * plane_v + tw)] = a1 - a3
+
+
+@njit(cache=True, nogil=True)
+def _winograd_output(m, bias, y, n, k0, od, th0, th1, tiles_w, step, offset, size):
+    """``y[n, k0 + k, od]`` rows ``2*th0:2*th1`` from ``m[(i, j), k, tile]``: ``A^T M A`` per tile,
+    plus the bias; rows and columns past the output are dropped. As in
+    :func:`_winograd_input`, the output may be a sub-lattice of ``y``."""
+    kg, span = m.shape[1], m.shape[2]
+    oh_n, ow_n = size
+    row_len = y.shape[4]
+    plane_m = kg * span
+    s = np.empty(8 * tiles_w, dtype=m.dtype)  # A^T along each patch row: s[i, j, tile]
+    mf = m.reshape(m.size)
+    yf = y.reshape(y.size)
+    pairs = ow_n // 2
+    for k in range(kg):
+        b = bias[k0 + k] if bias.size else 0
+        y_plane = ((n * y.shape[1] + k0 + k) * y.shape[2] + od) * y.shape[3] * row_len
+        y_plane += offset[1]
+        for th in range(th0, th1):
+            base = k * span + (th - th0) * tiles_w
+            for i in range(4):
+                src = 4 * i * plane_m + base
+                for tw in range(tiles_w):
+                    m0, m1 = mf[np.uintp(src + tw)], mf[np.uintp(src + plane_m + tw)]
+                    m2 = mf[np.uintp(src + 2 * plane_m + tw)]
+                    m3 = mf[np.uintp(src + 3 * plane_m + tw)]
+                    s[np.uintp((2 * i) * tiles_w + tw)] = m0 + m1 + m2
+                    s[np.uintp((2 * i + 1) * tiles_w + tw)] = m1 - m2 - m3
+            for r in range(min(2, oh_n - 2 * th)):
+                dst = y_plane + (step[0] * (2 * th + r) + offset[0]) * row_len
+                sign = 1 - 2 * r  # row 0: s0 + s1 + s2; row 1: s1 - s2 - s3
+                first = 0 if r == 0 else 2
+                for tw in range(pairs):
+                    for j in range(2):
+                        lead = s[np.uintp((first + j) * tiles_w + tw)] if r == 0 else 0
+                        tail = -s[np.uintp((6 + j) * tiles_w + tw)] if r == 1 else 0
+                        yf[np.uintp(dst + step[1] * (2 * tw + j))] = (
+                            lead + s[np.uintp((2 + j) * tiles_w + tw)]
+                            + sign * s[np.uintp((4 + j) * tiles_w + tw)] + tail + b)
+                if ow_n % 2:
+                    tw = pairs
+                    lead = s[np.uintp(first * tiles_w + tw)] if r == 0 else 0
+                    tail = -s[np.uintp(6 * tiles_w + tw)] if r == 1 else 0
+                    yf[np.uintp(dst + step[1] * 2 * tw)] = (
+                        lead + s[np.uintp(2 * tiles_w + tw)]
+                        + sign * s[np.uintp(4 * tiles_w + tw)] + tail + b)
+
+
+@njit(cache=True, nogil=True)
+def _winograd_grad_tiles(gy, n, k0, od, th0, th1, tiles_w, wt, step, offset, size):
+    """``wt[(i, j), k, tile] = (A g A^T)[i, j]`` for the 2x2 block ``g`` of ``gy[n, k0 + k, od]``
+    that tile ``(th, tw)`` produced (zero past the output; sub-lattices as in
+    :func:`_winograd_output`): the weight gradient is ``G^T (sum over tiles V * W) G``."""
+    kg, span = wt.shape[1], wt.shape[2]
+    oh_n, ow_n = size
+    row_len = gy.shape[4]
+    plane_w = kg * span
+    wp = 2 * tiles_w
+    rows = np.empty(2 * wp, dtype=gy.dtype)  # the tile row's two gradient rows, zero-padded
+    gf = gy.reshape(gy.size)
+    wf = wt.reshape(wt.size)
+    for k in range(kg):
+        plane = ((n * gy.shape[1] + k0 + k) * gy.shape[2] + od) * gy.shape[3] * row_len
+        plane += offset[1]
+        for th in range(th0, th1):
+            for r in range(2):
+                oh = 2 * th + r
+                for q in range(wp):
+                    rows[np.uintp(r * wp + q)] = 0
+                if oh < oh_n:
+                    src = plane + (step[0] * oh + offset[0]) * row_len
+                    for q in range(ow_n):
+                        rows[np.uintp(r * wp + q)] = gf[np.uintp(src + step[1] * q)]
+            out = k * span + (th - th0) * tiles_w
+            # four passes of four output streams each (sixteen at once thrash the L1 cache)
+            for i in range(4):
+                o = out + 4 * i * plane_w
+                for tw in range(tiles_w):
+                    g00, g01 = rows[np.uintp(2 * tw)], rows[np.uintp(2 * tw + 1)]
+                    g10, g11 = rows[np.uintp(wp + 2 * tw)], rows[np.uintp(wp + 2 * tw + 1)]
+                    # row i of A (4x2) down the columns: g0, g0 + g1, g0 - g1, -g1
+                    a = g00 if i == 0 else (g00 + g10 if i == 1 else (g00 - g10 if i == 2
+                                                                        else -g10))
+                    b = g01 if i == 0 else (g01 + g11 if i == 1 else (g01 - g11 if i == 2
+                                                                        else -g11))
+                    wf[np.uintp(o + tw)] = a
+                    wf[np.uintp(o + plane_w + tw)] = a + b
+                    wf[np.uintp(o + 2 * plane_w + tw)] = a - b
+                    wf[np.uintp(o + 3 * plane_w + tw)] = -b
+
+
+def _bias_array(bias, dtype):
+    """The bias as the kernels take it: contiguous, and empty for none."""
+    return np.empty(0, dtype) if bias is None else np.ascontiguousarray(bias)

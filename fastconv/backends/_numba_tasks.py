@@ -1,0 +1,84 @@
+"""The task pool of the ``numba`` backend's BLAS paths (packing + BLAS, Winograd).
+
+BLAS must not be called inside ``prange`` (Numba's and OpenBLAS's thread pools spin against
+each other). Instead a few Python threads run tasks, each owning its outputs, with BLAS at one
+thread per task; the Numba kernels they call are serial and release the GIL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+
+# Bytes of packed or transformed operands per task: small enough to stay in cache and to bound
+# the extra memory of a call (one buffer per thread), large enough that BLAS runs near its peak.
+TASK_BYTES = 4 << 20
+
+
+@functools.cache
+def _pool():
+    return ThreadPoolExecutor(max_workers=numba.config.NUMBA_NUM_THREADS,
+                              thread_name_prefix="fastconv")
+
+
+@functools.cache
+def _blas_threads():
+    """The loaded BLAS libraries, to run them one thread per task while tasks run in parallel."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a dependency; without it BLAS keeps its threads
+        return None
+    return ThreadpoolController().select(user_api="blas")
+
+
+def split(count, item_bytes, threads):
+    """Contiguous ranges over ``count`` items, each within ``TASK_BYTES`` where an item allows,
+    as many as a multiple of ``threads`` so that the threads get equal shares."""
+    if count == 0:
+        return []
+    most = max(1, TASK_BYTES // max(item_bytes, 1))
+    n_tasks = -(-count // most)
+    n_tasks = min(count, -(-n_tasks // threads) * threads)
+    per = -(-count // n_tasks)
+    return [(s, min(count, s + per)) for s in range(0, count, per)]
+
+
+def image_row_tasks(n_images, rows, row_bytes, threads):
+    """Tasks ``(n0, n1, r0, r1)``: whole images where they fit a task, else rows of one image."""
+    if rows * row_bytes <= TASK_BYTES:
+        return [(n0, n1, 0, rows) for n0, n1 in split(n_images, rows * row_bytes, threads)]
+    return [(n, n + 1, r0, r1) for n in range(n_images)
+            for r0, r1 in split(rows, row_bytes, threads)]
+
+
+def run(tasks, work):
+    """Call ``work(slot, *task)`` for every task; thread ``slot`` takes every slot-th task.
+
+    The assignment is static, so a thread's share, and any sum it keeps, is the same on every
+    run. With several threads, BLAS runs one thread in each.
+    """
+    threads = min(numba.get_num_threads(), len(tasks))
+    if threads <= 1:
+        for task in tasks:
+            work(0, *task)
+        return max(threads, 1)
+
+    def share(slot):
+        for task in tasks[slot::threads]:
+            work(slot, *task)
+
+    blas = _blas_threads()
+    with blas.limit(limits=1) if blas is not None else contextlib.nullcontext():
+        list(_pool().map(share, range(threads)))
+    return threads
+
+
+def sum_slots(partial, used):
+    """Add the per-thread partial sums, always in thread order."""
+    total = partial[0]
+    for slot in range(1, used):
+        total += partial[slot]
+    return total

@@ -1,0 +1,154 @@
+"""Winograd F(2x2, 3x3) for the ``numba`` backend: 3x3 convolutions at stride 1 (any dilation,
+any kernel depth), their input gradients (as convolutions) and their weight gradients.
+
+Numba kernels transform tiles (:mod:`._numba_kernels`); the 16 GEMMs per task run on BLAS in
+the task pool (:mod:`._numba_tasks`).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from . import _numba_tasks as tasks
+from ._numba_kernels import _bias_array, _winograd_grad_tiles, _winograd_input, _winograd_output
+
+# Winograd pays once a GEMM has enough channels on both sides
+WINOGRAD_MIN_CHANNELS = 16
+# output depth slices per task of a 3-D Winograd convolution
+WINOGRAD_DEPTH_BLOCK = 8
+# F(2x2, 3x3)'s kernel transform (its input and output transforms are written out in kernels)
+WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+
+def fits(kernel, stride, c_per_group, k_per_group):
+    """3x3 kernels (any depth) at stride 1 with enough channels per group."""
+    return (tuple(kernel[1:]) == (3, 3) and tuple(stride) == (1, 1, 1)
+            and min(c_per_group, k_per_group) >= WINOGRAD_MIN_CHANNELS)
+
+
+def _sub_lattices(in_size, out_size, pad, dilation):
+    """The undilated problems a dilated convolution splits into, per axis: for each class
+    ``a`` of output positions modulo the dilation, ``(out offset, out size, in offset,
+    in size, padding)``: output ``a + d*u`` reads input ``b + d*(u - pad' + r)``."""
+    axes = []
+    for size, o_n, p, d in zip(in_size, out_size, pad, dilation):
+        classes = []
+        for a in range(min(d, o_n)):
+            b = (a - p) % d
+            classes.append((a, len(range(a, o_n, d)), b, len(range(b, size, d)),
+                            -((a - p - b) // d)))
+        axes.append(classes)
+    return [(h, w) for h in axes[0] for w in axes[1]]
+
+
+def _winograd_weights(w, groups):
+    """``U[g, (i, j), k, (r, c)] = (G w[k, c, r] G^T)[i, j]``: for each depth tap ``r`` a
+    block of columns, so that one GEMM sums over the depth taps too."""
+    g_mat = WINOGRAD_G.astype(w.dtype)
+    k_out, cg, kd = w.shape[:3]
+    u = np.einsum("ia,kcrab,jb->ijkrc", g_mat, w, g_mat, optimize=True)
+    return np.ascontiguousarray(
+        u.reshape(16, groups, k_out // groups, kd * cg).transpose(1, 0, 2, 3))
+
+
+def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
+    n_b, c_in = x.shape[:2]
+    k_out, kd = w.shape[0], w.shape[2]
+    cg, kg = c_in // groups, k_out // groups
+    u = _winograd_weights(w, groups)
+    bias = _bias_array(bias, x.dtype)
+    y = np.empty((n_b, k_out, *out_size), dtype=x.dtype)
+    step = (dilation[1], dilation[2])
+    # consecutive output slices share the transforms of the input slices they overlap on
+    od_block = WINOGRAD_DEPTH_BLOCK if dilation[0] == 1 else 1
+
+    def work(slot, n, od0, od1, lattice, th0, th1):
+        (a_h, o_h, *_), (a_w, o_w, *_) = lattice
+        for g, od, taps, m in _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups,
+                                              kg, pad, dilation):
+            np.matmul(u[g], taps, out=m)
+            _winograd_output(m, bias, y, n, g * kg, od, th0, th1, -(-o_w // 2), step,
+                             (a_h, a_w), (o_h, o_w))
+
+    tasks.run(_winograd_tasks(x.shape[2:], out_size, pad, step, n_b, od_block, kd, cg, kg,
+                         x.itemsize), work)
+    return y
+
+
+def conv_weight_grad_winograd(x, gy, pad, dilation, groups, kernel):
+    """The weight gradient of a Winograd-shaped convolution, by the transpose of F(2x2, 3x3):
+    per transformed position a GEMM of gradient tiles (``A g A^T``) against input tiles
+    (``B^T d B``), summed over all tiles, then ``G^T M G``."""
+    n_b, c_in = x.shape[:2]
+    k_out, out_size = gy.shape[1], gy.shape[2:]
+    kd = kernel[0]
+    cg, kg = c_in // groups, k_out // groups
+    step = (dilation[1], dilation[2])
+    od_block = WINOGRAD_DEPTH_BLOCK if dilation[0] == 1 else 1
+    threads = numba.get_num_threads()
+    partial = np.zeros((threads, groups, 16, kg, kd * cg), dtype=x.dtype)
+
+    def work(slot, n, od0, od1, lattice, th0, th1):
+        (a_h, o_h, *_), (a_w, o_w, *_) = lattice
+        for g, od, taps, wt in _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups,
+                                               kg, pad, dilation):
+            _winograd_grad_tiles(gy, n, g * kg, od, th0, th1, -(-o_w // 2), wt, step,
+                                 (a_h, a_w), (o_h, o_w))
+            partial[slot, g] += wt @ taps.transpose(0, 2, 1)
+
+    used = tasks.run(_winograd_tasks(x.shape[2:], out_size, pad, step, n_b, od_block, kd, cg, kg,
+                                x.itemsize), work)
+    m = tasks.sum_slots(partial, used)  # (groups, 16, kg, kd * cg)
+    g_mat = WINOGRAD_G.astype(x.dtype)
+    m = m.reshape(groups, 4, 4, kg, kd, cg)
+    gw = np.einsum("ia,gijkrc,jb->gkcrab", g_mat, m, g_mat, optimize=True)
+    return np.ascontiguousarray(gw.reshape(k_out, cg, kd, 3, 3))
+
+
+def _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups, kg, pad, dilation):
+    """One task's steps: per group and output depth slice ``od``, ``(g, od, taps, out)`` with
+    ``taps`` the transformed input tiles ``od`` needs, ``(16, kd * cg, tiles)``, and ``out`` a
+    ``(16, kg, tiles)`` buffer.
+
+    Input slice ``s`` (a block of ``cg`` rows) is depth ``od0 - pad + s * dilation``, so
+    consecutive output slices share it; with a depth dilation a task has one output slice.
+    """
+    cg = x.shape[1] // groups
+    span = (th1 - th0) * -(-lattice[1][1] // 2)
+    slices = (od1 - od0 - 1) + kd
+    v = np.empty((16, slices * cg, span), dtype=x.dtype)
+    out = np.empty((16, kg, span), dtype=x.dtype)
+    for g in range(groups):
+        _winograd_input_slices(x, n, g * cg, cg, od0, slices, pad, dilation, lattice, th0, th1,
+                               v)
+        for od in range(od0, od1):
+            lo = (od - od0) * cg
+            yield g, od, v[:, lo:lo + kd * cg], out
+
+
+def _winograd_input_slices(x, n, c0, cg, od0, slices, pad, dilation, lattice, th0, th1, v):
+    """Input tiles of the depth slices ``od0 - pad + s * dilation``: slice ``s`` fills rows
+    ``s * cg:(s + 1) * cg`` of ``v`` (zeros in the depth padding)."""
+    (_, _, b_h, i_h, p_h), (_, o_w, b_w, i_w, p_w) = lattice
+    for s_i in range(slices):
+        i_d = od0 - pad[0] + s_i * dilation[0]
+        if 0 <= i_d < x.shape[2]:
+            _winograd_input(x, n, c0, cg, i_d, p_h, p_w, th0, th1, -(-o_w // 2), v, s_i * cg,
+                            (dilation[1], dilation[2]), (b_h, b_w), (i_h, i_w))
+        else:
+            v[:, s_i * cg:(s_i + 1) * cg] = 0
+
+
+def _winograd_tasks(in_size, out_size, pad, step, n_b, od_block, kd, cg, kg, itemsize):
+    """Tasks ``(n, od0, od1, lattice, th0, th1)`` of a Winograd convolution, each within
+    ``TASK_BYTES`` of transformed tiles where a tile row allows."""
+    found = []
+    for lattice in _sub_lattices(in_size[1:], out_size[1:], pad[1:], step):
+        (_, o_h, *_), (_, o_w, *_) = lattice
+        row_bytes = 16 * max((od_block + kd - 1) * cg, kg) * -(-o_w // 2) * itemsize
+        blocks = tasks.split(-(-o_h // 2), row_bytes, 1)
+        found += [(n, od0, min(od0 + od_block, out_size[0]), lattice, th0, th1)
+                  for n in range(n_b) for od0 in range(0, out_size[0], od_block)
+                  for th0, th1 in blocks]
+    return found
