@@ -1,12 +1,12 @@
 """Public ops: validate once, lift to three spatial axes, pick the backend, compose primitives.
 
-Every op here is built from the five backend primitives (see
+Every op here is built from the seven backend primitives (see
 :mod:`fastconv.backends.reference`) through the dualities of convolution:
 
 - conv's input gradient is a transposed conv of ``grad_output``; a transposed conv's input
   gradient is a conv; one weight-gradient kernel serves both;
-- average pooling is a depthwise conv with a kernel of ones, divided by each window's count;
-  its gradient is the matching transposed conv;
+- average pooling is its own primitive (window sums over their divisors; the reference computes
+  it as a depthwise conv with a kernel of ones); its gradient is the matching transposed conv;
 - 1-D and 2-D ops are 3-D ops on views with singleton leading spatial axes (no copy).
 
 Layouts follow PyTorch: inputs ``(N, C, *spatial)`` (or ``(C, *spatial)`` unbatched), conv
@@ -179,26 +179,25 @@ def _avg_pool_setup(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_in
         P.check_avg_pool3d_input(fn, spec)
     override = P.check_divisor_override(fn, divisor_override)
     divisor = P.avg_pool_divisor(spec, count_include_pad, override).astype(x.dtype)
-    return spec, divisor, _ones_kernel(x.shape[-nd - 1], spec.kernel, x.dtype)
+    return spec, divisor
 
 
 def _avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
               divisor_override):
     be = _backend_for(fn, input=x)
-    spec, divisor, ones = _avg_pool_setup(fn, nd, x, kernel_size, stride, padding, ceil_mode,
-                                          count_include_pad, divisor_override)
-    channels = x.shape[-nd - 1]
-    sums = be.conv_forward(_to5d(x, nd, spec.batched), ones, spec.stride, spec.padding, _UNIT,
-                           channels, spec.out_size)
-    sums /= divisor  # in place: a second output-sized array costs more than the division
-    return _from5d(sums, nd, spec.batched)
+    spec, divisor = _avg_pool_setup(fn, nd, x, kernel_size, stride, padding, ceil_mode,
+                                    count_include_pad, divisor_override)
+    y = be.avg_pool_forward(_to5d(x, nd, spec.batched), spec.kernel, spec.stride, spec.padding,
+                            spec.out_size, divisor)
+    return _from5d(y, nd, spec.batched)
 
 
 def _avg_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding, ceil_mode,
                        count_include_pad, divisor_override):
     be = _backend_for(fn, input=x, grad_output=grad_output)
-    spec, divisor, ones = _avg_pool_setup(fn, nd, x, kernel_size, stride, padding, ceil_mode,
-                                          count_include_pad, divisor_override)
+    spec, divisor = _avg_pool_setup(fn, nd, x, kernel_size, stride, padding, ceil_mode,
+                                    count_include_pad, divisor_override)
+    ones = _ones_kernel(x.shape[-nd - 1], spec.kernel, x.dtype)
     channels = x.shape[-nd - 1]
     P.check_grad_output(fn, grad_output,
                         _output_shape(x, nd, spec.batched, channels, spec.out_size), x.dtype)

@@ -318,6 +318,51 @@ def _bias_grad(gy):
     return gb
 
 
+@njit(**_jit)
+def _avg_pool_forward(x, kernel, stride, pad, out_size, divisor):
+    """Average pooling, one (image, channel) plane per task: per output row the window's input
+    rows are summed first (contiguous, vectorised), then each window's columns of that sum,
+    divided by ``divisor[od, oh, ow]``. The sum runs rows first, not in raster order."""
+    n_batch, c_in, d_in, h_in, w_in = x.shape
+    od_n, oh_n, ow_n = out_size
+    kd, kh, kw = kernel
+    sw = stride[2]
+    plane_in = d_in * h_in * w_in
+    y = np.empty((n_batch, c_in, od_n, oh_n, ow_n), dtype=x.dtype)
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    df = divisor.reshape(divisor.size)
+    for task in prange(n_batch * c_in):
+        rows = np.empty(w_in, dtype=x.dtype)
+        sums = np.empty(ow_n, dtype=x.dtype)
+        for od in range(od_n):
+            for oh in range(oh_n):
+                for q in range(w_in):
+                    rows[np.uintp(q)] = 0
+                for rd in range(kd):
+                    i_d = od * stride[0] - pad[0] + rd
+                    if i_d < 0 or i_d >= d_in:
+                        continue
+                    for rh in range(kh):
+                        i_h = oh * stride[1] - pad[1] + rh
+                        if i_h < 0 or i_h >= h_in:
+                            continue
+                        src = task * plane_in + (i_d * h_in + i_h) * w_in
+                        for q in range(w_in):
+                            rows[np.uintp(q)] += xf[np.uintp(src + q)]
+                for ow in range(ow_n):
+                    sums[np.uintp(ow)] = 0
+                for rw in range(kw):
+                    lo, hi = _valid_range(ow_n, sw, rw - pad[2], w_in)
+                    for ow in range(lo, hi):
+                        sums[np.uintp(ow)] += rows[np.uintp(ow * sw + rw - pad[2])]
+                out = (od * oh_n + oh) * ow_n
+                dst = task * od_n * oh_n * ow_n + out
+                for ow in range(ow_n):
+                    yf[np.uintp(dst + ow)] = sums[np.uintp(ow)] / df[np.uintp(out + ow)]
+    return y
+
+
 @njit(cache=True, inline="always")
 def _first_in_bounds(o_pos, stride, pad, dilation):
     """The first window position at or after ``o_pos * stride - pad`` that is not negative

@@ -1,4 +1,4 @@
-"""Numba CPU backend: the six primitives of the reference backend, fast.
+"""Numba CPU backend: the seven primitives of the reference backend, fast.
 
 Three ways to convolve, chosen per call:
 
@@ -106,6 +106,11 @@ def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
 @_serialised
 def bias_grad(gy):
     return K._bias_grad(gy)
+
+
+@_serialised
+def avg_pool_forward(x, kernel, stride, pad_lo, out_size, divisor):
+    return K._avg_pool_forward(x, kernel, stride, pad_lo, out_size, divisor)
 
 
 @_serialised

@@ -1,6 +1,6 @@
 """NumPy reference backend: short, vectorised, obviously right.
 
-Every backend implements the same six primitives on 5-D arrays ``(N, C, D, H, W)`` with
+Every backend implements the same seven primitives on 5-D arrays ``(N, C, D, H, W)`` with
 canonical arguments (three-int tuples, low-side padding only; the high side is implied by the
 output size). ``fastconv.functional`` composes everything else from them:
 
@@ -8,6 +8,7 @@ output size). ``fastconv.functional`` composes everything else from them:
 - ``conv_transpose_forward``: its adjoint, weight ``(C_in, C_out // groups, *kernel)``, which is
   also the convolution's input gradient;
 - ``conv_weight_grad``: the weight gradient, shared by both directions; ``bias_grad``;
+- ``avg_pool_forward``: window sums over their divisors;
 - ``max_pool_forward`` (values and, when asked, flat per-plane indices) and
   ``max_pool_backward``.
 """
@@ -113,6 +114,16 @@ def _first_valid(out, size, kernel, stride, pad, dilation):
     start = np.arange(out) * stride - pad
     skip = np.maximum(0, -(start // dilation))  # steps of `dilation` needed to reach 0
     return start + skip * dilation
+
+
+def avg_pool_forward(x, kernel, stride, pad_lo, out_size, divisor):
+    """Each window's sum (zero padding included), divided by ``divisor`` (shape ``out_size``):
+    a depthwise convolution with a kernel of ones."""
+    channels = x.shape[1]
+    ones = np.ones((channels, 1, *kernel), dtype=x.dtype)
+    sums = conv_forward(x, ones, stride, pad_lo, (1, 1, 1), channels, out_size)
+    sums /= divisor
+    return sums
 
 
 def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices=True):
