@@ -1,12 +1,13 @@
 """Public ops: validate once, lift to three spatial axes, pick the backend, compose primitives.
 
-Every op here is built from the seven backend primitives (see
+Every op here is built from the eight backend primitives (see
 :mod:`fastconv.backends.reference`) through the dualities of convolution:
 
 - conv's input gradient is a transposed conv of ``grad_output``; a transposed conv's input
   gradient is a conv; one weight-gradient kernel serves both;
-- average pooling is its own primitive (window sums over their divisors; the reference computes
-  it as a depthwise conv with a kernel of ones); its gradient is the matching transposed conv;
+- average pooling and its gradient are primitives of their own (window sums over their
+  divisors and the adjoint; the reference computes them as a depthwise conv with a kernel of
+  ones and the matching transposed conv);
 - 1-D and 2-D ops are 3-D ops on views with singleton leading spatial axes (no copy).
 
 Layouts follow PyTorch: inputs ``(N, C, *spatial)`` (or ``(C, *spatial)`` unbatched), conv
@@ -36,9 +37,6 @@ __all__ = [
     "avg_pool1d_backward", "avg_pool2d_backward", "avg_pool3d_backward",
     "conv_output_shape", "conv_transpose_output_shape", "pool_output_shape",
 ]
-
-_UNIT = (1, 1, 1)
-
 
 # --------------------------------------------------------------------------- plumbing
 
@@ -76,11 +74,6 @@ def _padded_input(x5, spec):
     if spec.padding_mode == "zeros":
         return x5, spec.pad_lo
     return pad(x5, spec.padding, spec.padding_mode), (0, 0, 0)
-
-
-def _ones_kernel(channels, kernel, dtype):
-    """Depthwise weight that turns a conv into a window sum (average pooling)."""
-    return np.ones((channels, 1) + tuple(kernel), dtype=dtype)
 
 
 # --------------------------------------------------------------------------- convolution
@@ -197,13 +190,11 @@ def _avg_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding, cei
     be = _backend_for(fn, input=x, grad_output=grad_output)
     spec, divisor = _avg_pool_setup(fn, nd, x, kernel_size, stride, padding, ceil_mode,
                                     count_include_pad, divisor_override)
-    ones = _ones_kernel(x.shape[-nd - 1], spec.kernel, x.dtype)
     channels = x.shape[-nd - 1]
     P.check_grad_output(fn, grad_output,
                         _output_shape(x, nd, spec.batched, channels, spec.out_size), x.dtype)
-    gy = _to5d(grad_output, nd, spec.batched) / divisor
-    gx = be.conv_transpose_forward(gy, ones, spec.stride, spec.padding, _UNIT, channels,
-                                   spec.in_size)
+    gx = be.avg_pool_backward(_to5d(grad_output, nd, spec.batched), spec.kernel, spec.stride,
+                              spec.padding, spec.in_size, divisor)
     return _from5d(gx, nd, spec.batched)
 
 

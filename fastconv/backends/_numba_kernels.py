@@ -363,6 +363,52 @@ def _avg_pool_forward(x, kernel, stride, pad, out_size, divisor):
     return y
 
 
+@njit(**_jit)
+def _avg_pool_backward(gy, kernel, stride, pad, in_size, divisor):
+    """The adjoint of :func:`_avg_pool_forward`, one (image, channel) plane per task: each
+    output row's gradient over its divisors is spread across its windows' columns, then added
+    to each of the windows' input rows (output rows in order, so the sums are repeatable)."""
+    n_batch, c_in, od_n, oh_n, ow_n = gy.shape
+    d_in, h_in, w_in = in_size
+    kd, kh, kw = kernel
+    sw = stride[2]
+    plane_in = d_in * h_in * w_in
+    gx = np.empty((n_batch, c_in, d_in, h_in, w_in), dtype=gy.dtype)
+    gxf = gx.reshape(gx.size)
+    gf = gy.reshape(gy.size)
+    df = divisor.reshape(divisor.size)
+    for task in prange(n_batch * c_in):
+        base = task * plane_in
+        for i in range(plane_in):
+            gxf[np.uintp(base + i)] = 0
+        grads = np.empty(ow_n, dtype=gy.dtype)
+        row = np.empty(w_in, dtype=gy.dtype)
+        for od in range(od_n):
+            for oh in range(oh_n):
+                out = (od * oh_n + oh) * ow_n
+                src = task * od_n * oh_n * ow_n + out
+                for ow in range(ow_n):
+                    grads[np.uintp(ow)] = gf[np.uintp(src + ow)] / df[np.uintp(out + ow)]
+                for q in range(w_in):
+                    row[np.uintp(q)] = 0
+                for rw in range(kw):
+                    lo, hi = _valid_range(ow_n, sw, rw - pad[2], w_in)
+                    for ow in range(lo, hi):
+                        row[np.uintp(ow * sw + rw - pad[2])] += grads[np.uintp(ow)]
+                for rd in range(kd):
+                    i_d = od * stride[0] - pad[0] + rd
+                    if i_d < 0 or i_d >= d_in:
+                        continue
+                    for rh in range(kh):
+                        i_h = oh * stride[1] - pad[1] + rh
+                        if i_h < 0 or i_h >= h_in:
+                            continue
+                        dst = base + (i_d * h_in + i_h) * w_in
+                        for q in range(w_in):
+                            gxf[np.uintp(dst + q)] += row[np.uintp(q)]
+    return gx
+
+
 @njit(cache=True, inline="always")
 def _first_in_bounds(o_pos, stride, pad, dilation):
     """The first window position at or after ``o_pos * stride - pad`` that is not negative

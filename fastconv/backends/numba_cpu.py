@@ -1,4 +1,4 @@
-"""Numba CPU backend: the seven primitives of the reference backend, fast.
+"""Numba CPU backend: the eight primitives of the reference backend, fast.
 
 Three ways to convolve, chosen per call:
 
@@ -111,6 +111,11 @@ def bias_grad(gy):
 @_serialised
 def avg_pool_forward(x, kernel, stride, pad_lo, out_size, divisor):
     return K._avg_pool_forward(x, kernel, stride, pad_lo, out_size, divisor)
+
+
+@_serialised
+def avg_pool_backward(gy, kernel, stride, pad_lo, in_size, divisor):
+    return K._avg_pool_backward(gy, kernel, stride, pad_lo, in_size, divisor)
 
 
 @_serialised

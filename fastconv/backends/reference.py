@@ -1,6 +1,6 @@
 """NumPy reference backend: short, vectorised, obviously right.
 
-Every backend implements the same seven primitives on 5-D arrays ``(N, C, D, H, W)`` with
+Every backend implements the same eight primitives on 5-D arrays ``(N, C, D, H, W)`` with
 canonical arguments (three-int tuples, low-side padding only; the high side is implied by the
 output size). ``fastconv.functional`` composes everything else from them:
 
@@ -8,7 +8,7 @@ output size). ``fastconv.functional`` composes everything else from them:
 - ``conv_transpose_forward``: its adjoint, weight ``(C_in, C_out // groups, *kernel)``, which is
   also the convolution's input gradient;
 - ``conv_weight_grad``: the weight gradient, shared by both directions; ``bias_grad``;
-- ``avg_pool_forward``: window sums over their divisors;
+- ``avg_pool_forward`` (window sums over their divisors) and ``avg_pool_backward``;
 - ``max_pool_forward`` (values and, when asked, flat per-plane indices) and
   ``max_pool_backward``.
 """
@@ -124,6 +124,15 @@ def avg_pool_forward(x, kernel, stride, pad_lo, out_size, divisor):
     sums = conv_forward(x, ones, stride, pad_lo, (1, 1, 1), channels, out_size)
     sums /= divisor
     return sums
+
+
+def avg_pool_backward(gy, kernel, stride, pad_lo, in_size, divisor):
+    """The adjoint of :func:`avg_pool_forward`: the transposed depthwise convolution of
+    ``gy / divisor`` with a kernel of ones."""
+    channels = gy.shape[1]
+    ones = np.ones((channels, 1, *kernel), dtype=gy.dtype)
+    return conv_transpose_forward(gy / divisor, ones, stride, pad_lo, (1, 1, 1), channels,
+                                  in_size)
 
 
 def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices=True):
