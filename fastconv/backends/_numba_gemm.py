@@ -17,19 +17,16 @@ from ._numba_kernels import _bias_array, _col2im, _im2col, _pack_rows, _unpack_r
 GEMM_MIN_WORK = 32
 
 
-def enough_work(k_per_group, c_per_group, kernel):
-    """Whether each output element takes enough multiply-adds for BLAS to pay for packing."""
-    return k_per_group * c_per_group * int(np.prod(kernel)) >= GEMM_MIN_WORK
-
-
 def gemm_worthwhile(k_per_group, c_per_group, kernel):
     """Whether packing + BLAS beats the direct kernels, for ``c_per_group`` packed channels.
 
-    With one packed channel per group (depthwise convolutions, hence average pooling, and
-    LeNet's first layer) packing only multiplies the memory traffic by the number of taps;
-    measured, the direct kernels win there (LeNet c1 forward 2.6 ms direct vs 3.8 ms packed).
+    Each output element must take enough multiply-adds for BLAS to pay for the packing. With
+    one packed channel per group (depthwise convolutions, LeNet's first layer) packing only
+    multiplies the memory traffic by the number of taps; measured, the direct kernels win
+    there (LeNet c1 forward 2.6 ms direct vs 3.8 ms packed).
     """
-    return c_per_group > 1 and enough_work(k_per_group, c_per_group, kernel)
+    return (c_per_group > 1
+            and k_per_group * c_per_group * int(np.prod(kernel)) >= GEMM_MIN_WORK)
 
 
 def is_pointwise(kernel, stride, pad):
@@ -136,5 +133,5 @@ def conv_transpose_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_s
 
     blocks = tasks.split(cog, taps * positions * x.itemsize, 1)
     tasks.run([(n, g, c0, c1) for n in range(n_b) for g in range(groups) for c0, c1 in blocks],
-         work)
+              work)
     return y

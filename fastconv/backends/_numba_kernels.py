@@ -48,6 +48,12 @@ def _band_geometry(o_n, stride, kernel, dilation):
     return max(1, min(oh_n, rows)), pitch
 
 
+@njit(cache=True, inline="always")
+def _band_height(rows, sh, kh, dh):
+    """Rows per stride phase of the input copy that ``rows`` output rows read."""
+    return ((rows - 1) * sh + (kh - 1) * dh + sh) // sh
+
+
 @njit(cache=True, nogil=True)
 def _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill):
     col = col0 + 2 * m
@@ -147,7 +153,7 @@ def _conv_forward(x, w, bias, stride, pad, dilation, groups, out_size, k_chunk):
     chunks = (kg + k_chunk - 1) // k_chunk
     sh, sw = stride[1], stride[2]
     band, pitch = _band_geometry((oh_n, ow_n), (sh, sw), (kh, kw), (dilation[1], dilation[2]))
-    slice_len = sh * sw * (((band - 1) * sh + (kh - 1) * dilation[1] + sh) // sh) * pitch
+    slice_len = sh * sw * _band_height(band, sh, kh, dilation[1]) * pitch
     plane_in = d_in * h_in * w_in
     plane_out = od_n * oh_n * ow_n
     y = np.empty((n_batch, k_out, od_n, oh_n, ow_n), dtype=x.dtype)
@@ -162,7 +168,7 @@ def _conv_forward(x, w, bias, stride, pad, dilation, groups, out_size, k_chunk):
         for od in range(od_n):
             for oh0 in range(0, oh_n, band):
                 rows = min(band, oh_n - oh0)
-                hb = ((rows - 1) * sh + (kh - 1) * dilation[1] + sh) // sh
+                hb = _band_height(rows, sh, kh, dilation[1])
                 span = (rows - 1) * pitch + ow_n
                 for c in range(cg):
                     for rd in range(kd):
@@ -259,7 +265,7 @@ def _conv_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
     kg, cg = k_out // groups, c_in // groups
     sh, sw = stride[1], stride[2]
     band, pitch = _band_geometry((oh_n, ow_n), (sh, sw), (kh, kw), (dilation[1], dilation[2]))
-    slice_len = sh * sw * (((band - 1) * sh + (kh - 1) * dilation[1] + sh) // sh) * pitch
+    slice_len = sh * sw * _band_height(band, sh, kh, dilation[1]) * pitch
     gw = np.empty((k_out, cg, kd, kh, kw), dtype=x.dtype)
     xf = x.reshape(x.size)
     gf = gy.reshape(gy.size)
@@ -274,7 +280,7 @@ def _conv_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
                 g_plane = ((n * k_out + k) * od_n + od) * oh_n * ow_n
                 for oh0 in range(0, oh_n, band):
                     rows = min(band, oh_n - oh0)
-                    hb = ((rows - 1) * sh + (kh - 1) * dilation[1] + sh) // sh
+                    hb = _band_height(rows, sh, kh, dilation[1])
                     for i in range(band_lanes.size):
                         band_lanes[np.uintp(i)] = 0
                     for rd in range(kd):
@@ -433,7 +439,7 @@ def _max_pool_forward(x, kernel, stride, pad, dilation, out_size, with_indices):
     kd, kh, kw = kernel
     sh, sw = stride[1], stride[2]
     band, pitch = _band_geometry((oh_n, ow_n), (sh, sw), (kh, kw), (dilation[1], dilation[2]))
-    hb_most = ((band - 1) * sh + (kh - 1) * dilation[1] + sh) // sh
+    hb_most = _band_height(band, sh, kh, dilation[1])
     plane_in = d_in * h_in * w_in
     y = np.empty((n_batch, c_in, od_n, oh_n, ow_n), dtype=x.dtype)
     idx_shape = (n_batch, c_in, od_n, oh_n, ow_n) if with_indices else (0, 0, 0, 0, 0)
@@ -457,7 +463,7 @@ def _max_pool_forward(x, kernel, stride, pad, dilation, out_size, with_indices):
             d0 = _first_in_bounds(od, stride[0], pad[0], dilation[0])
             for oh0 in range(0, oh_n, band):
                 rows = min(band, oh_n - oh0)
-                hb = ((rows - 1) * sh + (kh - 1) * dilation[1] + sh) // sh
+                hb = _band_height(rows, sh, kh, dilation[1])
                 span = (rows - 1) * pitch + ow_n
                 for i in range(span):
                     best[np.uintp(i)] = lowest

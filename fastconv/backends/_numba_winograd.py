@@ -42,6 +42,11 @@ def _sub_lattices(in_size, out_size, pad, dilation):
     return [(h, w) for h in axes[0] for w in axes[1]]
 
 
+def _tiles(size):
+    """2x2 output tiles along an axis of ``size`` outputs."""
+    return -(-size // 2)
+
+
 def _winograd_weights(w, groups):
     """``U[g, (i, j), k, (r, c)] = (G w[k, c, r] G^T)[i, j]``: for each depth tap ``r`` a
     block of columns, so that one GEMM sums over the depth taps too."""
@@ -59,20 +64,17 @@ def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
     u = _winograd_weights(w, groups)
     bias = _bias_array(bias, x.dtype)
     y = np.empty((n_b, k_out, *out_size), dtype=x.dtype)
-    step = (dilation[1], dilation[2])
-    # consecutive output slices share the transforms of the input slices they overlap on
-    od_block = WINOGRAD_DEPTH_BLOCK if dilation[0] == 1 else 1
 
     def work(slot, n, od0, od1, lattice, th0, th1):
         (a_h, o_h, *_), (a_w, o_w, *_) = lattice
         for g, od, taps, m in _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups,
                                               kg, pad, dilation):
             np.matmul(u[g], taps, out=m)
-            _winograd_output(m, bias, y, n, g * kg, od, th0, th1, -(-o_w // 2), step,
+            _winograd_output(m, bias, y, n, g * kg, od, th0, th1, _tiles(o_w), dilation[1:],
                              (a_h, a_w), (o_h, o_w))
 
-    tasks.run(_winograd_tasks(x.shape[2:], out_size, pad, step, n_b, od_block, kd, cg, kg,
-                         x.itemsize), work)
+    tasks.run(_winograd_tasks(x.shape[2:], out_size, pad, dilation, n_b, kd, cg, kg,
+                              x.itemsize), work)
     return y
 
 
@@ -84,21 +86,18 @@ def conv_weight_grad_winograd(x, gy, pad, dilation, groups, kernel):
     k_out, out_size = gy.shape[1], gy.shape[2:]
     kd = kernel[0]
     cg, kg = c_in // groups, k_out // groups
-    step = (dilation[1], dilation[2])
-    od_block = WINOGRAD_DEPTH_BLOCK if dilation[0] == 1 else 1
-    threads = numba.get_num_threads()
-    partial = np.zeros((threads, groups, 16, kg, kd * cg), dtype=x.dtype)
+    partial = np.zeros((numba.get_num_threads(), groups, 16, kg, kd * cg), dtype=x.dtype)
 
     def work(slot, n, od0, od1, lattice, th0, th1):
         (a_h, o_h, *_), (a_w, o_w, *_) = lattice
         for g, od, taps, wt in _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups,
                                                kg, pad, dilation):
-            _winograd_grad_tiles(gy, n, g * kg, od, th0, th1, -(-o_w // 2), wt, step,
+            _winograd_grad_tiles(gy, n, g * kg, od, th0, th1, _tiles(o_w), wt, dilation[1:],
                                  (a_h, a_w), (o_h, o_w))
             partial[slot, g] += wt @ taps.transpose(0, 2, 1)
 
-    used = tasks.run(_winograd_tasks(x.shape[2:], out_size, pad, step, n_b, od_block, kd, cg, kg,
-                                x.itemsize), work)
+    used = tasks.run(_winograd_tasks(x.shape[2:], out_size, pad, dilation, n_b, kd, cg, kg,
+                                     x.itemsize), work)
     m = tasks.sum_slots(partial, used)  # (groups, 16, kg, kd * cg)
     g_mat = WINOGRAD_G.astype(x.dtype)
     m = m.reshape(groups, 4, 4, kg, kd, cg)
@@ -115,7 +114,7 @@ def _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups, kg, pad, dila
     consecutive output slices share it; with a depth dilation a task has one output slice.
     """
     cg = x.shape[1] // groups
-    span = (th1 - th0) * -(-lattice[1][1] // 2)
+    span = (th1 - th0) * _tiles(lattice[1][1])
     slices = (od1 - od0 - 1) + kd
     v = np.empty((16, slices * cg, span), dtype=x.dtype)
     out = np.empty((16, kg, span), dtype=x.dtype)
@@ -134,20 +133,23 @@ def _winograd_input_slices(x, n, c0, cg, od0, slices, pad, dilation, lattice, th
     for s_i in range(slices):
         i_d = od0 - pad[0] + s_i * dilation[0]
         if 0 <= i_d < x.shape[2]:
-            _winograd_input(x, n, c0, cg, i_d, p_h, p_w, th0, th1, -(-o_w // 2), v, s_i * cg,
-                            (dilation[1], dilation[2]), (b_h, b_w), (i_h, i_w))
+            _winograd_input(x, n, c0, cg, i_d, p_h, p_w, th0, th1, _tiles(o_w), v, s_i * cg,
+                            dilation[1:], (b_h, b_w), (i_h, i_w))
         else:
             v[:, s_i * cg:(s_i + 1) * cg] = 0
 
 
-def _winograd_tasks(in_size, out_size, pad, step, n_b, od_block, kd, cg, kg, itemsize):
-    """Tasks ``(n, od0, od1, lattice, th0, th1)`` of a Winograd convolution, each within
+def _winograd_tasks(in_size, out_size, pad, dilation, n_b, kd, cg, kg, itemsize):
+    """Tasks ``(n, od0, od1, lattice, th0, th1)`` of a Winograd convolution: a block of output
+    depth slices (consecutive slices share the transforms of the input slices they overlap on;
+    one slice with a depth dilation) and tile rows of one sub-lattice, each within
     ``TASK_BYTES`` of transformed tiles where a tile row allows."""
+    od_block = WINOGRAD_DEPTH_BLOCK if dilation[0] == 1 else 1
     found = []
-    for lattice in _sub_lattices(in_size[1:], out_size[1:], pad[1:], step):
+    for lattice in _sub_lattices(in_size[1:], out_size[1:], pad[1:], dilation[1:]):
         (_, o_h, *_), (_, o_w, *_) = lattice
-        row_bytes = 16 * max((od_block + kd - 1) * cg, kg) * -(-o_w // 2) * itemsize
-        blocks = tasks.split(-(-o_h // 2), row_bytes, 1)
+        row_bytes = 16 * max((od_block + kd - 1) * cg, kg) * _tiles(o_w) * itemsize
+        blocks = tasks.split(_tiles(o_h), row_bytes, 1)
         found += [(n, od0, min(od0 + od_block, out_size[0]), lattice, th0, th1)
                   for n in range(n_b) for od0 in range(0, out_size[0], od_block)
                   for th0, th1 in blocks]

@@ -120,8 +120,8 @@ def avg_pool_forward(x, kernel, stride, pad_lo, out_size, divisor):
     """Each window's sum (zero padding included), divided by ``divisor`` (shape ``out_size``):
     a depthwise convolution with a kernel of ones."""
     channels = x.shape[1]
-    ones = np.ones((channels, 1, *kernel), dtype=x.dtype)
-    sums = conv_forward(x, ones, stride, pad_lo, (1, 1, 1), channels, out_size)
+    sums = conv_forward(x, _ones(channels, kernel, x.dtype), stride, pad_lo, (1, 1, 1),
+                        channels, out_size)
     sums /= divisor
     return sums
 
@@ -130,9 +130,13 @@ def avg_pool_backward(gy, kernel, stride, pad_lo, in_size, divisor):
     """The adjoint of :func:`avg_pool_forward`: the transposed depthwise convolution of
     ``gy / divisor`` with a kernel of ones."""
     channels = gy.shape[1]
-    ones = np.ones((channels, 1, *kernel), dtype=gy.dtype)
-    return conv_transpose_forward(gy / divisor, ones, stride, pad_lo, (1, 1, 1), channels,
-                                  in_size)
+    return conv_transpose_forward(gy / divisor, _ones(channels, kernel, gy.dtype), stride,
+                                  pad_lo, (1, 1, 1), channels, in_size)
+
+
+def _ones(channels, kernel, dtype):
+    """The depthwise weight that turns a convolution into window sums."""
+    return np.ones((channels, 1, *kernel), dtype=dtype)
 
 
 def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices=True):
