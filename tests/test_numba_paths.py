@@ -1,5 +1,6 @@
-"""The Numba backend's two ways to convolve (direct kernels; packing + BLAS in tasks) agree with
-the reference however the work is split: each path forced, and tasks as small as one row."""
+"""The Numba backend's ways to convolve (direct kernels; packing + BLAS in tasks; Winograd; batch
+lanes) agree with the reference however the work is split: each path forced, and tasks as small
+as one row."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import pytest
 from helpers import assert_close, randn
 
 import fastconv as fc
-from fastconv.backends import _numba_gemm, _numba_tasks, _numba_winograd
+from fastconv.backends import _numba_gemm, _numba_lanes, _numba_tasks, _numba_winograd
 
 # the knobs that choose a path, and the module each lives in
 KNOBS = {"GEMM_MIN_WORK": _numba_gemm, "TASK_BYTES": _numba_tasks,
-         "WINOGRAD_MIN_CHANNELS": _numba_winograd}
+         "WINOGRAD_MIN_CHANNELS": _numba_winograd, "LANE_MIN_BATCH": _numba_lanes}
 NO_WINOGRAD = {"WINOGRAD_MIN_CHANNELS": 10**9}
 SETTINGS = {
     "direct": {"GEMM_MIN_WORK": 10**9, **NO_WINOGRAD},
@@ -20,6 +21,8 @@ SETTINGS = {
     "gemm_row_tasks": {"GEMM_MIN_WORK": 0, "TASK_BYTES": 1, **NO_WINOGRAD},  # a row per task
     "winograd": {"WINOGRAD_MIN_CHANNELS": 1},  # 3x3 kernels at stride 1; the others as usual
     "winograd_row_tasks": {"WINOGRAD_MIN_CHANNELS": 1, "TASK_BYTES": 1},
+    # 2-D and 1-D stride-1 cases on batch lanes (the batch of 3 in a group of 16 lanes)
+    "lanes": {"LANE_MIN_BATCH": 1},
 }
 
 CASES = [
@@ -107,3 +110,37 @@ def test_large_planes_in_bands(op, shape, kw, rng):
         np.testing.assert_array_equal(got[1], expected[1])
         got, expected = got[0], expected[0]
     assert_close(got, expected, np.float64, op)
+
+
+LANE_CASES = [  # batches filling one, several and part of a last group of lanes
+    (16, (3, 7, 9), {"weight": (5, 3, 3, 3), "padding": 1}),
+    (70, (2, 6, 5), {"weight": (4, 2, 2, 3), "padding": ((2, 0), (1, 3)), "dilation": (2, 1)}),
+    (200, (3, 5, 6), {"weight": (8, 3, 5, 2), "padding": 2}),
+]
+
+
+@pytest.mark.parametrize("n, shape, kw", LANE_CASES, ids=[str(c[0]) for c in LANE_CASES])
+def test_lane_groups(n, shape, kw, dtype, rng):
+    """Batches on lanes of 16, 32 and 64 images, with a bias, channels not a multiple of four,
+    asymmetric pads and dilation; the transposed convolution's crop of its padded input."""
+    kw = dict(kw)
+    x = randn(rng, (n, *shape), dtype)
+    w = randn(rng, kw.pop("weight"), dtype)
+    b = randn(rng, (w.shape[0],), dtype)
+    gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, **kw), dtype)
+    wt = randn(rng, (shape[0], 6, 3, 2), dtype)
+    tkw = {"padding": (2, 1), "dilation": kw.get("dilation", 1)}  # padding > dilation * (k - 1)
+
+    def run():
+        return [fc.conv2d(x, w, b, **kw), *fc.conv2d_backward(gy, x, w, **kw),
+                fc.conv_transpose2d(x, wt, **tkw)]
+
+    assert _numba_lanes.lanes_fit((n, *shape[:1], 1, *shape[1:]), w.shape[0],
+                                  (1, *w.shape[2:]), (1, 1, 1), (0, 0, 0),
+                                  (1, 1, 1), 1, (1, *gy.shape[2:]))
+    with fc.use_backend("numpy"):
+        expected = run()
+    with fc.use_backend("numba"):
+        got = run()
+    for a, e, what in zip(got, expected, ["y", "gx", "gw", "gb", "yt"]):
+        assert_close(a, e, dtype, what)

@@ -1,0 +1,82 @@
+"""Batch-lane convolutions for the ``numba`` backend: many small images at stride 1.
+
+On a small image a row of output is too short for the vector units (LeNet's second layer: 10
+columns) and too small a GEMM for BLAS to run near its peak (16 x 150 x 100 per image). With
+the batch laid innermost, in groups of ``lanes`` images, a kernel row applied to an output row
+becomes one multiply-add over ``OW * lanes`` contiguous elements, with four output channels
+sharing every load (:func:`._numba_kernels._lane_conv`). The copies in and out of that layout
+move a few bytes per multiply-add, which small images can afford.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._numba_kernels import _from_lanes, _lane_conv, _lane_weight_grad, _to_lanes
+
+# Output positions per image up to which the lane layout beats the banded direct kernels and
+# packing + BLAS (measured in docs/benchmarks.md), and the batch it needs to fill its lanes.
+LANE_MAX_PLANE = 1024
+LANE_MIN_BATCH = 16
+# The lane copies of one call stay within this (or within the output's size, if larger).
+LANE_MAX_BYTES = 64 << 20
+
+
+def lane_width(n_batch):
+    """Images per lane group: long rows, yet few lanes wasted on a short last group."""
+    return 64 if n_batch >= 192 else (32 if n_batch >= 64 else 16)
+
+
+def lanes_fit(x_shape, k_out, kernel, stride, pad, dilation, groups, out_size):
+    """Whether a convolution of ``x_shape`` (5-D) to ``k_out`` channels runs on batch lanes:
+    2-D (or 1-D), stride 1, one group, a batch of at least ``LANE_MIN_BATCH`` small images,
+    at least four output channels (the kernel computes them in fours: LeNet c1's input
+    gradient, one channel, took 3.2 ms there, 2.0 ms direct)."""
+    n_b, c_in, d_in = x_shape[:3]
+    if (groups != 1 or d_in != 1 or kernel[0] != 1 or out_size[0] != 1 or pad[0] != 0
+            or any(s != 1 for s in stride) or n_b < LANE_MIN_BATCH or k_out < 4
+            or kernel[1] * kernel[2] == 1 or out_size[1] * out_size[2] > LANE_MAX_PLANE):
+        return False
+    lanes = lane_width(n_b)
+    images = -(-n_b // lanes) * lanes
+    hp, wp = _lane_size(kernel, dilation, out_size)
+    # elements of the input's and the output's (or gradient's) lane copies, counted at 8 bytes
+    copies = images * (c_in * hp * wp + -(-k_out // 4) * 4 * out_size[1] * out_size[2])
+    return copies <= max(LANE_MAX_BYTES // 8, n_b * k_out * out_size[1] * out_size[2])
+
+
+def _lane_size(kernel, dilation, out_size):
+    """(H, W) of the padded input that a stride-1 output of ``out_size`` reads."""
+    return (out_size[1] + dilation[1] * (kernel[1] - 1),
+            out_size[2] + dilation[2] * (kernel[2] - 1))
+
+
+def conv_forward_lanes(x, w, bias, pad, dilation, out_size):
+    n_b, c_in = x.shape[:2]
+    k_out, kernel = w.shape[0], w.shape[2:]
+    lanes = lane_width(n_b)
+    size = _lane_size(kernel, dilation, out_size)
+    k_lanes = -(-k_out // 4) * 4
+    w4 = np.zeros((k_lanes, c_in, kernel[1], kernel[2]), dtype=x.dtype)
+    w4[:k_out] = w[:, :, 0]
+    b4 = np.zeros(k_lanes, dtype=x.dtype)
+    if bias is not None:
+        b4[:k_out] = bias
+    xl = _to_lanes(x, lanes, c_in, (pad[1], pad[2]), size, 0)
+    yl = _lane_conv(xl, w4, b4, -(-n_b // lanes), c_in, size, (dilation[1], dilation[2]),
+                    out_size[1:], lanes)
+    return _from_lanes(yl, k_out, out_size[1:], lanes, n_b)
+
+
+def conv_weight_grad_lanes(x, gy, pad, dilation, kernel):
+    n_b, c_in = x.shape[:2]
+    k_out, out_size = gy.shape[1], gy.shape[2:]
+    lanes = lane_width(n_b)
+    size = _lane_size(kernel, dilation, out_size)
+    k_lanes = -(-k_out // 4) * 4
+    # slack for the third tap of a short last triple of taps (see _lane_weight_grad)
+    xl = _to_lanes(x, lanes, c_in, (pad[1], pad[2]), size, 2 * dilation[2] * lanes)
+    gl = _to_lanes(gy, lanes, k_lanes, (0, 0), out_size[1:], 0)
+    gw = _lane_weight_grad(xl, gl, -(-n_b // lanes), c_in, size, (dilation[1], dilation[2]),
+                           kernel[1:], lanes)
+    return np.ascontiguousarray(gw[:k_out]).reshape(k_out, c_in, *kernel)
