@@ -1,21 +1,34 @@
-# Both targets set up everything they need on a fresh machine with nothing but Python 3.
+# Both targets set up everything they need on a fresh machine with nothing but Python 3:
+# the virtualenv, the packages, and the Fashion-MNIST files.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+OUT ?= runs/lenet
 
-.PHONY: test demo lint clean
+.PHONY: test demo data lint clean
 
 $(BIN)/fastconv: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev,plot]'
 	touch $@
 
-test: $(BIN)/fastconv
+# Fashion-MNIST: found already (see fastconv.data), or installed from Debian's package where
+# apt-get may be run; otherwise the error says how to get the files.
+data: $(BIN)/fastconv
+	@$(BIN)/python -c "import fastconv.data as d; d.find_files()" 2>/dev/null || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  fi; \
+	  $(BIN)/python -c "import fastconv.data as d; d.find_files()"; }
+
+test: $(BIN)/fastconv data
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-demo: $(BIN)/fastconv
-	$(BIN)/fastconv demo
+# The main job: the textbook LeNet on Fashion-MNIST, 10 epochs, with a progress bar; writes
+# $(OUT)/checkpoint.npz, metrics.json and curves.png.
+demo: $(BIN)/fastconv data
+	$(BIN)/fastconv train --out $(OUT)
 
 lint: $(BIN)/fastconv
 	$(BIN)/ruff check .

@@ -39,6 +39,41 @@ def _bench(args):
     return run(args)
 
 
+def _train(args):
+    from .train import Config, train
+
+    config = Config(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    optimizer=args.optimizer, momentum=args.momentum,
+                    weight_decay=args.weight_decay, backend=args.backend, data=args.data,
+                    limit=args.limit, seed=args.seed, out=args.out)
+    if args.threads:
+        import fastconv
+
+        fastconv.set_num_threads(args.threads)
+    metrics = train(config, resume=args.resume, progress=not args.no_progress)
+    print(f"final test accuracy {metrics['final_test_acc']:.4f}; wrote {args.out}/"
+          "checkpoint.npz, metrics.json, curves.png")
+    return 0
+
+
+def _evaluate(args):
+    from .train import evaluate, format_confusion
+
+    accuracy, matrix, meta = evaluate(args.checkpoint, args.data, args.backend)
+    print(f"{meta['config']['model']} after {meta['epoch']} epochs: "
+          f"test accuracy {accuracy:.4f}")
+    print(format_confusion(matrix))
+    return 0
+
+
+def _download(args):
+    from .data import BASE_URL, download
+
+    for role, path in download(args.dest, args.base_url or BASE_URL).items():
+        print(f"{role:12s} {path} (SHA-256 verified)")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="fastconv",
@@ -57,12 +92,71 @@ def build_parser():
 
     add_arguments(bench)
     bench.set_defaults(run=_bench)
+
+    train = sub.add_parser(
+        "train", help="train LeNet on Fashion-MNIST with fastconv.nn",
+        description="Train LeNet-5 on Fashion-MNIST. Defaults are the textbook recipe for "
+                    "'lenet' (sigmoid, average pooling, Xavier init, SGD lr 0.9, batch 256, "
+                    "10 epochs); 'lenet-modern' (ReLU, max pooling, Kaiming init) defaults "
+                    "to Adam lr 0.001. Prints one line per epoch and writes checkpoint.npz, "
+                    "metrics.json and curves.png to --out after every epoch.")
+    train.add_argument("--model", choices=["lenet", "lenet-modern"], default="lenet")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=256)
+    train.add_argument("--lr", type=float, default=None,
+                       help="learning rate (default: the model's recipe)")
+    train.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
+                       help="default: the model's recipe")
+    train.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0)")
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--backend", default=None,
+                       help="numpy, numba or auto (default: the current setting)")
+    train.add_argument("--threads", type=int, default=None, help="Numba threads")
+    _data_argument(train)
+    train.add_argument("--limit", type=int, default=None,
+                       help="use only the first N images of each set")
+    train.add_argument("--seed", type=int, default=0,
+                       help="fixes the initial weights and the order of the batches")
+    train.add_argument("--out", default="runs/lenet", help="output folder (default runs/lenet)")
+    train.add_argument("--resume", default=None, metavar="CKPT",
+                       help="continue from a checkpoint.npz, up to --epochs in all")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="test accuracy and confusion matrix of a checkpoint")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--backend", default=None)
+    _data_argument(evaluate)
+    evaluate.set_defaults(run=_evaluate)
+
+    download = sub.add_parser(
+        "download", help="fetch Fashion-MNIST to ~/.cache/fastconv/fashion-mnist",
+        description="Fetch the four Fashion-MNIST files, check each one's SHA-256, and write "
+                    "them atomically (a temporary file, then a rename).")
+    download.add_argument("--dest", default=None,
+                          help="folder (default ~/.cache/fastconv/fashion-mnist)")
+    download.add_argument("--base-url", default=None, help="a mirror's folder URL")
+    download.set_defaults(run=_download)
     return parser
+
+
+def _data_argument(parser):
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="folder of the four IDX files (default: $FASTCONV_DATA, then "
+                             "/usr/share/datasets/fashion-mnist, then "
+                             "~/.cache/fastconv/fashion-mnist)")
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    if args.command not in ("train", "evaluate", "download"):
+        return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as exc:  # bad data or checkpoint files, network errors
+        print(f"fastconv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def _conv(fn, nd, x, weight, bias, stride, padding, dilation, groups, padding_mo
 
 
 def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, groups,
-                   padding_mode):
+                   padding_mode, input_grad=True):
     be = _backend_for(fn, input=x, weight=weight, grad_output=grad_output)
     spec = P.conv_spec(fn, nd, x, weight, None, stride, padding, dilation, groups, padding_mode)
     P.check_grad_output(fn, grad_output,
@@ -98,13 +98,16 @@ def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, gr
     gy = _to5d(grad_output, nd, spec.batched)
     w5 = _to5d(weight, nd)
     x5, pad_lo = _padded_input(_to5d(x, nd, spec.batched), spec)
-    gx = be.conv_transpose_forward(gy, w5, spec.stride, pad_lo, spec.dilation, spec.groups,
-                                   x5.shape[2:])
-    if spec.padding_mode != "zeros":
-        gx = pad_backward(gx, spec.padding, spec.padding_mode)
+    gx = None
+    if input_grad:
+        gx = be.conv_transpose_forward(gy, w5, spec.stride, pad_lo, spec.dilation,
+                                       spec.groups, x5.shape[2:])
+        if spec.padding_mode != "zeros":
+            gx = pad_backward(gx, spec.padding, spec.padding_mode)
+        gx = _from5d(gx, nd, spec.batched)
     gw = be.conv_weight_grad(x5, gy, spec.stride, pad_lo, spec.dilation, spec.groups,
                              spec.kernel)
-    return _from5d(gx, nd, spec.batched), gw.reshape(weight.shape), be.bias_grad(gy)
+    return gx, gw.reshape(weight.shape), be.bias_grad(gy)
 
 
 def _conv_transpose(fn, nd, x, weight, bias, stride, padding, output_padding, groups, dilation):
@@ -216,21 +219,21 @@ def conv3d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padd
 
 
 def conv1d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, groups=1,
-                    padding_mode="zeros"):
+                    padding_mode="zeros", *, input_grad=True):
     return _conv_backward("conv1d_backward", 1, grad_output, x, weight, stride, padding,
-                          dilation, groups, padding_mode)
+                          dilation, groups, padding_mode, input_grad)
 
 
 def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, groups=1,
-                    padding_mode="zeros"):
+                    padding_mode="zeros", *, input_grad=True):
     return _conv_backward("conv2d_backward", 2, grad_output, x, weight, stride, padding,
-                          dilation, groups, padding_mode)
+                          dilation, groups, padding_mode, input_grad)
 
 
 def conv3d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, groups=1,
-                    padding_mode="zeros"):
+                    padding_mode="zeros", *, input_grad=True):
     return _conv_backward("conv3d_backward", 3, grad_output, x, weight, stride, padding,
-                          dilation, groups, padding_mode)
+                          dilation, groups, padding_mode, input_grad)
 
 
 def conv_transpose1d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
@@ -516,10 +519,13 @@ Parameters
 grad_output : numpy.ndarray, shape of ``conv{n}d(x, weight, ...)``
 x, weight, stride, padding, dilation, groups, padding_mode
     The arguments of the forward call.
+input_grad : bool, keyword-only
+    ``False`` skips the gradient with respect to ``x`` (``grad_x`` is then ``None``), as for
+    a network's first layer, whose input needs none.
 
 Returns
 -------
-grad_x : numpy.ndarray, shape of ``x``
+grad_x : numpy.ndarray, shape of ``x``, or None
 grad_weight : numpy.ndarray, shape of ``weight``
 grad_bias : numpy.ndarray, shape (C_out,)
     The gradient a bias would have had (the sum of ``grad_output`` over all but channels).

@@ -85,3 +85,15 @@ def test_unbatched_input(nd, backend, rng):
     assert_close(y, conv(x, w, b, **kwargs)[0], np.float64, "unbatched forward")
     gx, gw, gb = getattr(fc, f"conv{nd}d_backward")(np.ones_like(y), x[0], w, **kwargs)
     assert gx.shape == x[0].shape and gw.shape == w.shape and gb.shape == b.shape
+
+
+def test_backward_without_input_gradient(backend, rng):
+    """``input_grad=False`` returns None for the input's gradient and the same other two."""
+    x = randn(rng, (3, 2, 7, 6), np.float64)
+    w = randn(rng, (4, 2, 3, 3), np.float64)
+    gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, padding=1), np.float64)
+    gx, gw, gb = fc.conv2d_backward(gy, x, w, padding=1)
+    none, gw2, gb2 = fc.conv2d_backward(gy, x, w, padding=1, input_grad=False)
+    assert none is None and gx is not None
+    np.testing.assert_array_equal(gw2, gw)
+    np.testing.assert_array_equal(gb2, gb)

@@ -1,0 +1,146 @@
+"""The base of every layer: parameters, train/eval mode, state dictionaries, and Sequential.
+
+There is no autograd tape. A layer's ``forward`` keeps what its ``backward`` needs; ``backward``
+takes the gradient of the loss with respect to the layer's output, adds the gradients of its
+parameters into their ``grad`` and returns the gradient with respect to its input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def array_module(a):
+    """NumPy, or CuPy for a CuPy array, so that layers run on whatever arrays they are given."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+class Parameter:
+    """A trainable array (``data``) and the gradient accumulated into it (``grad``, ``None``
+    until a backward pass fills it or after :meth:`Module.zero_grad`)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = None
+
+    def accumulate(self, grad):
+        """Add ``grad`` into :attr:`grad` (gradients of several backward passes add up)."""
+        if self.grad is None:
+            self.grad = grad
+        else:
+            self.grad += grad
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class of layers and models.
+
+    Subclasses set their :class:`Parameter` attributes and list their names in
+    ``parameter_names``; containers list their sub-modules in ``children``.
+    """
+
+    parameter_names: tuple[str, ...] = ()
+
+    def __init__(self):
+        self.training = True
+        self.children: list[tuple[str, Module]] = []
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, grad_output):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def named_parameters(self, prefix=""):
+        """``(name, Parameter)`` pairs, this module's first, then its children's, in order."""
+        for name in self.parameter_names:
+            p = getattr(self, name)
+            if p is not None:
+                yield prefix + name, p
+        for child_name, child in self.children:
+            yield from child.named_parameters(f"{prefix}{child_name}.")
+
+    def parameters(self):
+        """The trainable parameters, in a fixed order (that of :meth:`named_parameters`)."""
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode=True):
+        """Set training mode (``mode=False``: evaluation mode) here and in every child."""
+        self.training = mode
+        for _, child in self.children:
+            child.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def state_dict(self):
+        """Copies of the parameter arrays by name, e.g. ``{"0.weight": ..., "0.bias": ...}``."""
+        return {name: p.data.copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        """Copy the arrays of ``state`` into the parameters; names, shapes and dtypes must match
+        exactly (a ``ValueError`` says which do not)."""
+        own = dict(self.named_parameters())
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
+        for name, p in own.items():
+            value = state[name]
+            if tuple(value.shape) != tuple(p.data.shape) or value.dtype != p.data.dtype:
+                raise ValueError(
+                    f"load_state_dict: {name} has shape {tuple(value.shape)} and dtype "
+                    f"{value.dtype}, the model's {tuple(p.data.shape)} and {p.data.dtype}")
+            p.data[...] = value
+
+    def __repr__(self):
+        if not self.children:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        inner = "\n".join(f"  ({name}): {child!r}" for name, child in self.children)
+        return f"{type(self).__name__}(\n{inner}\n)"
+
+    def extra_repr(self):
+        return ""
+
+
+class Sequential(Module):
+    """Layers applied in order; backward runs them in reverse."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: layer {i} is a {type(layer).__name__}, "
+                                "not a fastconv.nn.Module")
+        self.children = [(str(i), layer) for i, layer in enumerate(layers)]
+
+    def __getitem__(self, i):
+        return self.children[i][1]
+
+    def __len__(self):
+        return len(self.children)
+
+    def forward(self, x):
+        for _, layer in self.children:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad_output):
+        for _, layer in reversed(self.children):
+            grad_output = layer.backward(grad_output)
+        return grad_output
