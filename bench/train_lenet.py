@@ -27,7 +27,7 @@ import fastconv
 from fastconv import nn
 from fastconv.data import load_fashion_mnist
 from fastconv.models import lenet
-from fastconv.train import blas_single_thread, train_step
+from fastconv.train import blas_single_thread, keep_freed_memory, train_step
 
 
 def torch_lenet():
@@ -60,6 +60,7 @@ def main():
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
+    keep_freed_memory()  # as fastconv train does; PyTorch has its own caching allocator
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     fastconv.set_num_threads(args.threads)

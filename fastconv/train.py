@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import platform
 import time
@@ -102,9 +104,11 @@ def train(config: Config, resume=None, progress=True, log=print):
     """Train, evaluating on the test set after each epoch; write to ``config.out`` a
     checkpoint (``checkpoint.npz``), ``metrics.json`` and ``curves.png`` after every epoch.
 
-    Returns the metrics (the contents of ``metrics.json``).
+    Returns the metrics (the contents of ``metrics.json``). The process's malloc is asked to
+    keep freed memory (:func:`keep_freed_memory`).
     """
     config = config.resolved()
+    keep_freed_memory()
     out = Path(config.out)
     model = lenet(MODELS[config.model], rng=np.random.default_rng(config.seed))
     optimizer = make_optimizer(config, model.parameters())
@@ -150,6 +154,21 @@ def train(config: Config, resume=None, progress=True, log=print):
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             plot_curves(history, out / "curves.png", config.model)
     return _metrics(config, history)
+
+
+def keep_freed_memory():
+    """Ask glibc's malloc to keep freed memory for reuse rather than hand it back to the
+    system: every large temporary of a step otherwise lands on fresh pages, which the kernel
+    zeroes on first touch (a LeNet step 23.3 -> 21.2 ms, measured). Process-wide, so only the
+    trainer does it; a no-op where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    limit = 32 << 20  # the largest mmap threshold glibc accepts on 64-bit systems
+    return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
 
 
 def blas_single_thread():

@@ -819,19 +819,27 @@ def _to_lanes(x, lanes, c_lanes, pad, size, slack):
     n_batch, c_in, _, h_in, w_in = x.shape
     hp, wp = size
     groups = -(-n_batch // lanes)
-    out = np.zeros(groups * c_lanes * hp * wp * lanes + slack, dtype=x.dtype)
+    out = np.empty(groups * c_lanes * hp * wp * lanes + slack, dtype=x.dtype)
+    for i in range(out.size - slack, out.size):
+        out[i] = 0
     xf = x.reshape(x.size)
-    # the rows and columns of the copy that fall inside x
-    i0, i1 = _valid_range(hp, 1, -pad[0], h_in)
-    j0, j1 = _valid_range(wp, 1, -pad[1], w_in)
-    for task in prange(groups * c_in):
-        g, c = task // c_in, task % c_in
-        for b in range(min(lanes, n_batch - g * lanes)):
-            src = ((g * lanes + b) * c_in + c) * h_in * w_in - pad[0] * w_in - pad[1]
-            dst = (g * c_lanes + c) * hp * wp * lanes + b
-            for i in range(i0, i1):
-                for j in range(j0, j1):
-                    out[np.uintp(dst + (i * wp + j) * lanes)] = xf[np.uintp(src + i * w_in + j)]
+    plane = h_in * w_in
+    # a task writes its plane of the copy in order, lanes innermost; each lane reads its image
+    for task in prange(groups * c_lanes):
+        g, c = task // c_lanes, task % c_lanes
+        n_in = min(lanes, n_batch - g * lanes) if c < c_in else 0
+        src0 = (g * lanes * c_in + c) * plane
+        for i in range(hp):
+            h = i - pad[0]
+            for j in range(wp):
+                col = j - pad[1]
+                dst = ((task * hp + i) * wp + j) * lanes
+                n_here = n_in if 0 <= h < h_in and 0 <= col < w_in else 0
+                src = src0 + h * w_in + col
+                for b in range(n_here):
+                    out[np.uintp(dst + b)] = xf[np.uintp(src + b * c_in * plane)]
+                for b in range(n_here, lanes):
+                    out[np.uintp(dst + b)] = 0
     return out
 
 
@@ -892,12 +900,13 @@ def _lane_taps(yf, o0, pl, xf, xs, span, step, w, wi, k_step, count):
 
 
 @njit(**_jit)
-def _lane_conv(xl, w4, bias4, groups, c_in, size, dilation, out_size, lanes):
+def _lane_conv(xl, w4, bias4, groups, c_in, size, rows, dilation, out_size, lanes):
     """Stride-1 convolution of flat lanes ``xl`` (groups, C, size, lanes) by ``w4``
     (k_lanes, C, KH, KW), k_lanes a multiple of 4; out flat lanes (groups, k_lanes, OH, OW,
     lanes), planes ``LANE_SKEW`` elements apart. A task is one group of images and four output
     channels; each output element sums from the bias over channels, then taps in raster
-    order."""
+    order. Kernel rows that fall on rows of ``xl`` outside ``rows`` (padding: zeros) are
+    skipped: a transposed convolution's padded input is mostly such rows."""
     hp, wp = size
     oh_n, ow_n = out_size
     k_lanes, _, kh, kw = w4.shape
@@ -915,7 +924,10 @@ def _lane_conv(xl, w4, bias4, groups, c_in, size, dilation, out_size, lanes):
                     y[np.uintp(o0 + i * plane + j)] = start
             for c in range(c_in):
                 for rh in range(kh):
-                    xs = ((g * c_in + c) * hp + oh + rh * dilation[0]) * wp * lanes
+                    row = oh + rh * dilation[0]
+                    if row < rows[0] or row >= rows[1]:
+                        continue
+                    xs = ((g * c_in + c) * hp + row) * wp * lanes
                     wi = ((k0 * c_in + c) * kh + rh) * kw
                     for rw in range(0, kw, 3):
                         _lane_taps(y, o0, plane, xl, xs + rw * dilation[1] * lanes, span,

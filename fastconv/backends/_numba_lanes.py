@@ -63,7 +63,8 @@ def conv_forward_lanes(x, w, bias, pad, dilation, out_size):
     if bias is not None:
         b4[:k_out] = bias
     xl = _to_lanes(x, lanes, c_in, (pad[1], pad[2]), size, 0)
-    yl = _lane_conv(xl, w4, b4, -(-n_b // lanes), c_in, size, (dilation[1], dilation[2]),
+    rows = (pad[1], pad[1] + x.shape[3])  # the rows of the copy that hold input rows
+    yl = _lane_conv(xl, w4, b4, -(-n_b // lanes), c_in, size, rows, (dilation[1], dilation[2]),
                     out_size[1:], lanes)
     return _from_lanes(yl, k_out, out_size[1:], lanes, n_b)
 
