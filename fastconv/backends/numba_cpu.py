@@ -28,6 +28,7 @@ from . import _numba_gemm as gemm
 from . import _numba_kernels as K
 from . import _numba_lanes as lanes
 from . import _numba_winograd as winograd
+from . import reference
 
 name = "numba"
 
@@ -151,3 +152,17 @@ def max_pool_backward(gy, idx, in_size):
     outs = int(np.prod(gy.shape[2:]))  # explicit: -1 cannot be inferred for an empty batch
     gx = K._max_pool_backward(gy.reshape(n * c, outs), idx.reshape(n * c, outs), plane)
     return gx.reshape(n, c, *in_size)
+
+
+@_serialised
+def sigmoid_forward(x):
+    if x.dtype != np.float32:  # the kernel's exp is accurate to float32 only
+        return reference.sigmoid_forward(x)
+    return K._sigmoid_forward_f32(np.ascontiguousarray(x).reshape(-1)).reshape(x.shape)
+
+
+@_serialised
+def sigmoid_backward(y, gy):
+    flat = K._sigmoid_backward(np.ascontiguousarray(y).reshape(-1),
+                               np.ascontiguousarray(gy).reshape(-1))
+    return flat.reshape(y.shape)

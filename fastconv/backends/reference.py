@@ -187,3 +187,25 @@ def max_pool_backward(gy, idx, in_size):
     flat = (rows + idx)[keep]
     gx = np.bincount(flat, weights=gy[keep], minlength=n * c * plane)
     return gx.astype(gy.dtype).reshape(n, c, *in_size)
+
+
+# The activations of fastconv.nn (not used by the convolution ops): any shape.
+
+def sigmoid_forward(x):
+    """``1 / (1 + exp(-x))``, in place on one buffer (each temporary of a large activation
+    costs its pages' first touch). ``exp(-x)`` overflows to inf below -88 in float32, and
+    ``1 / (1 + inf)`` is the right 0."""
+    y = np.negative(x)
+    with np.errstate(over="ignore"):
+        np.exp(y, out=y)
+    y += 1
+    np.reciprocal(y, out=y)
+    return y
+
+
+def sigmoid_backward(y, gy):
+    """``gy * y * (1 - y)`` from the forward's output ``y``."""
+    g = 1 - y
+    g *= y
+    g *= gy
+    return g

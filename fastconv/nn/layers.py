@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 
 from .. import functional as F
+from .._backend import resolve
 from .init import default_bias, kaiming_uniform
 from .module import Module, Parameter, array_module
 
@@ -32,10 +32,6 @@ def _conv_parameters(layer, in_channels, out_channels, kernel_size, groups, tran
     weight = Parameter(kaiming_uniform(shape, a=math.sqrt(5), rng=rng, dtype=dtype))
     fan_in = shape[1] * k[0] * k[1]
     return weight, (Parameter(default_bias(fan_in, out_channels, rng, dtype)) if bias else None)
-
-
-def _quiet_overflow(xp):
-    return np.errstate(over="ignore") if xp is np else contextlib.nullcontext()
 
 
 def _saved(layer, value, what):
@@ -231,7 +227,11 @@ class Flatten(Module):
 
 
 class Sigmoid(Module):
-    """The logistic function ``1 / (1 + exp(-x))``, without overflow for large ``|x|``."""
+    """The logistic function ``1 / (1 + exp(-x))``, without overflow for large ``|x|``.
+
+    On NumPy arrays it runs on the selected backend's element-wise kernels (the Numba
+    backend's: one parallel pass each way).
+    """
 
     def __init__(self):
         super().__init__()
@@ -239,12 +239,11 @@ class Sigmoid(Module):
 
     def forward(self, x):
         xp = array_module(x)
-        # in place on one buffer: four passes, one fresh array (each temporary of a large
-        # activation costs its pages' first touch). exp(-x) overflows to inf for x < -88 in
-        # float32, and 1 / (1 + inf) is the right 0.
-        y = xp.negative(x)
-        with _quiet_overflow(xp):
-            xp.exp(y, out=y)
+        if xp is np:
+            self._y = resolve("Sigmoid").sigmoid_forward(x)
+            return self._y
+        y = xp.negative(x)  # as the reference backend, for other array types
+        xp.exp(y, out=y)
         y += 1
         xp.reciprocal(y, out=y)
         self._y = y
@@ -252,6 +251,8 @@ class Sigmoid(Module):
 
     def backward(self, grad_output):
         y = _saved("Sigmoid", self._y, "output")
+        if array_module(y) is np:
+            return resolve("Sigmoid").sigmoid_backward(y, grad_output)
         g = 1 - y
         g *= y
         g *= grad_output
