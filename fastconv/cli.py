@@ -98,7 +98,7 @@ def build_parser():
         description="Train LeNet-5 on Fashion-MNIST. Defaults are the textbook recipe for "
                     "'lenet' (sigmoid, average pooling, Xavier init, SGD lr 0.9, batch 256, "
                     "10 epochs); 'lenet-modern' (ReLU, max pooling, Kaiming init) defaults "
-                    "to Adam lr 0.001. Prints one line per epoch and writes checkpoint.npz, "
+                    "to Adam lr 0.002. Prints one line per epoch and writes checkpoint.npz, "
                     "metrics.json and curves.png to --out after every epoch.")
     train.add_argument("--model", choices=["lenet", "lenet-modern"], default="lenet")
     train.add_argument("--epochs", type=int, default=10)

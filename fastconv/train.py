@@ -23,7 +23,7 @@ from .models import lenet
 MODELS = {"lenet": "classic", "lenet-modern": "modern"}
 RECIPES = {
     "lenet": {"optimizer": "sgd", "lr": 0.9, "momentum": 0.0},
-    "lenet-modern": {"optimizer": "adam", "lr": 1e-3, "momentum": 0.0},
+    "lenet-modern": {"optimizer": "adam", "lr": 2e-3, "momentum": 0.0},
 }
 
 
