@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint, nn
-from ._backend import use_backend
+from ._backend import get_backend, use_backend
 from .data import CLASSES, load_fashion_mnist
 from .models import lenet
 
@@ -181,8 +181,6 @@ def blas_single_thread():
 
 def _metrics(config, history):
     import fastconv
-
-    from ._backend import get_backend
 
     return {"config": asdict(config), "history": history,
             "final_test_acc": history[-1]["test_acc"] if history else None,
