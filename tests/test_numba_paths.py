@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_close, randn
+import torch
+from helpers import assert_close, autograd, randn, torch_conv
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import fastconv as fc
 from fastconv.backends import _numba_gemm, _numba_lanes, _numba_tasks, _numba_winograd
@@ -144,3 +147,53 @@ def test_lane_groups(n, shape, kw, dtype, rng):
         got = run()
     for a, e, what in zip(got, expected, ["y", "gx", "gw", "gb", "yt"]):
         assert_close(a, e, dtype, what)
+
+
+@st.composite
+def lane_cases(draw):
+    nd = draw(st.integers(1, 2))
+    kernel = tuple(draw(st.integers(1, 5)) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    size = tuple(draw(st.integers(1, 12)) for _ in range(nd))
+    pads = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(nd))
+    out = [s + lo + hi - d * (k - 1) for s, (lo, hi), d, k in zip(size, pads, dilation, kernel)]
+    assume(all(o > 0 for o in out) and np.prod(kernel) > 1)
+    return {"nd": nd, "n": draw(st.integers(1, 80)), "c": draw(st.integers(1, 5)),
+            "k": draw(st.integers(4, 9)), "size": size, "kernel": kernel,
+            "dilation": dilation, "padding": pads,
+            "dtype": draw(st.sampled_from([np.float64, np.float32])),
+            "seed": draw(st.integers(0, 2**32 - 1))}
+
+
+@settings(deadline=None)
+@given(case=lane_cases())
+def test_lanes_drawn(case):
+    """Drawn stride-1 convolutions forced onto batch lanes (any batch), against PyTorch:
+    forward, both gradients, and the stride-1 transposed convolution."""
+    rng = np.random.default_rng(case["seed"])
+    nd, dtype = case["nd"], np.dtype(case["dtype"])
+    kw = {"padding": case["padding"], "dilation": case["dilation"]}
+    x = randn(rng, (case["n"], case["c"], *case["size"]), dtype)
+    w = randn(rng, (case["k"], case["c"], *case["kernel"]), dtype)
+    b = randn(rng, (case["k"],), dtype)
+    y_t, _, gy, (gx_t, gw_t, _) = autograd(torch_conv(nd, **kw), [x, w, b], rng)
+    wt = randn(rng, (case["c"], case["k"], *case["kernel"]), dtype)
+    t_pad = tuple(min(lo, d * (k - 1) // 2) for (lo, _), d, k in
+                  zip(case["padding"], case["dilation"], case["kernel"]))
+    yt_t = getattr(torch.nn.functional, f"conv_transpose{nd}d")(
+        torch.from_numpy(x), torch.from_numpy(wt), padding=t_pad,
+        dilation=case["dilation"]).numpy()
+    saved = _numba_lanes.LANE_MIN_BATCH
+    _numba_lanes.LANE_MIN_BATCH = 1
+    try:
+        with fc.use_backend("numba"):
+            y = getattr(fc, f"conv{nd}d")(x, w, b, **kw)
+            gx, gw, _ = getattr(fc, f"conv{nd}d_backward")(gy, x, w, **kw)
+            yt = getattr(fc, f"conv_transpose{nd}d")(x, wt, padding=t_pad,
+                                                     dilation=case["dilation"])
+    finally:
+        _numba_lanes.LANE_MIN_BATCH = saved
+    assert_close(y, y_t, dtype, "forward")
+    assert_close(gx, gx_t, dtype, "grad_x")
+    assert_close(gw, gw_t, dtype, "grad_weight")
+    assert_close(yt, yt_t, dtype, "transposed")
