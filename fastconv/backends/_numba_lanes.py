@@ -14,10 +14,12 @@ import numpy as np
 
 from ._numba_kernels import _from_lanes, _lane_conv, _lane_weight_grad, _to_lanes
 
-# Output positions per image up to which the lane layout beats the banded direct kernels and
-# packing + BLAS (measured in docs/benchmarks.md), and the batch it needs to fill its lanes.
+# Output positions per image up to which lanes are used. Measured faster than the other paths
+# on LeNet's planes (784 and 100 positions) and on 16x16 and 8x8 planes with 32 and 64
+# channels (batch 128: forward 6.4 vs 10.6 ms and 11.6 vs 14.3 ms, weight gradient 5.5 vs
+# 10.1 ms and 8.3 vs 19.2 ms); larger planes stay on the other paths, where rows are long.
 LANE_MAX_PLANE = 1024
-LANE_MIN_BATCH = 16
+LANE_MIN_BATCH = 16  # the batch it needs to fill its lanes
 # The lane copies of one call stay within this (or within the output's size, if larger).
 LANE_MAX_BYTES = 64 << 20
 
