@@ -23,6 +23,13 @@ def _info(_args):
         print(f"numba    not importable: {exc}")
     print(f"backend  setting {fastconv.get_backend()!r}; "
           f"available: {', '.join(fastconv.available_backends())}")
+    from .data import DataError, find_files
+
+    try:
+        print(f"data     Fashion-MNIST in {find_files()['train_images'].parent}")
+    except DataError:
+        print("data     Fashion-MNIST not found (`fastconv train --help` says where it is "
+              "looked for; `fastconv download` fetches it)")
     return 0
 
 
@@ -79,7 +86,7 @@ def build_parser():
         prog="fastconv",
         description="Convolution primitives for NumPy with PyTorch's semantics.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="versions, threads and the backends available here"
+    sub.add_parser("info", help="versions, threads, the backends available here, the data"
                    ).set_defaults(run=_info)
     sub.add_parser("demo", help="a short tour: the textbook examples, computed with fastconv"
                    ).set_defaults(run=_demo)

@@ -7,10 +7,14 @@ import pytest
 from fastconv.cli import main
 
 
-def test_info(capsys):
+def test_info(capsys, tmp_path, monkeypatch):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "fastconv 0.1.0" in out and "available: numpy, numba" in out
+    assert "data     Fashion-MNIST in " in out
+    monkeypatch.setenv("FASTCONV_DATA", str(tmp_path))  # an empty folder: an error to report
+    assert main(["info"]) == 0
+    assert "Fashion-MNIST not found" in capsys.readouterr().out
 
 
 def test_demo(capsys):
@@ -24,4 +28,4 @@ def test_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    assert "info" in out and "demo" in out
+    assert all(c in out for c in ("info", "demo", "bench", "train", "evaluate", "download"))
