@@ -172,7 +172,7 @@ def download(dest=None, base_url=BASE_URL, files=None, timeout=60):
     out = {}
     for role, (stem, digest) in files.items():
         final = dest / (stem + ".gz")
-        if final.is_file() and _verified(final, digest, raise_error=False):
+        if final.is_file() and _verified(final, digest):
             out[role] = final
             continue
         url = base_url.rstrip("/") + "/" + stem + ".gz"
@@ -181,7 +181,7 @@ def download(dest=None, base_url=BASE_URL, files=None, timeout=60):
             with os.fdopen(fd, "wb") as fh, urllib.request.urlopen(url, timeout=timeout) as r:
                 while chunk := r.read(1 << 20):
                     fh.write(chunk)
-            _verified(Path(tmp), digest, source=url)
+            _check(Path(tmp), digest, url)
             os.replace(tmp, final)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -190,20 +190,21 @@ def download(dest=None, base_url=BASE_URL, files=None, timeout=60):
     return out
 
 
-def _verified(path, digest, raise_error=True, source=None):
-    """Whether ``path`` is an IDX file (gzip or not) whose bytes hash to ``digest``."""
-    what = source or str(path)
-    try:
-        raw = _raw_bytes(path)
-        parse_idx(raw, what)
-    except DataError:
-        if raise_error:
-            raise
-        return False
+def _check(path, digest, what):
+    """Raise :class:`DataError` unless ``path`` is an IDX file (gzip or not) whose bytes hash to
+    ``digest``; ``what`` names it in the message."""
+    raw = _raw_bytes(path)
+    parse_idx(raw, what)
     got = hashlib.sha256(raw).hexdigest()
     if got != digest:
-        if raise_error:
-            raise DataError(f"{what}: SHA-256 of the decompressed data is {got}, expected "
-                            f"{digest}; the file was not kept")
+        raise DataError(f"{what}: SHA-256 of the decompressed data is {got}, expected "
+                        f"{digest}; the file was not kept")
+
+
+def _verified(path, digest):
+    """Whether ``path`` passes :func:`_check`."""
+    try:
+        _check(path, digest, str(path))
+    except DataError:
         return False
     return True

@@ -39,12 +39,21 @@ def lanes_fit(x_shape, k_out, kernel, stride, pad, dilation, groups, out_size):
             or any(s != 1 for s in stride) or n_b < LANE_MIN_BATCH or k_out < 4
             or kernel[1] * kernel[2] == 1 or out_size[1] * out_size[2] > LANE_MAX_PLANE):
         return False
-    lanes = lane_width(n_b)
-    images = -(-n_b // lanes) * lanes
+    images = _groups(n_b) * lane_width(n_b)
     hp, wp = _lane_size(kernel, dilation, out_size)
     # elements of the input's and the output's (or gradient's) lane copies, counted at 8 bytes
-    copies = images * (c_in * hp * wp + -(-k_out // 4) * 4 * out_size[1] * out_size[2])
+    copies = images * (c_in * hp * wp + _k_lanes(k_out) * out_size[1] * out_size[2])
     return copies <= max(LANE_MAX_BYTES // 8, n_b * k_out * out_size[1] * out_size[2])
+
+
+def _groups(n_batch):
+    """Lane groups for a batch (the last one may be part empty)."""
+    return -(-n_batch // lane_width(n_batch))
+
+
+def _k_lanes(k_out):
+    """Output channels rounded up to the fours the lane kernels compute in."""
+    return -(-k_out // 4) * 4
 
 
 def _lane_size(kernel, dilation, out_size):
@@ -58,7 +67,7 @@ def conv_forward_lanes(x, w, bias, pad, dilation, out_size):
     k_out, kernel = w.shape[0], w.shape[2:]
     lanes = lane_width(n_b)
     size = _lane_size(kernel, dilation, out_size)
-    k_lanes = -(-k_out // 4) * 4
+    k_lanes = _k_lanes(k_out)
     w4 = np.zeros((k_lanes, c_in, kernel[1], kernel[2]), dtype=x.dtype)
     w4[:k_out] = w[:, :, 0]
     b4 = np.zeros(k_lanes, dtype=x.dtype)
@@ -66,7 +75,7 @@ def conv_forward_lanes(x, w, bias, pad, dilation, out_size):
         b4[:k_out] = bias
     xl = _to_lanes(x, lanes, c_in, (pad[1], pad[2]), size, 0)
     rows = (pad[1], pad[1] + x.shape[3])  # the rows of the copy that hold input rows
-    yl = _lane_conv(xl, w4, b4, -(-n_b // lanes), c_in, size, rows, (dilation[1], dilation[2]),
+    yl = _lane_conv(xl, w4, b4, _groups(n_b), c_in, size, rows, (dilation[1], dilation[2]),
                     out_size[1:], lanes)
     return _from_lanes(yl, k_out, out_size[1:], lanes, n_b)
 
@@ -76,10 +85,9 @@ def conv_weight_grad_lanes(x, gy, pad, dilation, kernel):
     k_out, out_size = gy.shape[1], gy.shape[2:]
     lanes = lane_width(n_b)
     size = _lane_size(kernel, dilation, out_size)
-    k_lanes = -(-k_out // 4) * 4
     # slack for the third tap of a short last triple of taps (see _lane_weight_grad)
     xl = _to_lanes(x, lanes, c_in, (pad[1], pad[2]), size, 2 * dilation[2] * lanes)
-    gl = _to_lanes(gy, lanes, k_lanes, (0, 0), out_size[1:], 0)
-    gw = _lane_weight_grad(xl, gl, -(-n_b // lanes), c_in, size, (dilation[1], dilation[2]),
+    gl = _to_lanes(gy, lanes, _k_lanes(k_out), (0, 0), out_size[1:], 0)
+    gw = _lane_weight_grad(xl, gl, _groups(n_b), c_in, size, (dilation[1], dilation[2]),
                            kernel[1:], lanes)
     return np.ascontiguousarray(gw[:k_out]).reshape(k_out, c_in, *kernel)
