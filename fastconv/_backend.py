@@ -1,10 +1,10 @@
 """Backend selection: which module computes a call.
 
-The setting is, in order of precedence: the innermost :func:`use_backend` block (context-local,
-so threads and asyncio tasks do not see each other's), the last :func:`set_backend`, the
-``FASTCONV_BACKEND`` environment variable, and ``"auto"``. Backend modules are imported on
-first use, so ``import fastconv`` does not pay for Numba.
-"""
+The arrays' type comes first: CuPy arrays run on the ``cupy`` backend, NumPy arrays on a CPU
+backend. The setting is, in order of precedence: the innermost :func:`use_backend` block
+(context-local, so threads and asyncio tasks do not see each other's), the last
+:func:`set_backend`, the ``FASTCONV_BACKEND`` environment variable, and ``"auto"``. Backend
+modules are imported on first use, so ``import fastconv`` does not pay for Numba."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import contextvars
 import importlib
 import os
 
-BACKENDS = ("numpy", "numba")
+BACKENDS = ("numpy", "numba", "cupy")
+CPU_BACKENDS = ("numpy", "numba")
 SETTINGS = ("auto",) + BACKENDS
 ENV_VAR = "FASTCONV_BACKEND"
 
-_MODULES = {"numpy": "fastconv.backends.reference", "numba": "fastconv.backends.numba_cpu"}
+_MODULES = {"numpy": "fastconv.backends.reference", "numba": "fastconv.backends.numba_cpu",
+            "cupy": "fastconv.backends.cupy_gpu"}
 _context = contextvars.ContextVar("fastconv_backend", default=None)
 _process_default = None
 
@@ -29,9 +31,10 @@ def _check(name, where):
 
 
 def set_backend(name):
-    """Set the backend for this process: ``"auto"``, ``"numpy"`` or ``"numba"``.
+    """Set the backend for this process: ``"auto"``, ``"numpy"``, ``"numba"`` or ``"cupy"``.
 
-    ``"auto"`` sends NumPy arrays to Numba (or to NumPy where Numba cannot be imported).
+    ``"auto"`` sends NumPy arrays to Numba (or to NumPy where Numba cannot be imported) and
+    CuPy arrays to ``"cupy"``; a named backend takes only its own kind of array.
     A :func:`use_backend` block takes precedence while it lasts.
     """
     global _process_default
@@ -65,7 +68,8 @@ def use_backend(name):
 
 
 def available_backends():
-    """Names of the backends that can run on this machine, e.g. ``['numpy', 'numba']``."""
+    """Names of the backends that can run on this machine, e.g. ``['numpy', 'numba']`` (and
+    ``'cupy'`` where CuPy finds a GPU)."""
     names = []
     for name in BACKENDS:
         try:
@@ -80,14 +84,33 @@ def _load(name):
     return importlib.import_module(_MODULES[name])
 
 
-def resolve(fn):
-    """The backend module that computes ``fn`` for NumPy arrays under the current setting."""
+def resolve(fn, xp=None):
+    """The backend module that computes ``fn`` for arrays of module ``xp`` (NumPy by default,
+    or CuPy) under the current setting.
+
+    Raises ``RuntimeError`` when the chosen backend cannot be imported here, and ``TypeError``
+    when it does not take ``xp``'s arrays (a CPU backend given CuPy arrays or the reverse:
+    fastconv never copies between devices behind the caller's back).
+    """
+    on_gpu = xp is not None and xp.__name__ == "cupy"
     name = get_backend()
     if name == "auto":
+        if on_gpu:
+            return require(fn, "cupy")
         try:
             return _load("numba")
         except ImportError:
             return _load("numpy")
+    module = require(fn, name)
+    if on_gpu != (name == "cupy"):
+        given, wanted = ("CuPy", "NumPy") if on_gpu else ("NumPy", "CuPy")
+        raise TypeError(f"{fn}: the {name!r} backend takes {wanted} arrays, got {given} arrays; "
+                        "move them first (cupy.asarray / cupy.asnumpy) or choose the backend "
+                        "'auto'")
+    return module
+
+
+def require(fn, name):
     try:
         return _load(name)
     except ImportError as exc:

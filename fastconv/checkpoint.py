@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .nn.module import to_numpy
+
 FORMAT = "fastconv-checkpoint-1"
 
 
@@ -33,8 +35,8 @@ def save(path, model_state, optimizer_state, meta):
 
     ``model_state`` and ``optimizer_state`` map names to arrays; ``meta`` is JSON-serialisable.
     """
-    arrays = {f"model/{k}": np.asarray(v) for k, v in model_state.items()}
-    arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer_state.items()})
+    arrays = {f"model/{k}": to_numpy(v) for k, v in model_state.items()}
+    arrays.update({f"optim/{k}": to_numpy(v) for k, v in optimizer_state.items()})
     meta_json = json.dumps(meta, sort_keys=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

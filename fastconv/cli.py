@@ -23,6 +23,7 @@ def _info(_args):
         print(f"numba    not importable: {exc}")
     print(f"backend  setting {fastconv.get_backend()!r}; "
           f"available: {', '.join(fastconv.available_backends())}")
+    print(f"gpu      {_gpu_line()}")
     from .data import DataError, find_files
 
     try:
@@ -31,6 +32,15 @@ def _info(_args):
         print("data     Fashion-MNIST not found (`fastconv train --help` says where it is "
               "looked for; `fastconv download` fetches it)")
     return 0
+
+
+def _gpu_line():
+    """The GPU, CUDA and CuPy versions, or why the cupy backend is unavailable."""
+    try:
+        from .backends import cupy_gpu
+    except ImportError as exc:
+        return f"none for the cupy backend ({exc})"
+    return ", ".join(f"{key} {value}" for key, value in cupy_gpu.describe().items())
 
 
 def _demo(_args):
@@ -117,7 +127,8 @@ def build_parser():
     train.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0)")
     train.add_argument("--weight-decay", type=float, default=0.0)
     train.add_argument("--backend", default=None,
-                       help="numpy, numba or auto (default: the current setting)")
+                       help="numpy, numba, cupy (on the GPU) or auto (default: the current "
+                            "setting)")
     train.add_argument("--threads", type=int, default=None, help="Numba threads")
     _data_argument(train)
     train.add_argument("--limit", type=int, default=None,
@@ -133,7 +144,8 @@ def build_parser():
     evaluate = sub.add_parser(
         "evaluate", help="test accuracy and confusion matrix of a checkpoint")
     evaluate.add_argument("--checkpoint", required=True)
-    evaluate.add_argument("--backend", default=None)
+    evaluate.add_argument("--backend", default=None,
+                          help="numpy, numba, cupy (on the GPU) or auto")
     _data_argument(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
@@ -161,7 +173,8 @@ def main(argv=None):
         return args.run(args)
     try:
         return args.run(args)
-    except (ValueError, OSError) as exc:  # bad data or checkpoint files, network errors
+    # bad data or checkpoint files, network errors, a backend that cannot run here
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"fastconv {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

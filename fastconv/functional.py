@@ -44,16 +44,15 @@ __all__ = [
 def _backend_for(fn, **arrays):
     """Check the arrays (type, float dtype, one device) and return the backend module."""
     xp = P.array_namespace(fn, **arrays)
-    if xp is not np:
-        raise TypeError(f"{fn}: CuPy arrays need the 'cupy' backend, which this version of "
-                        "fastconv does not have yet; pass NumPy arrays")
     P.check_float(fn, **arrays)
-    return _backend.resolve(fn)
+    return _backend.resolve(fn, xp)
 
 
 def _to5d(a, nd, batched=True):
-    """Contiguous 5-D view ``(N, C, D, H, W)`` of a batched or unbatched nd-D array."""
-    a = np.ascontiguousarray(a)
+    """Contiguous 5-D view ``(N, C, D, H, W)`` of a batched or unbatched nd-D array (NumPy or
+    CuPy; a copy only where ``a`` is not contiguous)."""
+    if not a.flags.c_contiguous:
+        a = a.copy()
     if not batched:
         a = a[None]
     return a.reshape(a.shape[:2] + (1,) * (P.SPATIAL - nd) + a.shape[2:])
@@ -164,7 +163,8 @@ def _max_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding, dil
             raise ValueError(f"{fn}: indices must be an integer array of the output's shape "
                              f"{out_shape}, got dtype {indices.dtype} and shape {indices.shape}")
         idx = _to5d(indices.astype(np.int64, copy=False), nd, spec.batched)
-    gx = be.max_pool_backward(_to5d(grad_output, nd, spec.batched), idx, spec.in_size)
+    gx = be.max_pool_backward(_to5d(grad_output, nd, spec.batched), idx, spec.in_size,
+                              (spec.kernel, spec.stride, spec.padding, spec.dilation))
     return _from5d(gx, nd, spec.batched)
 
 
@@ -370,7 +370,10 @@ def corr2d(X, K):
     array([[19., 25.],
            [37., 43.]])
     """
-    X, K = np.asarray(X), np.asarray(K)
+    xp = np
+    if any(type(a).__module__.startswith("cupy") for a in (X, K)):
+        xp = P.array_namespace("corr2d", X=X, K=K)  # both CuPy arrays, or a clear TypeError
+    X, K = xp.asarray(X), xp.asarray(K)
     for arg, a in (("X", X), ("K", K)):
         if a.ndim != 2:
             raise ValueError(f"corr2d: {arg} must be 2-D, got shape {a.shape}")

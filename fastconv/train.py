@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, nn
+from . import _backend, checkpoint, nn
 from ._backend import get_backend, use_backend
 from .data import CLASSES, load_fashion_mnist
 from .models import lenet
+from .nn.module import array_module, device_module, to_numpy
 
 # The recipes: "lenet" is the textbook's (d2l.ai, chapter 7.6), "lenet-modern" ours.
 MODELS = {"lenet": "classic", "lenet-modern": "modern"}
@@ -68,10 +69,12 @@ def make_optimizer(config, parameters):
 
 
 def predict(model, x, batch_size=1000):
-    """Class predictions of ``model`` (in evaluation mode) for images ``x``."""
+    """Class predictions (a NumPy array) of ``model`` (in evaluation mode) for the NumPy
+    images ``x``, batches moved to the model's device."""
     model.eval()
-    out = [model.forward(x[i:i + batch_size]).argmax(axis=1) for i in range(0, len(x),
-                                                                             batch_size)]
+    xp = array_module(model.parameters()[0].data)
+    out = [to_numpy(model.forward(xp.asarray(x[i:i + batch_size])).argmax(axis=1))
+           for i in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
@@ -111,6 +114,10 @@ def train(config: Config, resume=None, progress=True, log=print):
     keep_freed_memory()
     out = Path(config.out)
     model = lenet(MODELS[config.model], rng=np.random.default_rng(config.seed))
+    # the cupy backend computes on the GPU: parameters there, each batch copied there
+    device = _device(config.backend)
+    model.to(device)
+    xp = device_module(device)
     optimizer = make_optimizer(config, model.parameters())
     history, start = [], 0
     if resume is not None:
@@ -136,7 +143,8 @@ def train(config: Config, resume=None, progress=True, log=print):
             for b in _progress(range(0, n, config.batch_size), f"epoch {epoch + 1}/"
                                f"{config.epochs}", steps, progress):
                 idx = order[b:b + config.batch_size]
-                loss, hits = train_step(model, loss_fn, optimizer, x_train[idx], y_train[idx])
+                loss, hits = train_step(model, loss_fn, optimizer, xp.asarray(x_train[idx]),
+                                        xp.asarray(y_train[idx]))
                 loss_sum += loss * len(idx)
                 correct += hits
             seconds = time.perf_counter() - started
@@ -154,6 +162,14 @@ def train(config: Config, resume=None, progress=True, log=print):
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             plot_curves(history, out / "curves.png", config.model)
     return _metrics(config, history)
+
+
+def _device(backend):
+    """Where the model lives: on the GPU for the cupy backend (which must load here)."""
+    if backend != "cupy":
+        return "cpu"
+    _backend.require("train", "cupy")
+    return "cuda"
 
 
 def keep_freed_memory():
@@ -218,6 +234,7 @@ def evaluate(path, data=None, backend=None):
         raise checkpoint.CheckpointError(f"{path}: unknown model {name!r}")
     model = lenet(MODELS[name])
     model.load_state_dict(model_state)
+    model.to(_device(backend))
     _, _, x_test, y_test = load_fashion_mnist(data)
     with use_backend(backend) if backend else contextlib.nullcontext():
         predictions = predict(model, x_test)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
+import cuda_host
 import numpy as np
 import pytest
 
@@ -12,6 +14,8 @@ import torch  # noqa: F401  (an ImportError here fails collection loudly)
 from hypothesis import HealthCheck, settings
 
 import fastconv
+from fastconv import _backend
+from fastconv.backends._gpu_ops import GpuOps
 
 settings.register_profile(
     "fastconv", max_examples=30, deadline=None, print_blob=True,
@@ -21,15 +25,67 @@ settings.register_profile(  # HYPOTHESIS_PROFILE=thorough for a longer hunt
     suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fastconv"))
 
-BACKENDS = ["numpy", "numba"]
+CPU_BACKENDS = ["numpy", "numba"]
 DTYPES = [np.float64, np.float32]
 
 
+def _gpu_skip_reason():
+    try:
+        import fastconv.backends.cupy_gpu  # noqa: F401
+    except ImportError as exc:
+        return f"no GPU backend here ({exc})"
+    return None
+
+
+# The cupy backend's code runs on the host everywhere ("cuda-host": its CUDA kernels compiled
+# for the CPU, see cuda_host.py), and on the GPU where there is one ("cupy"; elsewhere the
+# GPU tests of test_gpu.py say why they skip, once each, rather than every oracle test).
+BACKENDS = CPU_BACKENDS + [
+    pytest.param("cuda-host", marks=pytest.mark.skipif(
+        cuda_host.compiler() is None, reason="no C++ compiler for the CUDA kernels on the host")),
+]
+if _gpu_skip_reason() is None:
+    BACKENDS.append(pytest.param("cupy", marks=pytest.mark.gpu))
+
+
 @pytest.fixture(params=BACKENDS)
-def backend(request):
-    """Run the test inside ``use_backend(name)`` for each CPU backend."""
-    with fastconv.use_backend(request.param):
-        yield request.param
+def backend(request, monkeypatch):
+    """Run the test on each backend: inside ``use_backend(name)`` for the CPU backends; for
+    the GPU backend's code, with fastconv's dispatch sending the test's NumPy arrays to it
+    (through the host device, or copied to the GPU and the results back)."""
+    name = request.param
+    if name in CPU_BACKENDS:
+        with fastconv.use_backend(name):
+            yield name
+        return
+    primitives = _host_ops() if name == "cuda-host" else _OnGpu()
+    monkeypatch.setattr(_backend, "resolve", lambda fn, xp=None: primitives)
+    yield name
+
+
+@functools.cache
+def _host_ops():
+    return GpuOps(cuda_host.HostDevice())
+
+
+class _OnGpu:
+    """The cupy backend's primitives on NumPy arrays: arguments copied to the GPU, results
+    copied back, so that the CPU backends' tests run unchanged on the GPU."""
+
+    def __getattr__(self, primitive):
+        import cupy
+
+        from fastconv.backends import cupy_gpu
+
+        def to_host(a):
+            return cupy.asnumpy(a) if isinstance(a, cupy.ndarray) else a
+
+        def call(*args):
+            out = getattr(cupy_gpu, primitive)(
+                *(cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args))
+            return tuple(map(to_host, out)) if isinstance(out, tuple) else to_host(out)
+
+        return call
 
 
 @pytest.fixture(params=DTYPES, ids=["f64", "f32"])

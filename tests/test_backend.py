@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 import threading
+import types
 
 import numpy as np
 import pytest
@@ -23,7 +25,38 @@ def clean_setting(monkeypatch):
 
 
 def test_available_backends():
-    assert fc.available_backends() == ["numpy", "numba"]
+    gpu = importlib.util.find_spec("cupy") is not None and _gpu_found()
+    assert fc.available_backends() == ["numpy", "numba"] + (["cupy"] if gpu else [])
+
+
+def _gpu_found():
+    try:
+        import fastconv.backends.cupy_gpu  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_gpu_found(), reason="the cupy backend is available here")
+def test_cupy_backend_without_a_gpu_is_a_clear_error(clean_setting, monkeypatch):
+    monkeypatch.setenv("FASTCONV_BACKEND", "cupy")
+    assert fc.get_backend() == "cupy"
+    with pytest.raises(RuntimeError, match="conv2d: the 'cupy' backend cannot be imported here"
+                       ".*available: numpy, numba"):
+        fc.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)))
+
+
+def test_cpu_backends_refuse_gpu_arrays_and_the_reverse(clean_setting):
+    """What fastconv's dispatch does with CuPy arrays, checked with an array-module stand-in
+    named ``cupy`` (only its name is read): a CPU backend refuses them, never copying."""
+    fake_cupy = types.SimpleNamespace(__name__="cupy")
+    with fc.use_backend("numba"), pytest.raises(
+            TypeError, match="op: the 'numba' backend takes NumPy arrays, got CuPy arrays"):
+        _backend.resolve("op", fake_cupy)
+    if _gpu_found():
+        with fc.use_backend("cupy"), pytest.raises(
+                TypeError, match="op: the 'cupy' backend takes CuPy arrays, got NumPy arrays"):
+            _backend.resolve("op", np)
 
 
 def test_default_is_auto_and_auto_means_numba(clean_setting):
@@ -91,7 +124,7 @@ def test_backends_agree(rng):
     x = rng.standard_normal((2, 3, 9, 7))
     w = rng.standard_normal((4, 3, 3, 2))
     results = []
-    for name in fc.available_backends():
+    for name in ("numpy", "numba"):
         with fc.use_backend(name):
             results.append((fc.conv2d(x, w, padding=1), fc.conv2d_backward(
                 np.ones((2, 4, 9, 8)), x, w, padding=1)))

@@ -10,7 +10,8 @@ output size). ``fastconv.functional`` composes everything else from them:
 - ``conv_weight_grad``: the weight gradient, shared by both directions; ``bias_grad``;
 - ``avg_pool_forward`` (window sums over their divisors) and ``avg_pool_backward``;
 - ``max_pool_forward`` (values and, when asked, flat per-plane indices) and
-  ``max_pool_backward``.
+  ``max_pool_backward``;
+- for ``fastconv.nn``'s activation: ``sigmoid_forward`` and ``sigmoid_backward``.
 """
 
 from __future__ import annotations
@@ -178,8 +179,11 @@ def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices=True
     return np.ascontiguousarray(y), (np.ascontiguousarray(idx) if indices else None)
 
 
-def max_pool_backward(gy, idx, in_size):
-    """Scatter-add ``gy`` into the positions ``idx`` of each input plane."""
+def max_pool_backward(gy, idx, in_size, window):
+    """Scatter-add ``gy`` into the positions ``idx`` of each input plane.
+
+    ``window`` is the forward's ``(kernel, stride, pad_lo, dilation)``; a scatter does not need
+    it (the ``cupy`` backend gathers over the windows that cover each input position)."""
     n, c = gy.shape[:2]
     plane = int(np.prod(in_size))
     rows = np.arange(n * c).reshape(n, c, 1, 1, 1) * plane

@@ -3,7 +3,8 @@ textbook loop, with roofline figures, a table printed last, JSON and a plot.
 
 Method: every contender is warmed up first (Numba compiles then, outside the numbers), then
 timed ``--repeat`` times in three interleaved rounds (see ``measure.alternate``), and the
-median kept. Inputs are fresh random data.
+median kept. Inputs are fresh random data. The GPU backend (``--backends cupy``) is compared
+with PyTorch on CUDA (cuDNN), each call synchronised, against the GPU's own ceilings.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def add_arguments(parser):
     parser.add_argument("--case", action="append", default=[], metavar="SPEC",
                         help="a case of your own (repeatable); see below")
     parser.add_argument("--backends", default=None,
-                        help="comma-separated fastconv backends (default: all available)")
+                        help="comma-separated fastconv backends (default: all available); "
+                             "cupy is compared with PyTorch on CUDA")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--repeat", type=int, default=5, help="timed rounds (median kept)")
     parser.add_argument("--threads", type=int, default=None,
@@ -59,6 +61,10 @@ def _versions():
         versions["torch"] = torch.__version__
     except ImportError:
         pass
+    if "cupy" in fastconv.available_backends():
+        from ..backends import cupy_gpu
+
+        versions["gpu"] = cupy_gpu.describe()
     return versions
 
 
@@ -87,7 +93,7 @@ def run(args):
 
     from . import report
     from .contenders import contenders_for, make_data
-    from .measure import alternate, ceilings, peak_memory
+    from .measure import alternate, ceilings, gpu_ceilings, peak_memory
     from .startup import startup, startup_table
 
     if args.compare:
@@ -108,6 +114,10 @@ def run(args):
         ceil = ceilings(threads, dtype)
         print(f"ceilings here: {ceil['flops'] / 1e9:.0f} GFLOP/s ({args.dtype} matmul), "
               f"{ceil['bandwidth'] / 1e9:.1f} GB/s (copy); {threads} threads")
+        gpu_ceil = gpu_ceilings(dtype) if "cupy" in backends else None
+        if gpu_ceil:
+            print(f"GPU ceilings: {gpu_ceil['flops'] / 1e9:.0f} GFLOP/s ({args.dtype} matmul), "
+                  f"{gpu_ceil['bandwidth'] / 1e9:.0f} GB/s (copy)")
         for case in tqdm(cases, desc="bench", unit="case"):
             data = make_data(case, dtype, rng)
             ready = []
@@ -126,10 +136,12 @@ def run(args):
             fwd = alternate({c.name: c.forward for c in ready}, args.repeat)
             both = alternate({c.name: c.both for c in ready if c.both}, args.repeat)
             for c in ready:
-                peak = peak_memory(c.both or c.forward) if c.is_fastconv else None
+                # the resident set says nothing of GPU memory: no peak for GPU contenders
+                peak = (peak_memory(c.both or c.forward)
+                        if c.is_fastconv and not c.on_gpu else None)
                 rows.append(report.row_for(case, c.name, fwd[c.name], both.get(c.name),
-                                           fwd.get("torch"), both.get("torch"), peak,
-                                           dtype.itemsize, ceil))
+                                           fwd.get(c.peer), both.get(c.peer), peak,
+                                           dtype.itemsize, gpu_ceil if c.on_gpu else ceil))
     means = report.geomeans(rows)
     print()
     print(report.table(rows))
@@ -145,7 +157,8 @@ def run(args):
         meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                 "machine": platform.machine(), "processor": platform.processor(),
                 "dtype": args.dtype, "repeat": args.repeat, "threads": threads,
-                "backends": backends, "ceilings": ceil, "versions": _versions()}
+                "backends": backends, "ceilings": ceil, "gpu_ceilings": gpu_ceil,
+                "versions": _versions()}
         report.save_json(args.json, meta, rows, means, started)
         print(f"wrote {args.json}")
     if args.plot:

@@ -1,8 +1,10 @@
 """The implementations a case is timed with: fastconv's backends and the peers a user would
-otherwise pick (PyTorch, SciPy's correlate2d, the textbook Python loop).
+otherwise pick (PyTorch, SciPy's correlate2d, the textbook Python loop; PyTorch on CUDA for
+the GPU backend).
 
 Each contender is a forward closure and, where it has one, a forward + backward closure over
-the same fresh random data.
+the same fresh random data. GPU contenders copy the data to the GPU once, and each of their
+closures waits for the GPU to finish before it returns, so that timing a call times its work.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ class Contender:
     forward: Callable
     both: Callable | None  # forward and every gradient, or None (forward-only peers)
     is_fastconv: bool = False
+    on_gpu: bool = False
+
+    @property
+    def peer(self):
+        """The contender its speed is compared with: PyTorch on the same device."""
+        return "torch-cuda" if self.on_gpu else "torch"
 
 
 def make_data(case: Case, dtype, rng):
@@ -38,14 +46,32 @@ def make_data(case: Case, dtype, rng):
     return x, w, b, gy
 
 
+def _synchronised(call):
+    import cupy
+
+    def run():
+        out = call()
+        cupy.cuda.get_current_stream().synchronize()
+        return out
+
+    return run
+
+
 def fastconv_contender(case: Case, data, backend):
+    on_gpu = backend == "cupy"
+    if on_gpu:
+        import cupy
+
+        data = tuple(None if a is None else cupy.asarray(a) for a in data)
     x, w, b, gy = data
     use = fastconv.use_backend
+    name = f"fastconv-{backend}"
     if case.kind == "corr2d":
         def forward():
             with use(backend):
                 return fastconv.corr2d(x, w)
-        return Contender(f"fastconv-{backend}", forward, None, True)
+        return Contender(name, _synchronised(forward) if on_gpu else forward, None, True,
+                         on_gpu)
 
     op = getattr(fastconv, case.op)
     back = getattr(fastconv, f"{case.op}_backward")
@@ -66,21 +92,41 @@ def fastconv_contender(case: Case, data, backend):
             op(*operands, **kw)
             return back(*grad_inputs, **kw)
 
-    return Contender(f"fastconv-{backend}", forward, both, True)
+    if on_gpu:
+        return Contender(name, _synchronised(forward), _synchronised(both), True, True)
+    return Contender(name, forward, both, True)
 
 
-def torch_contender(case: Case, data):
+def torch_contender(case: Case, data, device="cpu"):
+    """PyTorch on ``device`` ("cpu" or "cuda": cuDNN, each call synchronised)."""
     import torch
     import torch.nn.functional as TF
 
-    x, w, b, gy = (None if a is None else torch.from_numpy(a) for a in data)
+    x, w, b, gy = (None if a is None else torch.from_numpy(a).to(device) for a in data)
+    on_gpu = device == "cuda"
+    name = "torch-cuda" if on_gpu else "torch"
+
+    def contender(forward, both):
+        if not on_gpu:
+            return Contender(name, forward, both)
+
+        def synchronised(call):
+            def run():
+                out = call()
+                torch.cuda.synchronize()
+                return out
+            return run
+
+        return Contender(name, synchronised(forward), both and synchronised(both),
+                         on_gpu=True)
+
     if case.kind == "corr2d":
         x4, w4 = x[None, None], w[None, None]
 
         def forward():
             with torch.no_grad():
                 return TF.conv2d(x4, w4)
-        return Contender("torch", forward, None)
+        return contender(forward, None)
 
     op = getattr(TF, case.op)
     kw = {k: v for k, v in case.kwargs.items() if k != "padding_mode"}
@@ -96,7 +142,7 @@ def torch_contender(case: Case, data):
             leaf.grad = None
         op(*leaves, **kw).backward(gy)
 
-    return Contender("torch", forward, both)
+    return contender(forward, both)
 
 
 def scipy_contender(case: Case, data):
@@ -139,13 +185,25 @@ def _scipy_fits(case: Case):
             and kw.get("padding_mode", "zeros") == "zeros")
 
 
+def _torch_cuda():
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def contenders_for(case: Case, data, backends, peers=True):
-    """fastconv on each backend, then the peers installed here that can compute the case."""
+    """fastconv on each backend, then the peers installed here that can compute the case:
+    the CPU peers when a CPU backend is timed, PyTorch on CUDA when the GPU backend is."""
     found = [fastconv_contender(case, data, b) for b in backends]
-    if peers and importlib.util.find_spec("torch") is not None:
+    cpu = any(b != "cupy" for b in backends)
+    if peers and cpu and importlib.util.find_spec("torch") is not None:
         found.append(torch_contender(case, data))
-    if peers and _scipy_fits(case):
+    if peers and "cupy" in backends and _torch_cuda():
+        found.append(torch_contender(case, data, "cuda"))
+    if peers and cpu and _scipy_fits(case):
         found.append(scipy_contender(case, data))
-    if peers and case.kind == "corr2d":
+    if peers and cpu and case.kind == "corr2d":
         found.append(Contender("textbook-loop", lambda: textbook_loop(data[0], data[1]), None))
     return found

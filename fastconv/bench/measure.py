@@ -38,6 +38,29 @@ def ceilings(threads, dtype=np.float32, tries=5):
             "threads": threads}
 
 
+def gpu_ceilings(dtype=np.float32, tries=5):
+    """The GPU's peak FLOP/s (a large CuPy matmul, cuBLAS) and bandwidth (a large device copy),
+    best of ``tries``, each synchronised."""
+    import cupy
+
+    def synchronised(call):
+        def run():
+            call()
+            cupy.cuda.get_current_stream().synchronize()
+        return run
+
+    n = 8192
+    a = cupy.random.default_rng(0).standard_normal((n, n), dtype=np.float32).astype(dtype)
+    matmul = synchronised(lambda: a @ a)
+    src = cupy.ones(256 << 20, dtype=np.float32)  # 1 GiB
+    dst = cupy.empty_like(src)
+    copy = synchronised(lambda: cupy.copyto(dst, src))
+    matmul(), copy()
+    flop_time = min(timed(matmul) for _ in range(tries))
+    copy_time = min(timed(copy) for _ in range(tries))
+    return {"flops": 2 * n**3 / flop_time, "bandwidth": 2 * src.nbytes / copy_time}
+
+
 def timed(call):
     start = time.perf_counter()
     call()

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
+from .. import _backend
 from .. import functional as F
-from .._backend import resolve
 from .init import default_bias, kaiming_uniform
 from .module import Module, Parameter, array_module
 
@@ -229,8 +229,8 @@ class Flatten(Module):
 class Sigmoid(Module):
     """The logistic function ``1 / (1 + exp(-x))``, without overflow for large ``|x|``.
 
-    On NumPy arrays it runs on the selected backend's element-wise kernels (the Numba
-    backend's: one parallel pass each way).
+    It runs on the backend that the arrays and the settings select (the Numba backend's
+    kernels: one parallel pass each way).
     """
 
     def __init__(self):
@@ -238,25 +238,12 @@ class Sigmoid(Module):
         self._y = None
 
     def forward(self, x):
-        xp = array_module(x)
-        if xp is np:
-            self._y = resolve("Sigmoid").sigmoid_forward(x)
-            return self._y
-        y = xp.negative(x)  # as the reference backend, for other array types
-        xp.exp(y, out=y)
-        y += 1
-        xp.reciprocal(y, out=y)
-        self._y = y
-        return y
+        self._y = _backend.resolve("Sigmoid", array_module(x)).sigmoid_forward(x)
+        return self._y
 
     def backward(self, grad_output):
         y = _saved("Sigmoid", self._y, "output")
-        if array_module(y) is np:
-            return resolve("Sigmoid").sigmoid_backward(y, grad_output)
-        g = 1 - y
-        g *= y
-        g *= grad_output
-        return g
+        return _backend.resolve("Sigmoid", array_module(y)).sigmoid_backward(y, grad_output)
 
 
 class ReLU(Module):

@@ -19,6 +19,22 @@ def array_module(a):
     return np
 
 
+def to_numpy(a):
+    """``a`` as a NumPy array (copied from the GPU for a CuPy array)."""
+    return a.get() if type(a).__module__.startswith("cupy") else np.asarray(a)
+
+
+def device_module(device):
+    """The array module of ``device``: ``"cpu"`` (NumPy) or ``"cuda"`` (CuPy)."""
+    if device == "cpu":
+        return np
+    if device in ("cuda", "gpu"):
+        import cupy
+
+        return cupy
+    raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+
+
 class Parameter:
     """A trainable array (``data``) and the gradient accumulated into it (``grad``, ``None``
     until a backward pass fills it or after :meth:`Module.zero_grad`)."""
@@ -89,13 +105,24 @@ class Module:
     def eval(self):
         return self.train(False)
 
+    def to(self, device):
+        """Move the parameters to ``device`` (``"cpu"``: NumPy arrays, ``"cuda"``: CuPy arrays,
+        for the ``cupy`` backend); gradients are dropped. Returns the module."""
+        xp = device_module(device)
+        for p in self.parameters():
+            p.data = xp.asarray(p.data) if xp is not np else to_numpy(p.data)
+            p.grad = None
+        return self
+
     def state_dict(self):
-        """Copies of the parameter arrays by name, e.g. ``{"0.weight": ..., "0.bias": ...}``."""
+        """Copies of the parameter arrays by name, e.g. ``{"0.weight": ..., "0.bias": ...}``
+        (on the parameters' device)."""
         return {name: p.data.copy() for name, p in self.named_parameters()}
 
     def load_state_dict(self, state):
         """Copy the arrays of ``state`` into the parameters; names, shapes and dtypes must match
-        exactly (a ``ValueError`` says which do not)."""
+        exactly (a ``ValueError`` says which do not). The values may be NumPy arrays for a
+        model on the GPU."""
         own = dict(self.named_parameters())
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
@@ -106,7 +133,7 @@ class Module:
                 raise ValueError(
                     f"load_state_dict: {name} has shape {tuple(value.shape)} and dtype "
                     f"{value.dtype}, the model's {tuple(p.data.shape)} and {p.data.dtype}")
-            p.data[...] = value
+            p.data[...] = array_module(p.data).asarray(value)
 
     def __repr__(self):
         if not self.children:

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from .module import array_module
+
 
 class Optimizer:
     """Base: a list of :class:`~fastconv.nn.module.Parameter` and per-parameter state."""
@@ -35,6 +37,10 @@ class Optimizer:
     def state_dict(self):
         """The state arrays by name (e.g. ``"momentum.3"`` for parameter 3), for checkpoints."""
         return {}
+
+    def _like(self, i, saved):
+        """A checkpoint's state array for parameter ``i``, on that parameter's device."""
+        return None if saved is None else array_module(self.params[i].data).asarray(saved).copy()
 
     def load_state_dict(self, state):
         own = self.state_dict()
@@ -74,8 +80,7 @@ class SGD(Optimizer):
 
     def load_state_dict(self, state):
         for i in range(len(self.params)):
-            b = state.get(f"momentum.{i}")
-            self.buffers[i] = None if b is None else b.copy()
+            self.buffers[i] = self._like(i, state.get(f"momentum.{i}"))
 
 
 class Adam(Optimizer):
@@ -117,6 +122,5 @@ class Adam(Optimizer):
     def load_state_dict(self, state):
         self.t = int(state["t"]) if "t" in state else 0
         for i in range(len(self.params)):
-            m, v = state.get(f"m.{i}"), state.get(f"v.{i}")
-            self.m[i] = None if m is None else m.copy()
-            self.v[i] = None if v is None else v.copy()
+            self.m[i] = self._like(i, state.get(f"m.{i}"))
+            self.v[i] = self._like(i, state.get(f"v.{i}"))
