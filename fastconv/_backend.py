@@ -14,7 +14,6 @@ import importlib
 import os
 
 BACKENDS = ("numpy", "numba", "cupy")
-CPU_BACKENDS = ("numpy", "numba")
 SETTINGS = ("auto",) + BACKENDS
 ENV_VAR = "FASTCONV_BACKEND"
 
