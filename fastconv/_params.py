@@ -79,6 +79,11 @@ def lift(values, fill):
     return (fill,) * (SPATIAL - len(values)) + tuple(values)
 
 
+def is_cupy(a):
+    """Whether ``a`` is a CuPy array (told by its type's module: CuPy need not be imported)."""
+    return type(a).__module__.startswith("cupy")
+
+
 def array_namespace(fn, **arrays):
     """Return the array module (NumPy, or CuPy) of the given arrays; ``None`` values are skipped.
 
@@ -90,7 +95,7 @@ def array_namespace(fn, **arrays):
             continue
         if isinstance(a, np.ndarray):
             mod = np
-        elif type(a).__module__.startswith("cupy"):
+        elif is_cupy(a):
             import cupy
 
             mod = cupy

@@ -371,7 +371,7 @@ def corr2d(X, K):
            [37., 43.]])
     """
     xp = np
-    if any(type(a).__module__.startswith("cupy") for a in (X, K)):
+    if P.is_cupy(X) or P.is_cupy(K):
         xp = P.array_namespace("corr2d", X=X, K=K)  # both CuPy arrays, or a clear TypeError
     X, K = xp.asarray(X), xp.asarray(K)
     for arg, a in (("X", X), ("K", K)):

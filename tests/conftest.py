@@ -11,6 +11,7 @@ import pytest
 
 # PyTorch is the oracle: without it the suite must fail, never pass vacuously.
 import torch  # noqa: F401  (an ImportError here fails collection loudly)
+from helpers import gpu_missing
 from hypothesis import HealthCheck, settings
 
 import fastconv
@@ -29,14 +30,6 @@ CPU_BACKENDS = ["numpy", "numba"]
 DTYPES = [np.float64, np.float32]
 
 
-def _gpu_skip_reason():
-    try:
-        import fastconv.backends.cupy_gpu  # noqa: F401
-    except ImportError as exc:
-        return f"no GPU backend here ({exc})"
-    return None
-
-
 # The cupy backend's code runs on the host everywhere ("cuda-host": its CUDA kernels compiled
 # for the CPU, see cuda_host.py), and on the GPU where there is one ("cupy"; elsewhere the
 # GPU tests of test_gpu.py say why they skip, once each, rather than every oracle test).
@@ -44,7 +37,7 @@ BACKENDS = CPU_BACKENDS + [
     pytest.param("cuda-host", marks=pytest.mark.skipif(
         cuda_host.compiler() is None, reason="no C++ compiler for the CUDA kernels on the host")),
 ]
-if _gpu_skip_reason() is None:
+if gpu_missing() is None:
     BACKENDS.append(pytest.param("cupy", marks=pytest.mark.gpu))
 
 

@@ -6,6 +6,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+
+def gpu_missing():
+    """Why the cupy backend cannot load here (no CuPy, no GPU), or ``None`` where it can."""
+    try:
+        import fastconv.backends.cupy_gpu  # noqa: F401
+    except ImportError as exc:
+        return f"no GPU backend here ({exc})"
+    return None
+
+
 TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import types
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, gpu_missing
 
 import fastconv as fc
 from fastconv import _backend
@@ -25,19 +24,11 @@ def clean_setting(monkeypatch):
 
 
 def test_available_backends():
-    gpu = importlib.util.find_spec("cupy") is not None and _gpu_found()
+    gpu = gpu_missing() is None
     assert fc.available_backends() == ["numpy", "numba"] + (["cupy"] if gpu else [])
 
 
-def _gpu_found():
-    try:
-        import fastconv.backends.cupy_gpu  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(_gpu_found(), reason="the cupy backend is available here")
+@pytest.mark.skipif(gpu_missing() is None, reason="the cupy backend is available here")
 def test_cupy_backend_without_a_gpu_is_a_clear_error(clean_setting, monkeypatch):
     monkeypatch.setenv("FASTCONV_BACKEND", "cupy")
     assert fc.get_backend() == "cupy"
@@ -53,7 +44,7 @@ def test_cpu_backends_refuse_gpu_arrays_and_the_reverse(clean_setting):
     with fc.use_backend("numba"), pytest.raises(
             TypeError, match="op: the 'numba' backend takes NumPy arrays, got CuPy arrays"):
         _backend.resolve("op", fake_cupy)
-    if _gpu_found():
+    if gpu_missing() is None:
         with fc.use_backend("cupy"), pytest.raises(
                 TypeError, match="op: the 'cupy' backend takes CuPy arrays, got NumPy arrays"):
             _backend.resolve("op", np)

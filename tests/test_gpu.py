@@ -14,21 +14,19 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, gpu_missing
 
 import fastconv as fc
 from fastconv import nn
 from fastconv.backends import _cuda_source
 
-try:
+NO_GPU = gpu_missing()
+if NO_GPU is None:
     import cupy
 
     from fastconv.backends import cupy_gpu
-except ImportError as exc:
-    cupy = None
-    NO_GPU = f"no GPU backend here ({exc})"
 else:
-    NO_GPU = None
+    cupy = None
 
 
 

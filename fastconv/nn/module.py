@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._params import is_cupy
+
 
 def array_module(a):
     """NumPy, or CuPy for a CuPy array, so that layers run on whatever arrays they are given."""
-    if type(a).__module__.startswith("cupy"):
+    if is_cupy(a):
         import cupy
 
         return cupy
@@ -21,7 +23,7 @@ def array_module(a):
 
 def to_numpy(a):
     """``a`` as a NumPy array (copied from the GPU for a CuPy array)."""
-    return a.get() if type(a).__module__.startswith("cupy") else np.asarray(a)
+    return a.get() if is_cupy(a) else np.asarray(a)
 
 
 def device_module(device):
