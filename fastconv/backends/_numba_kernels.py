@@ -324,94 +324,128 @@ def _bias_grad(gy):
     return gb
 
 
+@njit(cache=True, inline="always")
+def _share(count, part, parts):
+    """The ``part``-th of ``parts`` near-equal contiguous ranges of ``range(count)``."""
+    return count * part // parts, count * (part + 1) // parts
+
+
+@njit(cache=True, inline="always")
+def _column_ranges(ow_n, sw, kw, pad_w, w_in):
+    """Per window column ``rw``, the output columns whose input column is inside the row."""
+    ranges = np.empty((kw, 2), dtype=np.int64)
+    for rw in range(kw):
+        ranges[rw, 0], ranges[rw, 1] = _valid_range(ow_n, sw, rw - pad_w, w_in)
+    return ranges
+
+
 @njit(**_jit)
-def _avg_pool_forward(x, kernel, stride, pad, out_size, divisor):
-    """Average pooling, one (image, channel) plane per task: per output row the window's input
-    rows are summed first (contiguous, vectorised), then each window's columns of that sum,
-    divided by ``divisor[od, oh, ow]``. The sum runs rows first, not in raster order."""
+def _avg_pool_forward(x, kernel, stride, pad, out_size, divisor, threads):
+    """Average pooling, a contiguous run of (image, channel) planes per thread: per output row
+    the window's input rows are summed first (contiguous, vectorised), then each window's
+    columns of that sum, divided by ``divisor[od, oh, ow]``. The sum runs rows first, not in
+    raster order. Windows of two columns at stride two without padding (the common 2x2 pool)
+    take a loop of their own whose constant stride vectorises."""
     n_batch, c_in, d_in, h_in, w_in = x.shape
     od_n, oh_n, ow_n = out_size
     kd, kh, kw = kernel
     sw = stride[2]
-    plane_in = d_in * h_in * w_in
+    plane_in, plane_out = d_in * h_in * w_in, od_n * oh_n * ow_n
+    pairs = kw == 2 and sw == 2 and pad[2] == 0 and 2 * ow_n <= w_in
+    columns = _column_ranges(ow_n, sw, kw, pad[2], w_in)
     y = np.empty((n_batch, c_in, od_n, oh_n, ow_n), dtype=x.dtype)
     xf = x.reshape(x.size)
     yf = y.reshape(y.size)
     df = divisor.reshape(divisor.size)
-    for task in prange(n_batch * c_in):
+    for part in prange(threads):
         rows = np.empty(w_in, dtype=x.dtype)
-        sums = np.empty(ow_n, dtype=x.dtype)
-        for od in range(od_n):
-            for oh in range(oh_n):
-                for q in range(w_in):
-                    rows[np.uintp(q)] = 0
-                for rd in range(kd):
-                    i_d = od * stride[0] - pad[0] + rd
-                    if i_d < 0 or i_d >= d_in:
-                        continue
-                    for rh in range(kh):
-                        i_h = oh * stride[1] - pad[1] + rh
-                        if i_h < 0 or i_h >= h_in:
+        p0, p1 = _share(n_batch * c_in, part, threads)
+        for p in range(p0, p1):
+            for od in range(od_n):
+                for oh in range(oh_n):
+                    for q in range(w_in):
+                        rows[np.uintp(q)] = 0
+                    for rd in range(kd):
+                        i_d = od * stride[0] - pad[0] + rd
+                        if i_d < 0 or i_d >= d_in:
                             continue
-                        src = task * plane_in + (i_d * h_in + i_h) * w_in
-                        for q in range(w_in):
-                            rows[np.uintp(q)] += xf[np.uintp(src + q)]
-                for ow in range(ow_n):
-                    sums[np.uintp(ow)] = 0
-                for rw in range(kw):
-                    lo, hi = _valid_range(ow_n, sw, rw - pad[2], w_in)
-                    for ow in range(lo, hi):
-                        sums[np.uintp(ow)] += rows[np.uintp(ow * sw + rw - pad[2])]
-                out = (od * oh_n + oh) * ow_n
-                dst = task * od_n * oh_n * ow_n + out
-                for ow in range(ow_n):
-                    yf[np.uintp(dst + ow)] = sums[np.uintp(ow)] / df[np.uintp(out + ow)]
+                        for rh in range(kh):
+                            i_h = oh * stride[1] - pad[1] + rh
+                            if i_h < 0 or i_h >= h_in:
+                                continue
+                            src = p * plane_in + (i_d * h_in + i_h) * w_in
+                            for q in range(w_in):
+                                rows[np.uintp(q)] += xf[np.uintp(src + q)]
+                    out = (od * oh_n + oh) * ow_n
+                    dst = p * plane_out + out
+                    if pairs:
+                        for ow in range(ow_n):
+                            yf[np.uintp(dst + ow)] = ((rows[np.uintp(2 * ow)]
+                                                       + rows[np.uintp(2 * ow + 1)])
+                                                      / df[np.uintp(out + ow)])
+                        continue
+                    for ow in range(ow_n):
+                        yf[np.uintp(dst + ow)] = 0
+                    for rw in range(kw):
+                        for ow in range(columns[rw, 0], columns[rw, 1]):
+                            yf[np.uintp(dst + ow)] += rows[np.uintp(ow * sw + rw - pad[2])]
+                    for ow in range(ow_n):
+                        yf[np.uintp(dst + ow)] /= df[np.uintp(out + ow)]
     return y
 
 
 @njit(**_jit)
-def _avg_pool_backward(gy, kernel, stride, pad, in_size, divisor):
-    """The adjoint of :func:`_avg_pool_forward`, one (image, channel) plane per task: each
-    output row's gradient over its divisors is spread across its windows' columns, then added
-    to each of the windows' input rows (output rows in order, so the sums are repeatable)."""
+def _avg_pool_backward(gy, kernel, stride, pad, in_size, divisor, threads):
+    """The adjoint of :func:`_avg_pool_forward`, a contiguous run of (image, channel) planes
+    per thread: each output row's gradient over its divisors is spread across its windows'
+    columns, then added to each of the windows' input rows (output rows in order, so the sums
+    are repeatable)."""
     n_batch, c_in, od_n, oh_n, ow_n = gy.shape
     d_in, h_in, w_in = in_size
     kd, kh, kw = kernel
     sw = stride[2]
-    plane_in = d_in * h_in * w_in
+    plane_in, plane_out = d_in * h_in * w_in, od_n * oh_n * ow_n
+    pairs = kw == 2 and sw == 2 and pad[2] == 0 and 2 * ow_n <= w_in
+    columns = _column_ranges(ow_n, sw, kw, pad[2], w_in)
     gx = np.empty((n_batch, c_in, d_in, h_in, w_in), dtype=gy.dtype)
     gxf = gx.reshape(gx.size)
     gf = gy.reshape(gy.size)
     df = divisor.reshape(divisor.size)
-    for task in prange(n_batch * c_in):
-        base = task * plane_in
-        for i in range(plane_in):
-            gxf[np.uintp(base + i)] = 0
-        grads = np.empty(ow_n, dtype=gy.dtype)
+    for part in prange(threads):
         row = np.empty(w_in, dtype=gy.dtype)
-        for od in range(od_n):
-            for oh in range(oh_n):
-                out = (od * oh_n + oh) * ow_n
-                src = task * od_n * oh_n * ow_n + out
-                for ow in range(ow_n):
-                    grads[np.uintp(ow)] = gf[np.uintp(src + ow)] / df[np.uintp(out + ow)]
-                for q in range(w_in):
-                    row[np.uintp(q)] = 0
-                for rw in range(kw):
-                    lo, hi = _valid_range(ow_n, sw, rw - pad[2], w_in)
-                    for ow in range(lo, hi):
-                        row[np.uintp(ow * sw + rw - pad[2])] += grads[np.uintp(ow)]
-                for rd in range(kd):
-                    i_d = od * stride[0] - pad[0] + rd
-                    if i_d < 0 or i_d >= d_in:
-                        continue
-                    for rh in range(kh):
-                        i_h = oh * stride[1] - pad[1] + rh
-                        if i_h < 0 or i_h >= h_in:
-                            continue
-                        dst = base + (i_d * h_in + i_h) * w_in
+        p0, p1 = _share(n_batch * c_in, part, threads)
+        for q in range(w_in):
+            row[np.uintp(q)] = 0
+        for p in range(p0, p1):
+            for i in range(p * plane_in, (p + 1) * plane_in):  # zeroed here: then in cache
+                gxf[np.uintp(i)] = 0
+            for od in range(od_n):
+                for oh in range(oh_n):
+                    out = (od * oh_n + oh) * ow_n
+                    src = p * plane_out + out
+                    if pairs:  # columns past 2 * ow_n stay zero
+                        for ow in range(ow_n):
+                            g = gf[np.uintp(src + ow)] / df[np.uintp(out + ow)]
+                            row[np.uintp(2 * ow)] = g
+                            row[np.uintp(2 * ow + 1)] = g
+                    else:
                         for q in range(w_in):
-                            gxf[np.uintp(dst + q)] += row[np.uintp(q)]
+                            row[np.uintp(q)] = 0
+                        for rw in range(kw):
+                            for ow in range(columns[rw, 0], columns[rw, 1]):
+                                row[np.uintp(ow * sw + rw - pad[2])] += (
+                                    gf[np.uintp(src + ow)] / df[np.uintp(out + ow)])
+                    for rd in range(kd):
+                        i_d = od * stride[0] - pad[0] + rd
+                        if i_d < 0 or i_d >= d_in:
+                            continue
+                        for rh in range(kh):
+                            i_h = oh * stride[1] - pad[1] + rh
+                            if i_h < 0 or i_h >= h_in:
+                                continue
+                            dst = p * plane_in + (i_d * h_in + i_h) * w_in
+                            for q in range(w_in):
+                                gxf[np.uintp(dst + q)] += row[np.uintp(q)]
     return gx
 
 

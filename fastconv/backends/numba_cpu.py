@@ -131,12 +131,14 @@ def bias_grad(gy):
 
 @_serialised
 def avg_pool_forward(x, kernel, stride, pad_lo, out_size, divisor):
-    return K._avg_pool_forward(x, kernel, stride, pad_lo, out_size, divisor)
+    return K._avg_pool_forward(x, kernel, stride, pad_lo, out_size, divisor,
+                               numba.get_num_threads())
 
 
 @_serialised
 def avg_pool_backward(gy, kernel, stride, pad_lo, in_size, divisor):
-    return K._avg_pool_backward(gy, kernel, stride, pad_lo, in_size, divisor)
+    return K._avg_pool_backward(gy, kernel, stride, pad_lo, in_size, divisor,
+                                numba.get_num_threads())
 
 
 @_serialised
