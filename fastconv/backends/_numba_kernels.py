@@ -846,14 +846,15 @@ LANE_SKEW = 64
 
 
 @njit(**_jit)
-def _to_lanes(x, lanes, c_lanes, pad, size, slack):
-    """``x`` (N, C, 1, H, W) as flat lanes (groups, c_lanes, size[0], size[1], lanes) and
-    ``slack`` zeros: position ``(i, j)`` holds ``x[..., i - pad[0], j - pad[1]]``, zero outside
-    ``x``, past image N-1 and past channel C-1. ``pad`` may be negative (a crop)."""
+def _to_lanes(x, lanes, c_lanes, pad, size, pitch, slack):
+    """``x`` (N, C, 1, H, W) as flat lanes: groups of ``c_lanes`` planes (size[0], size[1],
+    lanes), ``pitch`` elements apart (zeros between), then ``slack`` zeros. Position ``(i, j)``
+    holds ``x[..., i - pad[0], j - pad[1]]``, zero outside ``x``, past image N-1 and past
+    channel C-1. ``pad`` may be negative (a crop)."""
     n_batch, c_in, _, h_in, w_in = x.shape
     hp, wp = size
     groups = -(-n_batch // lanes)
-    out = np.empty(groups * c_lanes * hp * wp * lanes + slack, dtype=x.dtype)
+    out = np.empty(groups * c_lanes * pitch + slack, dtype=x.dtype)
     for i in range(out.size - slack, out.size):
         out[i] = 0
     xf = x.reshape(x.size)
@@ -867,28 +868,30 @@ def _to_lanes(x, lanes, c_lanes, pad, size, slack):
             h = i - pad[0]
             for j in range(wp):
                 col = j - pad[1]
-                dst = ((task * hp + i) * wp + j) * lanes
+                dst = task * pitch + (i * wp + j) * lanes
                 n_here = n_in if 0 <= h < h_in and 0 <= col < w_in else 0
                 src = src0 + h * w_in + col
                 for b in range(n_here):
                     out[np.uintp(dst + b)] = xf[np.uintp(src + b * c_in * plane)]
                 for b in range(n_here, lanes):
                     out[np.uintp(dst + b)] = 0
+        for i in range(task * pitch + hp * wp * lanes, (task + 1) * pitch):
+            out[np.uintp(i)] = 0
     return out
 
 
 @njit(**_jit)
-def _from_lanes(yl, k_out, out_size, lanes, n_batch):
-    """The flat lanes of :func:`_lane_conv` back to (N, k_out, 1, OH, OW)."""
+def _from_lanes(yl, pitch, c_held, k_out, out_size, lanes, n_batch):
+    """Flat lanes (groups, c_held planes ``pitch`` elements apart, OH, OW, lanes) back to
+    (N, k_out, 1, OH, OW)."""
     oh_n, ow_n = out_size
     plane = oh_n * ow_n
     groups = -(-n_batch // lanes)
-    k_lanes = yl.size // (groups * (plane * lanes + LANE_SKEW))
     y = np.empty((n_batch, k_out, 1, oh_n, ow_n), dtype=yl.dtype)
     yf = y.reshape(y.size)
     for task in prange(groups * k_out):
         g, k = task // k_out, task % k_out
-        src = (g * k_lanes + k) * (plane * lanes + LANE_SKEW)
+        src = (g * c_held + k) * pitch
         for b in range(min(lanes, n_batch - g * lanes)):
             dst = ((g * lanes + b) * k_out + k) * plane
             for p in range(plane):
@@ -934,22 +937,31 @@ def _lane_taps(yf, o0, pl, xf, xs, span, step, w, wi, k_step, count):
 
 
 @njit(**_jit)
-def _lane_conv(xl, w4, bias4, groups, c_in, size, rows, dilation, out_size, lanes):
-    """Stride-1 convolution of flat lanes ``xl`` (groups, C, size, lanes) by ``w4``
-    (k_lanes, C, KH, KW), k_lanes a multiple of 4; out flat lanes (groups, k_lanes, OH, OW,
-    lanes), planes ``LANE_SKEW`` elements apart. A task is one group of images and four output
-    channels; each output element sums from the bias over channels, then taps in raster
-    order. Kernel rows that fall on rows of ``xl`` outside ``rows`` (padding: zeros) are
-    skipped: a transposed convolution's padded input is mostly such rows."""
+def _lane_conv(xl, x_pitch, c_held, w4, bias4, groups, c_in, size, rows, dilation, out_size,
+               lanes, slack):
+    """Stride-1 convolution of flat lanes ``xl`` (groups, ``c_held`` planes of size x lanes
+    ``x_pitch`` elements apart, of which the first C are used) by ``w4`` (k_lanes, C, KH, KW),
+    k_lanes a multiple of 4; out flat lanes (groups, k_lanes, OH, OW, lanes), planes
+    ``LANE_SKEW`` elements apart (zeros between), then ``slack`` zeros. A task is one group of
+    images and four output channels; each output element sums from the bias over channels,
+    then taps in raster order. Kernel rows that fall on rows of ``xl`` outside ``rows``
+    (padding: zeros) are skipped: a transposed convolution's padded input is mostly such
+    rows."""
     hp, wp = size
     oh_n, ow_n = out_size
     k_lanes, _, kh, kw = w4.shape
     wf = w4.reshape(w4.size)
     span, plane = ow_n * lanes, oh_n * ow_n * lanes + LANE_SKEW
     k_step, blocks = c_in * kh * kw, k_lanes // 4
-    y = np.empty(groups * k_lanes * plane, dtype=xl.dtype)
+    y = np.empty(groups * k_lanes * plane + slack, dtype=xl.dtype)
+    for i in range(y.size - slack, y.size):
+        y[i] = 0
     for task in prange(groups * blocks):
         g, k0 = task // blocks, (task % blocks) * 4
+        for i in range(4):
+            gap = (g * k_lanes + k0 + i + 1) * plane
+            for j in range(gap - LANE_SKEW, gap):
+                y[np.uintp(j)] = 0
         for oh in range(oh_n):
             o0 = (g * k_lanes + k0) * plane + oh * span
             for i in range(4):
@@ -961,7 +973,7 @@ def _lane_conv(xl, w4, bias4, groups, c_in, size, rows, dilation, out_size, lane
                     row = oh + rh * dilation[0]
                     if row < rows[0] or row >= rows[1]:
                         continue
-                    xs = ((g * c_in + c) * hp + row) * wp * lanes
+                    xs = (g * c_held + c) * x_pitch + row * wp * lanes
                     wi = ((k0 * c_in + c) * kh + rh) * kw
                     for rw in range(0, kw, 3):
                         _lane_taps(y, o0, plane, xl, xs + rw * dilation[1] * lanes, span,
@@ -1007,9 +1019,11 @@ def _lane_grad_taps(acc, gf, g0, pl, xf, xs, span, step):
 
 
 @njit(**_jit)
-def _lane_weight_grad(xl, gl, groups, c_in, size, dilation, kernel, lanes):
+def _lane_weight_grad(xl, x_pitch, c_held, gl, g_pitch, k_lanes, groups, c_in, size,
+                      dilation, kernel, lanes):
     """Weight gradient (k_lanes, C, KH, KW) of :func:`_lane_conv` from the flat lanes of its
-    input ``xl`` and of the output gradient ``gl``. A task is four output channels and one
+    input ``xl`` (as there) and of the output gradient ``gl`` (``k_lanes`` planes ``g_pitch``
+    elements apart per group). A task is four output channels and one
     input channel; each tap's sum runs group by group, row by row, in a fixed order. For each
     output row, the four gradient rows are read once and stay in cache while every tap uses
     them (taking the taps outermost read them once per tap: ten times the memory traffic).
@@ -1020,8 +1034,7 @@ def _lane_weight_grad(xl, gl, groups, c_in, size, dilation, kernel, lanes):
     hp, wp = size
     kh, kw = kernel
     oh_n, ow_n = hp - dilation[0] * (kh - 1), wp - dilation[1] * (kw - 1)
-    span, plane = ow_n * lanes, oh_n * ow_n * lanes
-    k_lanes = gl.size // (groups * plane)
+    span = ow_n * lanes
     blocks = k_lanes // 4
     triples = -(-kw // 3)
     gw = np.empty((k_lanes, c_in, kh, kw), dtype=xl.dtype)
@@ -1030,11 +1043,11 @@ def _lane_weight_grad(xl, gl, groups, c_in, size, dilation, kernel, lanes):
         acc = np.zeros((kh, triples, 12), dtype=xl.dtype)
         for g in range(groups):
             for oh in range(oh_n):
-                g0 = (g * k_lanes + k0) * plane + oh * span
+                g0 = (g * k_lanes + k0) * g_pitch + oh * span
                 for rh in range(kh):
-                    row = (((g * c_in + c) * hp + oh + rh * dilation[0]) * wp) * lanes
+                    row = (g * c_held + c) * x_pitch + (oh + rh * dilation[0]) * wp * lanes
                     for t3 in range(triples):
-                        _lane_grad_taps(acc[rh, t3], gl, g0, plane, xl,
+                        _lane_grad_taps(acc[rh, t3], gl, g0, g_pitch, xl,
                                         row + 3 * t3 * dilation[1] * lanes, span,
                                         dilation[1] * lanes)
         for i in range(4):
@@ -1042,6 +1055,121 @@ def _lane_weight_grad(xl, gl, groups, c_in, size, dilation, kernel, lanes):
                 for rw in range(kw):
                     gw[k0 + i, c, rh, rw] = acc[rh, rw // 3, 3 * i + rw % 3]
     return gw
+
+
+# Kernels for activations kept in the lane layout between layers (fastconv.nn): planes of
+# (H, W, lanes), ``pitch`` elements apart, ``c_held`` planes per group of images.
+
+
+@njit(**_jit)
+def _lanes_padded(xl, pitch, planes, in_size, pad, size, lanes, slack):
+    """Planes of ``xl`` copied into dense planes of ``size`` (H, W) with ``pad`` (top, left)
+    rows and columns of zeros before them and zeros after, plus ``slack`` zeros at the end."""
+    h_in, w_in = in_size
+    hp, wp = size
+    out = np.empty(planes * hp * wp * lanes + slack, dtype=xl.dtype)
+    for i in range(out.size - slack, out.size):
+        out[i] = 0
+    lo, hi = _valid_range(wp, 1, -pad[1], w_in)
+    for p in prange(planes):
+        for i in range(hp):
+            dst = (p * hp + i) * wp * lanes
+            r = i - pad[0]
+            if r < 0 or r >= h_in:
+                for j in range(wp * lanes):
+                    out[np.uintp(dst + j)] = 0
+                continue
+            src = p * pitch + (r * w_in + lo - pad[1]) * lanes
+            for j in range(lo * lanes):
+                out[np.uintp(dst + j)] = 0
+            for j in range((hi - lo) * lanes):
+                out[np.uintp(dst + lo * lanes + j)] = xl[np.uintp(src + j)]
+            for j in range(hi * lanes, wp * lanes):
+                out[np.uintp(dst + j)] = 0
+    return out
+
+
+@njit(**_jit)
+def _lane_avg_pool_forward(xl, pitch, planes, in_size, kernel, stride, pad, out_size, divisor,
+                           lanes, out_pitch, slack):
+    """2-D average pooling of lane planes into planes ``out_pitch`` apart (zeros between, then
+    ``slack`` zeros): each window's cells summed in raster order over all lanes at once,
+    divided by ``divisor[oh, ow]``."""
+    h_in, w_in = in_size
+    oh_n, ow_n = out_size
+    y = np.empty(planes * out_pitch + slack, dtype=xl.dtype)
+    for i in range(y.size - slack, y.size):
+        y[i] = 0
+    for p in prange(planes):
+        for i in range(p * out_pitch + oh_n * ow_n * lanes, (p + 1) * out_pitch):
+            y[np.uintp(i)] = 0
+        for oh in range(oh_n):
+            for ow in range(ow_n):
+                dst = p * out_pitch + (oh * ow_n + ow) * lanes
+                for b in range(lanes):
+                    y[np.uintp(dst + b)] = 0
+                for rh in range(kernel[0]):
+                    ih = oh * stride[0] - pad[0] + rh
+                    if ih < 0 or ih >= h_in:
+                        continue
+                    for rw in range(kernel[1]):
+                        iw = ow * stride[1] - pad[1] + rw
+                        if iw < 0 or iw >= w_in:
+                            continue
+                        src = p * pitch + (ih * w_in + iw) * lanes
+                        for b in range(lanes):
+                            y[np.uintp(dst + b)] += xl[np.uintp(src + b)]
+                d = divisor[oh, ow]
+                for b in range(lanes):
+                    y[np.uintp(dst + b)] /= d
+    return y
+
+
+@njit(**_jit)
+def _lane_avg_pool_backward(gl, pitch, planes, out_size, kernel, stride, pad, in_size, divisor,
+                            lanes, in_pitch, slack):
+    """The adjoint of :func:`_lane_avg_pool_forward` (input planes ``in_pitch`` apart): each
+    output cell's gradient over its divisor added to its window's cells, output cells in order
+    (repeatable sums)."""
+    h_in, w_in = in_size
+    oh_n, ow_n = out_size
+    gx = np.empty(planes * in_pitch + slack, dtype=gl.dtype)
+    for i in range(gx.size - slack, gx.size):
+        gx[i] = 0
+    for p in prange(planes):
+        for i in range(p * in_pitch, (p + 1) * in_pitch):
+            gx[np.uintp(i)] = 0
+        for oh in range(oh_n):
+            for ow in range(ow_n):
+                src = p * pitch + (oh * ow_n + ow) * lanes
+                d = divisor[oh, ow]
+                for rh in range(kernel[0]):
+                    ih = oh * stride[0] - pad[0] + rh
+                    if ih < 0 or ih >= h_in:
+                        continue
+                    for rw in range(kernel[1]):
+                        iw = ow * stride[1] - pad[1] + rw
+                        if iw < 0 or iw >= w_in:
+                            continue
+                        dst = p * in_pitch + (ih * w_in + iw) * lanes
+                        for b in range(lanes):
+                            gx[np.uintp(dst + b)] += gl[np.uintp(src + b)] / d
+    return gx
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath={"reassoc"})
+def _lane_channel_sums(gl, pitch, c_held, groups, k_out, plane):
+    """Per channel ``k < k_out``, the sum of its ``plane`` elements in every group (the bias
+    gradient; lanes past the batch hold zeros), one channel per task."""
+    gb = np.empty(k_out, dtype=gl.dtype)
+    for k in prange(k_out):
+        acc = 0.0
+        for g in range(groups):
+            start = (g * c_held + k) * pitch
+            for i in range(start, start + plane):
+                acc += gl[np.uintp(i)]
+        gb[k] = acc
+    return gb
 
 
 # Element-wise kernels for fastconv.nn's activations: one pass over memory instead of NumPy's

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._numba_kernels import _from_lanes, _lane_conv, _lane_weight_grad, _to_lanes
+from ._numba_kernels import LANE_SKEW, _from_lanes, _lane_conv, _lane_weight_grad, _to_lanes
 
 # Output positions per image up to which lanes are used. Measured faster than the other paths
 # on LeNet's planes (784 and 100 positions) and on 16x16 and 8x8 planes with 32 and 64
@@ -46,6 +46,11 @@ def lanes_fit(x_shape, k_out, kernel, stride, pad, dilation, groups, out_size):
     return copies <= max(LANE_MAX_BYTES // 8, n_b * k_out * out_size[1] * out_size[2])
 
 
+def lane_pitch(out_size, lanes):
+    """Elements from one output plane of :func:`._numba_kernels._lane_conv` to the next."""
+    return out_size[0] * out_size[1] * lanes + LANE_SKEW
+
+
 def _groups(n_batch):
     """Lane groups for a batch (the last one may be part empty)."""
     return -(-n_batch // lane_width(n_batch))
@@ -73,11 +78,12 @@ def conv_forward_lanes(x, w, bias, pad, dilation, out_size):
     b4 = np.zeros(k_lanes, dtype=x.dtype)
     if bias is not None:
         b4[:k_out] = bias
-    xl = _to_lanes(x, lanes, c_in, (pad[1], pad[2]), size, 0)
+    xl = _to_lanes(x, lanes, c_in, (pad[1], pad[2]), size, size[0] * size[1] * lanes, 0)
     rows = (pad[1], pad[1] + x.shape[3])  # the rows of the copy that hold input rows
-    yl = _lane_conv(xl, w4, b4, _groups(n_b), c_in, size, rows, (dilation[1], dilation[2]),
-                    out_size[1:], lanes)
-    return _from_lanes(yl, k_out, out_size[1:], lanes, n_b)
+    yl = _lane_conv(xl, size[0] * size[1] * lanes, c_in, w4, b4, _groups(n_b), c_in, size, rows,
+                    (dilation[1], dilation[2]), out_size[1:], lanes, 0)
+    return _from_lanes(yl, lane_pitch(out_size[1:], lanes), k_lanes, k_out, out_size[1:], lanes,
+                       n_b)
 
 
 def conv_weight_grad_lanes(x, gy, pad, dilation, kernel):
@@ -86,8 +92,11 @@ def conv_weight_grad_lanes(x, gy, pad, dilation, kernel):
     lanes = lane_width(n_b)
     size = _lane_size(kernel, dilation, out_size)
     # slack for the third tap of a short last triple of taps (see _lane_weight_grad)
-    xl = _to_lanes(x, lanes, c_in, (pad[1], pad[2]), size, 2 * dilation[2] * lanes)
-    gl = _to_lanes(gy, lanes, _k_lanes(k_out), (0, 0), out_size[1:], 0)
-    gw = _lane_weight_grad(xl, gl, _groups(n_b), c_in, size, (dilation[1], dilation[2]),
-                           kernel[1:], lanes)
+    xl = _to_lanes(x, lanes, c_in, (pad[1], pad[2]), size, size[0] * size[1] * lanes,
+                   2 * dilation[2] * lanes)
+    k_lanes = _k_lanes(k_out)
+    gl = _to_lanes(gy, lanes, k_lanes, (0, 0), out_size[1:], out_size[1] * out_size[2] * lanes, 0)
+    gw = _lane_weight_grad(xl, size[0] * size[1] * lanes, c_in, gl,
+                           out_size[1] * out_size[2] * lanes, k_lanes, _groups(n_b), c_in, size,
+                           (dilation[1], dilation[2]), kernel[1:], lanes)
     return np.ascontiguousarray(gw[:k_out]).reshape(k_out, c_in, *kernel)

@@ -8,7 +8,9 @@ import numpy as np
 
 from .. import _backend
 from .. import functional as F
+from . import lanes
 from .init import default_bias, kaiming_uniform
+from .lanes import LaneArray
 from .module import Module, Parameter, array_module
 
 
@@ -64,6 +66,7 @@ class Conv2d(Module):
     """
 
     parameter_names = ("weight", "bias")
+    lane_layer = starts_lanes = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", dtype=np.float32, rng=None):
@@ -74,17 +77,29 @@ class Conv2d(Module):
                         "groups": groups, "padding_mode": padding_mode}
         self.input_grad = True
         self._x = None
+        self._lane_input = None
+
+    def takes_lanes(self, x):
+        return lanes.conv_fits(x, self.weight.data, self.options, self.input_grad)
 
     def forward(self, x):
+        bias = None if self.bias is None else self.bias.data
+        if isinstance(x, LaneArray):
+            y, self._lane_input = lanes.conv_forward(x, self.weight.data, bias, self.options)
+            self._x = x.shape
+            return y
         _check_input("Conv2d", x, 4)
-        self._x = x
-        return F.conv2d(x, self.weight.data, None if self.bias is None else self.bias.data,
-                        **self.options)
+        self._x, self._lane_input = x, None
+        return F.conv2d(x, self.weight.data, bias, **self.options)
 
     def backward(self, grad_output):
         x = _saved("Conv2d", self._x, "input")
-        gx, gw, gb = F.conv2d_backward(grad_output, x, self.weight.data, **self.options,
-                                       input_grad=self.input_grad)
+        if isinstance(grad_output, LaneArray):
+            gx, gw, gb = lanes.conv_backward(grad_output, self._lane_input, self.weight.data,
+                                             self.options, x, self.input_grad)
+        else:
+            gx, gw, gb = F.conv2d_backward(grad_output, x, self.weight.data, **self.options,
+                                           input_grad=self.input_grad)
         self.weight.accumulate(gw)
         if self.bias is not None:
             self.bias.accumulate(gb)
@@ -164,14 +179,23 @@ class AvgPool2d(Module):
                         "divisor_override": divisor_override}
         self._x = None
 
+    lane_layer = True
+
+    def takes_lanes(self, x):
+        return x.ndim == 4
+
     def forward(self, x):
         _check_input("AvgPool2d", x, 4)
         self._x = x
+        if isinstance(x, LaneArray):
+            return lanes.avg_pool_forward(x, self.options)
         return F.avg_pool2d(x, **self.options)
 
     def backward(self, grad_output):
-        return F.avg_pool2d_backward(grad_output, _saved("AvgPool2d", self._x, "input"),
-                                     **self.options)
+        x = _saved("AvgPool2d", self._x, "input")
+        if isinstance(grad_output, LaneArray):
+            return lanes.avg_pool_backward(grad_output, x, self.options)
+        return F.avg_pool2d_backward(grad_output, x, **self.options)
 
 
 class Linear(Module):
@@ -237,13 +261,21 @@ class Sigmoid(Module):
         super().__init__()
         self._y = None
 
+    lane_layer = True
+
+    def takes_lanes(self, x):
+        return True
+
     def forward(self, x):
-        self._y = _backend.resolve("Sigmoid", array_module(x)).sigmoid_forward(x)
+        self._y = lanes.elementwise(
+            lambda a: _backend.resolve("Sigmoid", array_module(a)).sigmoid_forward(a), x)
         return self._y
 
     def backward(self, grad_output):
         y = _saved("Sigmoid", self._y, "output")
-        return _backend.resolve("Sigmoid", array_module(y)).sigmoid_backward(y, grad_output)
+        return lanes.elementwise(
+            lambda a, g: _backend.resolve("Sigmoid", array_module(a)).sigmoid_backward(a, g),
+            y, grad_output)
 
 
 class ReLU(Module):
@@ -253,12 +285,18 @@ class ReLU(Module):
         super().__init__()
         self._positive = None
 
+    lane_layer = True
+
+    def takes_lanes(self, x):
+        return True
+
     def forward(self, x):
-        self._positive = x > 0
-        return array_module(x).maximum(x, 0)  # NaN stays NaN
+        self._positive = lanes.elementwise(lambda a: a > 0, x)
+        return lanes.elementwise(lambda a: array_module(a).maximum(a, 0), x)  # NaN stays NaN
 
     def backward(self, grad_output):
-        return grad_output * _saved("ReLU", self._positive, "input")
+        return lanes.elementwise(lambda g, positive: g * positive, grad_output,
+                                 _saved("ReLU", self._positive, "input"))
 
 
 class Tanh(Module):
@@ -268,14 +306,22 @@ class Tanh(Module):
         super().__init__()
         self._y = None
 
+    lane_layer = True
+
+    def takes_lanes(self, x):
+        return True
+
     def forward(self, x):
-        self._y = array_module(x).tanh(x)
+        self._y = lanes.elementwise(lambda a: array_module(a).tanh(a), x)
         return self._y
 
     def backward(self, grad_output):
-        y = _saved("Tanh", self._y, "output")
-        g = y * y
-        xp = array_module(g)
-        xp.subtract(1, g, out=g)
-        g *= grad_output
-        return g
+        return lanes.elementwise(_tanh_backward, _saved("Tanh", self._y, "output"), grad_output)
+
+
+def _tanh_backward(y, grad_output):
+    g = y * y
+    xp = array_module(g)
+    xp.subtract(1, g, out=g)
+    g *= grad_output
+    return g

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._params import is_cupy
+from . import lanes
 
 
 def array_module(a):
@@ -66,10 +67,19 @@ class Module:
     """
 
     parameter_names: tuple[str, ...] = ()
+    # Whether the layer may take lane arrays (see takes_lanes), and whether a Sequential may
+    # start a run of such layers at it (see fastconv.nn.lanes)
+    lane_layer = False
+    starts_lanes = False
 
     def __init__(self):
         self.training = True
         self.children: list[tuple[str, Module]] = []
+
+    def takes_lanes(self, x):
+        """Whether ``forward`` takes ``x`` as a :class:`fastconv.nn.lanes.LaneArray` (and
+        ``backward`` its gradient likewise); layers that cannot say ``False``."""
+        return False
 
     def forward(self, x):
         raise NotImplementedError
@@ -165,11 +175,31 @@ class Sequential(Module):
         return len(self.children)
 
     def forward(self, x):
-        for _, layer in self.children:
+        # On the numba backend, runs of layers that take lanes hand each other lane arrays
+        # (fastconv.nn.lanes): what is converted before which layer is kept for backward.
+        layers = [layer for _, layer in self.children]
+        self._converted = [None] * len(layers)
+        for i, layer in enumerate(layers):
+            if isinstance(x, lanes.LaneArray):
+                if not layer.takes_lanes(x):
+                    self._converted[i] = x
+                    x = x.to_array()
+            elif (layer.starts_lanes and i + 1 < len(layers) and lanes.numba_active(x)
+                  and layers[i + 1].lane_layer and layer.takes_lanes(x)):
+                x = lanes.start(x)
+                self._converted[i] = "lanes"
             x = layer.forward(x)
-        return x
+        self._out = x if isinstance(x, lanes.LaneArray) else None
+        return x.to_array() if self._out is not None else x
 
     def backward(self, grad_output):
-        for _, layer in reversed(self.children):
+        if getattr(self, "_out", None) is not None:
+            grad_output = lanes.like(grad_output, self._out)
+        converted = getattr(self, "_converted", [None] * len(self.children))
+        for (_, layer), before in zip(reversed(self.children), reversed(converted)):
             grad_output = layer.backward(grad_output)
+            if isinstance(before, lanes.LaneArray):
+                grad_output = lanes.like(grad_output, before)
+            elif before == "lanes" and grad_output is not None:
+                grad_output = grad_output.to_array()
         return grad_output
