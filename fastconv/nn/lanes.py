@@ -166,8 +166,9 @@ def _lane_weights(weight, k_lanes):
     return w4
 
 
-def conv_forward(x, weight, bias, options):
-    """``Conv2d``'s forward on lanes: ``(output, saved input)``."""
+def conv_forward(x, weight, bias, options, sigmoid=False):
+    """``Conv2d``'s forward on lanes: ``(output, saved input)``; with ``sigmoid`` (float32
+    only) the output is the sigmoid of the convolution's, computed in the same kernel."""
     K, L = _numba()
     k_out, c_in, kh, kw = weight.shape
     pad, dilation = _pair(options["padding"]), _pair(options["dilation"])
@@ -181,7 +182,7 @@ def conv_forward(x, weight, bias, options):
         b4[:k_out] = bias
     yl = K._lane_conv(xl.data, xl.pitch, xl.c_held, _lane_weights(weight, k_lanes), b4,
                       x.groups, c_in, size, (pad[0], pad[0] + h), dilation, out, x.lanes,
-                      slack(x.lanes))
+                      slack(x.lanes), sigmoid)
     return canonical(yl, (n, k_out, *out), x.lanes), xl
 
 
@@ -230,14 +231,16 @@ def avg_pool_forward(x, options):
     return out.with_data(data)
 
 
-def avg_pool_backward(gy, x, options):
-    """``AvgPool2d``'s backward on lanes, ``x`` its saved input."""
+def avg_pool_backward(gy, x, options, after_sigmoid=False):
+    """``AvgPool2d``'s backward on lanes, ``x`` its saved input; ``after_sigmoid``: ``x`` is a
+    sigmoid's output, and the gradient returned is the one of the sigmoid's input."""
     K = _numba()[0]
     spec, divisor = F._avg_pool_setup("AvgPool2d", 2, x, **options)
     data = K._lane_avg_pool_backward(gy.data, gy.pitch, gy.planes, spec.out_size[1:],
                                      spec.kernel[1:], spec.stride[1:], spec.padding[1:],
                                      spec.in_size[1:], divisor[0], gy.lanes, x.pitch,
-                                     slack(gy.lanes))
+                                     slack(gy.lanes),
+                                     x.data if after_sigmoid else x.data[:0])
     return x.with_data(data)
 
 

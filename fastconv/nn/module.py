@@ -81,6 +81,14 @@ class Module:
         ``backward`` its gradient likewise); layers that cannot say ``False``."""
         return False
 
+    # A Sequential asks these before calling forward (backward) on two neighbouring layers;
+    # a layer that can do both in one pass over memory says so and provides *_fused.
+    def fuses_forward(self, x, following):
+        return False
+
+    def fuses_backward(self, grad_output, preceding):
+        return False
+
     def forward(self, x):
         raise NotImplementedError
 
@@ -179,7 +187,9 @@ class Sequential(Module):
         # (fastconv.nn.lanes): what is converted before which layer is kept for backward.
         layers = [layer for _, layer in self.children]
         self._converted = [None] * len(layers)
-        for i, layer in enumerate(layers):
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
             if isinstance(x, lanes.LaneArray):
                 if not layer.takes_lanes(x):
                     self._converted[i] = x
@@ -188,18 +198,32 @@ class Sequential(Module):
                   and layers[i + 1].lane_layer and layer.takes_lanes(x)):
                 x = lanes.start(x)
                 self._converted[i] = "lanes"
-            x = layer.forward(x)
+            if i + 1 < len(layers) and layer.fuses_forward(x, layers[i + 1]):
+                x = layer.forward_fused(x, layers[i + 1])
+                i += 2
+            else:
+                x = layer.forward(x)
+                i += 1
         self._out = x if isinstance(x, lanes.LaneArray) else None
         return x.to_array() if self._out is not None else x
 
     def backward(self, grad_output):
         if getattr(self, "_out", None) is not None:
             grad_output = lanes.like(grad_output, self._out)
-        converted = getattr(self, "_converted", [None] * len(self.children))
-        for (_, layer), before in zip(reversed(self.children), reversed(converted)):
-            grad_output = layer.backward(grad_output)
+        layers = [layer for _, layer in self.children]
+        converted = getattr(self, "_converted", [None] * len(layers))
+        i = len(layers) - 1
+        while i >= 0:
+            layer = layers[i]
+            if i > 0 and layer.fuses_backward(grad_output, layers[i - 1]):
+                grad_output = layer.backward_fused(grad_output, layers[i - 1])
+                i -= 1
+            else:
+                grad_output = layer.backward(grad_output)
+            before = converted[i]
             if isinstance(before, lanes.LaneArray):
                 grad_output = lanes.like(grad_output, before)
             elif before == "lanes" and grad_output is not None:
                 grad_output = grad_output.to_array()
+            i -= 1
         return grad_output
