@@ -938,7 +938,7 @@ def _lane_taps(yf, o0, pl, xf, xs, span, step, w, wi, k_step, count):
 
 @njit(**_jit)
 def _lane_conv(xl, x_pitch, c_held, w4, bias4, groups, c_in, size, rows, dilation, out_size,
-               lanes, slack, sigmoid=False):
+               lanes, slack):
     """Stride-1 convolution of flat lanes ``xl`` (groups, ``c_held`` planes of size x lanes
     ``x_pitch`` elements apart, of which the first C are used) by ``w4`` (k_lanes, C, KH, KW),
     k_lanes a multiple of 4; out flat lanes (groups, k_lanes, OH, OW, lanes), planes
@@ -946,8 +946,7 @@ def _lane_conv(xl, x_pitch, c_held, w4, bias4, groups, c_in, size, rows, dilatio
     images and four output channels; each output element sums from the bias over channels,
     then taps in raster order. Kernel rows that fall on rows of ``xl`` outside ``rows``
     (padding: zeros) are skipped: a transposed convolution's padded input is mostly such
-    rows. With ``sigmoid`` (float32), each finished output row goes through the sigmoid while
-    it is in cache, as :func:`_sigmoid_forward_f32` would compute it."""
+    rows."""
     hp, wp = size
     oh_n, ow_n = out_size
     k_lanes, _, kh, kw = w4.shape
@@ -959,8 +958,6 @@ def _lane_conv(xl, x_pitch, c_held, w4, bias4, groups, c_in, size, rows, dilatio
         y[i] = 0
     for task in prange(groups * blocks):
         g, k0 = task // blocks, (task % blocks) * 4
-        bits = np.empty(span if sigmoid else 0, dtype=np.int32)
-        poly = np.empty(span if sigmoid else 0, dtype=np.float32)
         for i in range(4):
             gap = (g * k_lanes + k0 + i + 1) * plane
             for j in range(gap - LANE_SKEW, gap):
@@ -981,9 +978,6 @@ def _lane_conv(xl, x_pitch, c_held, w4, bias4, groups, c_in, size, rows, dilatio
                     for rw in range(0, kw, 3):
                         _lane_taps(y, o0, plane, xl, xs + rw * dilation[1] * lanes, span,
                                    dilation[1] * lanes, wf, wi + rw, k_step, min(3, kw - rw))
-            if sigmoid:
-                for i in range(4):
-                    _sigmoid_span_f32(y, y, o0 + i * plane, span, bits, poly)
     return y
 
 
@@ -1192,33 +1186,6 @@ _EXP2_COEFFS = (1.5403530393381609e-4, 1.3333558146428443e-3, 9.6181291076284772
                 5.5504108664821580e-2, 2.4022650695910071e-1, 6.9314718055994531e-1, 1.0)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _sigmoid_span_f32(x, y, lo, m, bits, poly):
-    """``y[lo:lo + m] = 1 / (1 + exp(-x[lo:lo + m]))`` for float32 (``y`` may be ``x``), with
-    scratch ``bits`` and ``poly`` of ``m`` elements: see :func:`_sigmoid_forward_f32`."""
-    c6, c5, c4, c3, c2, c1, c0 = _EXP2_COEFFS
-    for i in range(m):
-        # -x log2(e) in float64: in float32 its rounding error, times |x|, would be the
-        # result's (1.6e-6 at x = -24)
-        v = np.float64(x[np.uintp(lo + i)]) * -1.4426950408889634
-        if v < -126:  # comparisons are false for NaN, which passes through
-            v = -126.0
-        if v > 126:
-            v = 126.0
-        r = np.floor(v + 0.5)
-        f = np.float32(v - r)
-        q = np.float32(c6) * f + np.float32(c5)
-        q = q * f + np.float32(c4)
-        q = q * f + np.float32(c3)
-        q = q * f + np.float32(c2)
-        q = q * f + np.float32(c1)
-        poly[i] = q * f + np.float32(c0)
-        bits[i] = (np.int32(r) + 127) << 23 if v == v else 0
-    scale = bits.view(np.float32)
-    for i in range(m):
-        y[np.uintp(lo + i)] = np.float32(1) / (np.float32(1) + poly[i] * scale[i])
-
-
 @njit(**_jit)
 def _sigmoid_forward_f32(x):
     """``1 / (1 + exp(-x))`` of float32 ``x``, flat. ``exp(-x) = 2**(n + f)``: ``2**f`` by a
@@ -1228,11 +1195,32 @@ def _sigmoid_forward_f32(x):
     x below -87 (the true value, and NumPy's and PyTorch's, being 0 or a subnormal there)."""
     n = x.size
     y = np.empty(n, dtype=np.float32)
+    c6, c5, c4, c3, c2, c1, c0 = _EXP2_COEFFS
     for t in prange(-(-n // _ELEMENT_CHUNK)):
         lo = t * _ELEMENT_CHUNK
         m = min(n, lo + _ELEMENT_CHUNK) - lo
-        _sigmoid_span_f32(x, y, lo, m, np.empty(m, dtype=np.int32),
-                          np.empty(m, dtype=np.float32))
+        bits = np.empty(m, dtype=np.int32)
+        poly = np.empty(m, dtype=np.float32)
+        for i in range(m):
+            # -x log2(e) in float64: in float32 its rounding error, times |x|, would be the
+            # result's (1.6e-6 at x = -24)
+            v = np.float64(x[np.uintp(lo + i)]) * -1.4426950408889634
+            if v < -126:  # comparisons are false for NaN, which passes through
+                v = -126.0
+            if v > 126:
+                v = 126.0
+            r = np.floor(v + 0.5)
+            f = np.float32(v - r)
+            q = np.float32(c6) * f + np.float32(c5)
+            q = q * f + np.float32(c4)
+            q = q * f + np.float32(c3)
+            q = q * f + np.float32(c2)
+            q = q * f + np.float32(c1)
+            poly[i] = q * f + np.float32(c0)
+            bits[i] = (np.int32(r) + 127) << 23 if v == v else 0
+        scale = bits.view(np.float32)
+        for i in range(m):
+            y[np.uintp(lo + i)] = np.float32(1) / (np.float32(1) + poly[i] * scale[i])
     return y
 
 

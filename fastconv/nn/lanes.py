@@ -166,9 +166,8 @@ def _lane_weights(weight, k_lanes):
     return w4
 
 
-def conv_forward(x, weight, bias, options, sigmoid=False):
-    """``Conv2d``'s forward on lanes: ``(output, saved input)``; with ``sigmoid`` (float32
-    only) the output is the sigmoid of the convolution's, computed in the same kernel."""
+def conv_forward(x, weight, bias, options):
+    """``Conv2d``'s forward on lanes: ``(output, saved input)``."""
     K, L = _numba()
     k_out, c_in, kh, kw = weight.shape
     pad, dilation = _pair(options["padding"]), _pair(options["dilation"])
@@ -182,7 +181,7 @@ def conv_forward(x, weight, bias, options, sigmoid=False):
         b4[:k_out] = bias
     yl = K._lane_conv(xl.data, xl.pitch, xl.c_held, _lane_weights(weight, k_lanes), b4,
                       x.groups, c_in, size, (pad[0], pad[0] + h), dilation, out, x.lanes,
-                      slack(x.lanes), sigmoid)
+                      slack(x.lanes))
     return canonical(yl, (n, k_out, *out), x.lanes), xl
 
 

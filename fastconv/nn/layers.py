@@ -82,22 +82,6 @@ class Conv2d(Module):
     def takes_lanes(self, x):
         return lanes.conv_fits(x, self.weight.data, self.options, self.input_grad)
 
-    def fuses_forward(self, x, following):
-        """Whether :meth:`forward_fused` can compute ``following``'s forward with this one's:
-        a sigmoid after a float32 convolution on lanes."""
-        return (isinstance(x, LaneArray) and isinstance(following, Sigmoid)
-                and x.dtype == np.float32)
-
-    def forward_fused(self, x, following):
-        """This layer's forward and then ``following``'s, in one kernel; ``following`` keeps
-        what its backward needs, as after its own forward."""
-        bias = None if self.bias is None else self.bias.data
-        y, self._lane_input = lanes.conv_forward(x, self.weight.data, bias, self.options,
-                                                 sigmoid=True)
-        self._x = x.shape
-        following.computed(y)
-        return y
-
     def forward(self, x):
         bias = None if self.bias is None else self.bias.data
         if isinstance(x, LaneArray):
@@ -297,10 +281,6 @@ class Sigmoid(Module):
         self._y = lanes.elementwise(
             lambda a: _backend.resolve("Sigmoid", array_module(a)).sigmoid_forward(a), x)
         return self._y
-
-    def computed(self, y):
-        """Take ``y``, this layer's output computed by the layer before it (fused)."""
-        self._y = y
 
     def backward(self, grad_output):
         y = _saved("Sigmoid", self._y, "output")

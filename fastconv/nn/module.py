@@ -81,12 +81,10 @@ class Module:
         ``backward`` its gradient likewise); layers that cannot say ``False``."""
         return False
 
-    # A Sequential asks these before calling forward (backward) on two neighbouring layers;
-    # a layer that can do both in one pass over memory says so and provides *_fused.
-    def fuses_forward(self, x, following):
-        return False
-
     def fuses_backward(self, grad_output, preceding):
+        """Whether ``backward_fused(grad_output, preceding)`` computes this layer's backward
+        and then ``preceding``'s in one pass over memory (a Sequential asks before calling
+        ``backward`` on two neighbouring layers); ``False`` unless a layer can."""
         return False
 
     def forward(self, x):
@@ -187,9 +185,7 @@ class Sequential(Module):
         # (fastconv.nn.lanes): what is converted before which layer is kept for backward.
         layers = [layer for _, layer in self.children]
         self._converted = [None] * len(layers)
-        i = 0
-        while i < len(layers):
-            layer = layers[i]
+        for i, layer in enumerate(layers):
             if isinstance(x, lanes.LaneArray):
                 if not layer.takes_lanes(x):
                     self._converted[i] = x
@@ -198,12 +194,7 @@ class Sequential(Module):
                   and layers[i + 1].lane_layer and layer.takes_lanes(x)):
                 x = lanes.start(x)
                 self._converted[i] = "lanes"
-            if i + 1 < len(layers) and layer.fuses_forward(x, layers[i + 1]):
-                x = layer.forward_fused(x, layers[i + 1])
-                i += 2
-            else:
-                x = layer.forward(x)
-                i += 1
+            x = layer.forward(x)
         self._out = x if isinstance(x, lanes.LaneArray) else None
         return x.to_array() if self._out is not None else x
 
