@@ -936,17 +936,46 @@ def _lane_taps(yf, o0, pl, xf, xs, span, step, w, wi, k_step, count):
         yf[np.uintp(o3 + j)] = ((yf[np.uintp(o3 + j)] + a3 * v) + b3 * u) + c3 * t
 
 
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _lane_taps_pair(yf, o0, pl, xf, xs, span, step, w, wi, k_step, count):
+    """:func:`_lane_taps` for two output channels (a block's last two)."""
+    o1 = o0 + pl
+    a0, a1 = w[np.uintp(wi)], w[np.uintp(wi + k_step)]
+    if count == 1:
+        for j in range(span):
+            v = xf[np.uintp(xs + j)]
+            yf[np.uintp(o0 + j)] += a0 * v
+            yf[np.uintp(o1 + j)] += a1 * v
+        return
+    b0, b1 = w[np.uintp(wi + 1)], w[np.uintp(wi + k_step + 1)]
+    if count == 2:
+        for j in range(span):
+            v, u = xf[np.uintp(xs + j)], xf[np.uintp(xs + step + j)]
+            yf[np.uintp(o0 + j)] = (yf[np.uintp(o0 + j)] + a0 * v) + b0 * u
+            yf[np.uintp(o1 + j)] = (yf[np.uintp(o1 + j)] + a1 * v) + b1 * u
+        return
+    c0, c1 = w[np.uintp(wi + 2)], w[np.uintp(wi + k_step + 2)]
+    for j in range(span):
+        v, u = xf[np.uintp(xs + j)], xf[np.uintp(xs + step + j)]
+        t = xf[np.uintp(xs + 2 * step + j)]
+        yf[np.uintp(o0 + j)] = ((yf[np.uintp(o0 + j)] + a0 * v) + b0 * u) + c0 * t
+        yf[np.uintp(o1 + j)] = ((yf[np.uintp(o1 + j)] + a1 * v) + b1 * u) + c1 * t
+
+
 @njit(**_jit)
-def _lane_conv(xl, x_pitch, c_held, w4, bias4, groups, c_in, size, rows, dilation, out_size,
-               lanes, slack):
+def _lane_conv(xl, x_pitch, c_held, w4, bias4, k_out, groups, c_in, size, window, dilation,
+               out_size, lanes, slack):
     """Stride-1 convolution of flat lanes ``xl`` (groups, ``c_held`` planes of size x lanes
     ``x_pitch`` elements apart, of which the first C are used) by ``w4`` (k_lanes, C, KH, KW),
     k_lanes a multiple of 4; out flat lanes (groups, k_lanes, OH, OW, lanes), planes
     ``LANE_SKEW`` elements apart (zeros between), then ``slack`` zeros. A task is one group of
-    images and four output channels; each output element sums from the bias over channels,
-    then taps in raster order. Kernel rows that fall on rows of ``xl`` outside ``rows``
-    (padding: zeros) are skipped: a transposed convolution's padded input is mostly such
-    rows."""
+    images and four output channels (two in a last block of ``k_out`` that has only two: the
+    planes of channels past ``k_out`` hold their bias); each output element sums from the
+    bias over channels, then taps in raster order. Only the rows and columns of ``xl`` in
+    ``window`` (first row, end row, first column, end column) hold data, the rest padding:
+    kernel rows on padding rows are skipped, and each group of taps runs over the output
+    columns where one of its taps reads a data column (a transposed convolution's padded
+    input is mostly padding)."""
     hp, wp = size
     oh_n, ow_n = out_size
     k_lanes, _, kh, kw = w4.shape
@@ -958,6 +987,7 @@ def _lane_conv(xl, x_pitch, c_held, w4, bias4, groups, c_in, size, rows, dilatio
         y[i] = 0
     for task in prange(groups * blocks):
         g, k0 = task // blocks, (task % blocks) * 4
+        pair = k_out - k0 <= 2
         for i in range(4):
             gap = (g * k_lanes + k0 + i + 1) * plane
             for j in range(gap - LANE_SKEW, gap):
@@ -971,13 +1001,25 @@ def _lane_conv(xl, x_pitch, c_held, w4, bias4, groups, c_in, size, rows, dilatio
             for c in range(c_in):
                 for rh in range(kh):
                     row = oh + rh * dilation[0]
-                    if row < rows[0] or row >= rows[1]:
+                    if row < window[0] or row >= window[1]:
                         continue
                     xs = (g * c_held + c) * x_pitch + row * wp * lanes
                     wi = ((k0 * c_in + c) * kh + rh) * kw
                     for rw in range(0, kw, 3):
-                        _lane_taps(y, o0, plane, xl, xs + rw * dilation[1] * lanes, span,
-                                   dilation[1] * lanes, wf, wi + rw, k_step, min(3, kw - rw))
+                        count = min(3, kw - rw)
+                        # output columns ow with ow + (rw + t) * dw in the data columns
+                        lo = max(0, window[2] - (rw + count - 1) * dilation[1])
+                        hi = min(ow_n, window[3] - rw * dilation[1])
+                        if hi <= lo:
+                            continue
+                        at = lo * lanes
+                        args = (y, o0 + at, plane, xl, xs + rw * dilation[1] * lanes + at,
+                                (hi - lo) * lanes, dilation[1] * lanes, wf, wi + rw, k_step,
+                                count)
+                        if pair:
+                            _lane_taps_pair(*args)
+                        else:
+                            _lane_taps(*args)
     return y
 
 

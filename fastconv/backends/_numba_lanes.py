@@ -79,9 +79,10 @@ def conv_forward_lanes(x, w, bias, pad, dilation, out_size):
     if bias is not None:
         b4[:k_out] = bias
     xl = _to_lanes(x, lanes, c_in, (pad[1], pad[2]), size, size[0] * size[1] * lanes, 0)
-    rows = (pad[1], pad[1] + x.shape[3])  # the rows of the copy that hold input rows
-    yl = _lane_conv(xl, size[0] * size[1] * lanes, c_in, w4, b4, _groups(n_b), c_in, size, rows,
-                    (dilation[1], dilation[2]), out_size[1:], lanes, 0)
+    # the rows and columns of the copy that hold input (the rest is padding)
+    window = (pad[1], pad[1] + x.shape[3], pad[2], pad[2] + x.shape[4])
+    yl = _lane_conv(xl, size[0] * size[1] * lanes, c_in, w4, b4, k_out, _groups(n_b), c_in, size,
+                    window, (dilation[1], dilation[2]), out_size[1:], lanes, 0)
     return _from_lanes(yl, lane_pitch(out_size[1:], lanes), k_lanes, k_out, out_size[1:], lanes,
                        n_b)
 

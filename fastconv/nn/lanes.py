@@ -179,9 +179,9 @@ def conv_forward(x, weight, bias, options):
     b4 = np.zeros(k_lanes, dtype=weight.dtype)
     if bias is not None:
         b4[:k_out] = bias
-    yl = K._lane_conv(xl.data, xl.pitch, xl.c_held, _lane_weights(weight, k_lanes), b4,
-                      x.groups, c_in, size, (pad[0], pad[0] + h), dilation, out, x.lanes,
-                      slack(x.lanes))
+    yl = K._lane_conv(xl.data, xl.pitch, xl.c_held, _lane_weights(weight, k_lanes), b4, k_out,
+                      x.groups, c_in, size, (pad[0], pad[0] + h, pad[1], pad[1] + w), dilation,
+                      out, x.lanes, slack(x.lanes))
     return canonical(yl, (n, k_out, *out), x.lanes), xl
 
 
@@ -207,10 +207,11 @@ def conv_backward(gy, xl, weight, options, in_shape, input_grad):
     gl = _padded(gy, gpad, gsize, dilation[1])
     flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     c_lanes = L._k_lanes(c_in)
-    rows = (max(gpad[0], 0), min(gpad[0] + gy.shape[2], gsize[0]))
+    window = (max(gpad[0], 0), min(gpad[0] + gy.shape[2], gsize[0]),
+              max(gpad[1], 0), min(gpad[1] + gy.shape[3], gsize[1]))
     gx = K._lane_conv(gl.data, gl.pitch, gl.c_held, _lane_weights(flipped, c_lanes),
-                      np.zeros(c_lanes, dtype=weight.dtype), gy.groups, k_out, gsize, rows,
-                      dilation, (h, w), gy.lanes, slack(gy.lanes))
+                      np.zeros(c_lanes, dtype=weight.dtype), c_in, gy.groups, k_out, gsize,
+                      window, dilation, (h, w), gy.lanes, slack(gy.lanes))
     return canonical(gx, in_shape, gy.lanes), gw, gb
 
 
