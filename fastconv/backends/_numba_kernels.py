@@ -963,38 +963,38 @@ def _lane_taps_pair(yf, o0, pl, xf, xs, span, step, w, wi, k_step, count):
 
 
 @njit(**_jit)
-def _lane_conv(xl, x_pitch, c_held, w4, bias4, k_out, groups, c_in, size, window, dilation,
+def _lane_conv(xl, x_pitch, c_held, w4, bias4, k_held, groups, c_in, size, window, dilation,
                out_size, lanes, slack):
     """Stride-1 convolution of flat lanes ``xl`` (groups, ``c_held`` planes of size x lanes
     ``x_pitch`` elements apart, of which the first C are used) by ``w4`` (k_lanes, C, KH, KW),
-    k_lanes a multiple of 4; out flat lanes (groups, k_lanes, OH, OW, lanes), planes
-    ``LANE_SKEW`` elements apart (zeros between), then ``slack`` zeros. A task is one group of
-    images and four output channels (two in a last block of ``k_out`` that has only two: the
-    planes of channels past ``k_out`` hold their bias); each output element sums from the
-    bias over channels, then taps in raster order. Only the rows and columns of ``xl`` in
-    ``window`` (first row, end row, first column, end column) hold data, the rest padding:
-    kernel rows on padding rows are skipped, and each group of taps runs over the output
-    columns where one of its taps reads a data column (a transposed convolution's padded
-    input is mostly padding)."""
+    k_lanes a multiple of 4 (rows past the real channels zero); out flat lanes (groups,
+    ``k_held`` (even) planes of OH x OW x lanes), planes ``LANE_SKEW`` elements apart (zeros
+    between), then ``slack`` zeros. A task is one group of images and four output channels (a
+    last block of two where ``k_held`` is not a multiple of four); each output element sums
+    from the bias over channels, then taps in raster order. Only the rows and columns of
+    ``xl`` in ``window`` (first row, end row, first column, end column) hold data, the rest
+    padding: kernel rows on padding rows are skipped, and each group of taps runs over the
+    output columns where one of its taps reads a data column (a transposed convolution's
+    padded input is mostly padding)."""
     hp, wp = size
     oh_n, ow_n = out_size
-    k_lanes, _, kh, kw = w4.shape
+    _, _, kh, kw = w4.shape
     wf = w4.reshape(w4.size)
     span, plane = ow_n * lanes, oh_n * ow_n * lanes + LANE_SKEW
-    k_step, blocks = c_in * kh * kw, k_lanes // 4
-    y = np.empty(groups * k_lanes * plane + slack, dtype=xl.dtype)
+    k_step, blocks = c_in * kh * kw, -(-k_held // 4)
+    y = np.empty(groups * k_held * plane + slack, dtype=xl.dtype)
     for i in range(y.size - slack, y.size):
         y[i] = 0
     for task in prange(groups * blocks):
         g, k0 = task // blocks, (task % blocks) * 4
-        pair = k_out - k0 <= 2
-        for i in range(4):
-            gap = (g * k_lanes + k0 + i + 1) * plane
+        kc = min(4, k_held - k0)
+        for i in range(kc):
+            gap = (g * k_held + k0 + i + 1) * plane
             for j in range(gap - LANE_SKEW, gap):
                 y[np.uintp(j)] = 0
         for oh in range(oh_n):
-            o0 = (g * k_lanes + k0) * plane + oh * span
-            for i in range(4):
+            o0 = (g * k_held + k0) * plane + oh * span
+            for i in range(kc):
                 start = bias4[k0 + i]
                 for j in range(span):
                     y[np.uintp(o0 + i * plane + j)] = start
@@ -1016,7 +1016,7 @@ def _lane_conv(xl, x_pitch, c_held, w4, bias4, k_out, groups, c_in, size, window
                         args = (y, o0 + at, plane, xl, xs + rw * dilation[1] * lanes + at,
                                 (hi - lo) * lanes, dilation[1] * lanes, wf, wi + rw, k_step,
                                 count)
-                        if pair:
+                        if kc == 2:
                             _lane_taps_pair(*args)
                         else:
                             _lane_taps(*args)
@@ -1060,15 +1060,39 @@ def _lane_grad_taps(acc, gf, g0, pl, xf, xs, span, step):
     acc[11] += s32
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _lane_grad_taps_pair(acc, gf, g0, pl, xf, xs, span, step):
+    """:func:`_lane_grad_taps` for two output channels (``acc[0:6]``)."""
+    g1 = g0 + pl
+    s00 = s01 = s02 = s10 = s11 = s12 = acc.dtype.type(0)
+    for j in range(span):
+        v, u = xf[np.uintp(xs + j)], xf[np.uintp(xs + step + j)]
+        t = xf[np.uintp(xs + 2 * step + j)]
+        e0, e1 = gf[np.uintp(g0 + j)], gf[np.uintp(g1 + j)]
+        s00 += e0 * v
+        s01 += e0 * u
+        s02 += e0 * t
+        s10 += e1 * v
+        s11 += e1 * u
+        s12 += e1 * t
+    acc[0] += s00
+    acc[1] += s01
+    acc[2] += s02
+    acc[3] += s10
+    acc[4] += s11
+    acc[5] += s12
+
+
 @njit(**_jit)
-def _lane_weight_grad(xl, x_pitch, c_held, gl, g_pitch, k_lanes, groups, c_in, size,
+def _lane_weight_grad(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, c_in, size,
                       dilation, kernel, lanes):
-    """Weight gradient (k_lanes, C, KH, KW) of :func:`_lane_conv` from the flat lanes of its
-    input ``xl`` (as there) and of the output gradient ``gl`` (``k_lanes`` planes ``g_pitch``
-    elements apart per group). A task is four output channels and one
-    input channel; each tap's sum runs group by group, row by row, in a fixed order. For each
-    output row, the four gradient rows are read once and stay in cache while every tap uses
-    them (taking the taps outermost read them once per tap: ten times the memory traffic).
+    """Weight gradient (k_held rounded up to four, C, KH, KW; zeros past ``k_held``) of
+    :func:`_lane_conv` from the flat lanes of its input ``xl`` (as there) and of the output
+    gradient ``gl`` (``k_held`` (even) planes ``g_pitch`` elements apart per group). A task is
+    four output channels (or a last two) and one input channel; each tap's sum runs group by
+    group, row by row, in a fixed order. For each output row, the gradient rows are read once
+    and stay in cache while every tap uses them (taking the taps outermost read them once per
+    tap: ten times the memory traffic).
 
     Taps go three at a time: the third tap of a short last triple reads slack past the row,
     which ``xl`` must have (``2 * dilation[1] * lanes`` elements at its end) and is dropped.
@@ -1077,22 +1101,26 @@ def _lane_weight_grad(xl, x_pitch, c_held, gl, g_pitch, k_lanes, groups, c_in, s
     kh, kw = kernel
     oh_n, ow_n = hp - dilation[0] * (kh - 1), wp - dilation[1] * (kw - 1)
     span = ow_n * lanes
-    blocks = k_lanes // 4
+    blocks = -(-k_held // 4)
     triples = -(-kw // 3)
-    gw = np.empty((k_lanes, c_in, kh, kw), dtype=xl.dtype)
+    gw = np.zeros((blocks * 4, c_in, kh, kw), dtype=xl.dtype)
     for task in prange(blocks * c_in):
         k0, c = (task // c_in) * 4, task % c_in
+        kc = min(4, k_held - k0)
         acc = np.zeros((kh, triples, 12), dtype=xl.dtype)
         for g in range(groups):
             for oh in range(oh_n):
-                g0 = (g * k_lanes + k0) * g_pitch + oh * span
+                g0 = (g * k_held + k0) * g_pitch + oh * span
                 for rh in range(kh):
                     row = (g * c_held + c) * x_pitch + (oh + rh * dilation[0]) * wp * lanes
                     for t3 in range(triples):
-                        _lane_grad_taps(acc[rh, t3], gl, g0, g_pitch, xl,
-                                        row + 3 * t3 * dilation[1] * lanes, span,
-                                        dilation[1] * lanes)
-        for i in range(4):
+                        args = (acc[rh, t3], gl, g0, g_pitch, xl,
+                                row + 3 * t3 * dilation[1] * lanes, span, dilation[1] * lanes)
+                        if kc == 2:
+                            _lane_grad_taps_pair(*args)
+                        else:
+                            _lane_grad_taps(*args)
+        for i in range(kc):
             for rh in range(kh):
                 for rw in range(kw):
                     gw[k0 + i, c, rh, rw] = acc[rh, rw // 3, 3 * i + rw % 3]

@@ -42,7 +42,7 @@ def lanes_fit(x_shape, k_out, kernel, stride, pad, dilation, groups, out_size):
     images = _groups(n_b) * lane_width(n_b)
     hp, wp = _lane_size(kernel, dilation, out_size)
     # elements of the input's and the output's (or gradient's) lane copies, counted at 8 bytes
-    copies = images * (c_in * hp * wp + _k_lanes(k_out) * out_size[1] * out_size[2])
+    copies = images * (c_in * hp * wp + k_held(k_out) * out_size[1] * out_size[2])
     return copies <= max(LANE_MAX_BYTES // 8, n_b * k_out * out_size[1] * out_size[2])
 
 
@@ -57,8 +57,15 @@ def _groups(n_batch):
 
 
 def _k_lanes(k_out):
-    """Output channels rounded up to the fours the lane kernels compute in."""
+    """Output channels rounded up to the fours the lane kernels compute in (rows of their
+    weights)."""
     return -(-k_out // 4) * 4
+
+
+def k_held(k_out):
+    """Planes of output channels the lane kernels write per group: rounded up to even (the
+    kernels compute in fours, and in twos for a last pair)."""
+    return k_out + k_out % 2
 
 
 def _lane_size(kernel, dilation, out_size):
@@ -81,11 +88,10 @@ def conv_forward_lanes(x, w, bias, pad, dilation, out_size):
     xl = _to_lanes(x, lanes, c_in, (pad[1], pad[2]), size, size[0] * size[1] * lanes, 0)
     # the rows and columns of the copy that hold input (the rest is padding)
     window = (pad[1], pad[1] + x.shape[3], pad[2], pad[2] + x.shape[4])
-    yl = _lane_conv(xl, size[0] * size[1] * lanes, c_in, w4, b4, k_out, _groups(n_b), c_in, size,
-                    window, (dilation[1], dilation[2]), out_size[1:], lanes, 0)
-    return _from_lanes(yl, lane_pitch(out_size[1:], lanes), k_lanes, k_out, out_size[1:], lanes,
-                       n_b)
-
+    yl = _lane_conv(xl, size[0] * size[1] * lanes, c_in, w4, b4, k_held(k_out), _groups(n_b),
+                    c_in, size, window, (dilation[1], dilation[2]), out_size[1:], lanes, 0)
+    return _from_lanes(yl, lane_pitch(out_size[1:], lanes), k_held(k_out), k_out, out_size[1:],
+                       lanes, n_b)
 
 def conv_weight_grad_lanes(x, gy, pad, dilation, kernel):
     n_b, c_in = x.shape[:2]
@@ -95,9 +101,9 @@ def conv_weight_grad_lanes(x, gy, pad, dilation, kernel):
     # slack for the third tap of a short last triple of taps (see _lane_weight_grad)
     xl = _to_lanes(x, lanes, c_in, (pad[1], pad[2]), size, size[0] * size[1] * lanes,
                    2 * dilation[2] * lanes)
-    k_lanes = _k_lanes(k_out)
-    gl = _to_lanes(gy, lanes, k_lanes, (0, 0), out_size[1:], out_size[1] * out_size[2] * lanes, 0)
+    held = k_held(k_out)
+    gl = _to_lanes(gy, lanes, held, (0, 0), out_size[1:], out_size[1] * out_size[2] * lanes, 0)
     gw = _lane_weight_grad(xl, size[0] * size[1] * lanes, c_in, gl,
-                           out_size[1] * out_size[2] * lanes, k_lanes, _groups(n_b), c_in, size,
+                           out_size[1] * out_size[2] * lanes, held, _groups(n_b), c_in, size,
                            (dilation[1], dilation[2]), kernel[1:], lanes)
     return np.ascontiguousarray(gw[:k_out]).reshape(k_out, c_in, *kernel)

@@ -9,13 +9,14 @@ layers that can work on lanes (convolutions that fit them, activations, average 
 ``Sequential`` converts at the run's two ends, so no layer outside a run, and no caller, ever
 sees one.
 
-Lanes past the batch (a short last group) and channels past ``C`` (rounded up to the fours
-the kernels compute in) are carried along: their gradients are zeros, and convolutions read
-only the first ``C`` channels.
+Lanes past the batch (a short last group) and, for an odd ``C``, one channel past it (the
+kernels compute channels in fours and pairs) are carried along: their gradients are zeros,
+and convolutions read only the first ``C`` channels.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -24,6 +25,7 @@ from .. import _backend
 from .. import functional as F
 
 
+@functools.cache
 def _numba():
     """The Numba backend's kernel modules, imported on first use (``import fastconv.nn`` does
     not pay for Numba)."""
@@ -77,11 +79,11 @@ class LaneArray:
 
 
 def canonical(data, shape, lanes):
-    """``data`` as the lane array of ``shape`` in the layout shared between layers: channels
-    held in fours, planes ``LANE_SKEW`` elements further apart than their size (as the lane
-    convolution writes them), ``slack(lanes)`` elements after the last plane."""
+    """``data`` as the lane array of ``shape`` in the layout shared between layers, as the lane
+    convolution writes it: channels held in twos, planes ``LANE_SKEW`` elements further apart
+    than their size, ``slack(lanes)`` elements after the last plane."""
     L = _numba()[1]
-    return LaneArray(data, tuple(shape), lanes, L._k_lanes(shape[1]),
+    return LaneArray(data, tuple(shape), lanes, L.k_held(shape[1]),
                      L.lane_pitch(shape[2:], lanes))
 
 
@@ -179,9 +181,10 @@ def conv_forward(x, weight, bias, options):
     b4 = np.zeros(k_lanes, dtype=weight.dtype)
     if bias is not None:
         b4[:k_out] = bias
-    yl = K._lane_conv(xl.data, xl.pitch, xl.c_held, _lane_weights(weight, k_lanes), b4, k_out,
-                      x.groups, c_in, size, (pad[0], pad[0] + h, pad[1], pad[1] + w), dilation,
-                      out, x.lanes, slack(x.lanes))
+    yl = K._lane_conv(xl.data, xl.pitch, xl.c_held, _lane_weights(weight, k_lanes), b4,
+                      L.k_held(k_out), x.groups, c_in, size,
+                      (pad[0], pad[0] + h, pad[1], pad[1] + w), dilation, out, x.lanes,
+                      slack(x.lanes))
     return canonical(yl, (n, k_out, *out), x.lanes), xl
 
 
@@ -210,7 +213,8 @@ def conv_backward(gy, xl, weight, options, in_shape, input_grad):
     window = (max(gpad[0], 0), min(gpad[0] + gy.shape[2], gsize[0]),
               max(gpad[1], 0), min(gpad[1] + gy.shape[3], gsize[1]))
     gx = K._lane_conv(gl.data, gl.pitch, gl.c_held, _lane_weights(flipped, c_lanes),
-                      np.zeros(c_lanes, dtype=weight.dtype), c_in, gy.groups, k_out, gsize,
+                      np.zeros(c_lanes, dtype=weight.dtype), L.k_held(c_in), gy.groups, k_out,
+                      gsize,
                       window, dilation, (h, w), gy.lanes, slack(gy.lanes))
     return canonical(gx, in_shape, gy.lanes), gw, gb
 
@@ -218,11 +222,24 @@ def conv_backward(gy, xl, weight, options, in_shape, input_grad):
 # --------------------------------------------------------------------------- pooling
 
 
+_POOL_GEOMETRY = {}  # (shape, dtype, options) -> (spec, divisor): validated once per shape
+
+
+def _pool_geometry(x, options):
+    key = (x.shape, x.dtype, repr(sorted(options.items())))
+    found = _POOL_GEOMETRY.get(key)
+    if found is None:
+        if len(_POOL_GEOMETRY) >= 64:
+            _POOL_GEOMETRY.clear()
+        found = _POOL_GEOMETRY[key] = F._avg_pool_setup("AvgPool2d", 2, x, **options)
+    return found
+
+
 def avg_pool_forward(x, options):
     """``AvgPool2d``'s forward on lanes (its options as keyword arguments of the functional
     call)."""
     K = _numba()[0]
-    spec, divisor = F._avg_pool_setup("AvgPool2d", 2, x, **options)
+    spec, divisor = _pool_geometry(x, options)
     out = canonical(None, (*x.shape[:2], *spec.out_size[1:]), x.lanes)
     data = K._lane_avg_pool_forward(x.data, x.pitch, x.planes, spec.in_size[1:],
                                     spec.kernel[1:], spec.stride[1:], spec.padding[1:],
@@ -235,7 +252,7 @@ def avg_pool_backward(gy, x, options, after_sigmoid=False):
     """``AvgPool2d``'s backward on lanes, ``x`` its saved input; ``after_sigmoid``: ``x`` is a
     sigmoid's output, and the gradient returned is the one of the sigmoid's input."""
     K = _numba()[0]
-    spec, divisor = F._avg_pool_setup("AvgPool2d", 2, x, **options)
+    spec, divisor = _pool_geometry(x, options)
     data = K._lane_avg_pool_backward(gy.data, gy.pitch, gy.planes, spec.out_size[1:],
                                      spec.kernel[1:], spec.stride[1:], spec.padding[1:],
                                      spec.in_size[1:], divisor[0], gy.lanes, x.pitch,
