@@ -846,21 +846,19 @@ LANE_SKEW = 64
 
 
 @njit(**_jit)
-def _to_lanes(x, lanes, c_lanes, pad, size, pitch, slack):
-    """``x`` (N, C, 1, H, W) as flat lanes: groups of ``c_lanes`` planes (size[0], size[1],
-    lanes), ``pitch`` elements apart (zeros between), then ``slack`` zeros. Position ``(i, j)``
-    holds ``x[..., i - pad[0], j - pad[1]]``, zero outside ``x``, past image N-1 and past
-    channel C-1. ``pad`` may be negative (a crop)."""
+def _to_lanes(x, lanes, c_lanes, pad, size, pitch, slack, out):
+    """``x`` (N, C, 1, H, W) as flat lanes, written to ``out`` (of exactly this size): groups
+    of ``c_lanes`` planes (size[0], size[1], lanes), ``pitch`` elements apart (zeros between),
+    then ``slack`` zeros. Position ``(i, j)`` holds ``x[..., i - pad[0], j - pad[1]]``, zero
+    outside ``x``, past image N-1 and past channel C-1. ``pad`` may be negative (a crop)."""
     n_batch, c_in, _, h_in, w_in = x.shape
     hp, wp = size
-    groups = -(-n_batch // lanes)
-    out = np.empty(groups * c_lanes * pitch + slack, dtype=x.dtype)
     for i in range(out.size - slack, out.size):
         out[i] = 0
     xf = x.reshape(x.size)
     plane = h_in * w_in
     # a task writes its plane of the copy in order, lanes innermost; each lane reads its image
-    for task in prange(groups * c_lanes):
+    for task in prange(-(-n_batch // lanes) * c_lanes):
         g, c = task // c_lanes, task % c_lanes
         n_in = min(lanes, n_batch - g * lanes) if c < c_in else 0
         src0 = (g * lanes * c_in + c) * plane
@@ -964,25 +962,24 @@ def _lane_taps_pair(yf, o0, pl, xf, xs, span, step, w, wi, k_step, count):
 
 @njit(**_jit)
 def _lane_conv(xl, x_pitch, c_held, w4, bias4, k_held, groups, c_in, size, window, dilation,
-               out_size, lanes, slack):
+               out_size, lanes, slack, y):
     """Stride-1 convolution of flat lanes ``xl`` (groups, ``c_held`` planes of size x lanes
     ``x_pitch`` elements apart, of which the first C are used) by ``w4`` (k_lanes, C, KH, KW),
     k_lanes a multiple of 4 (rows past the real channels zero); out flat lanes (groups,
     ``k_held`` (even) planes of OH x OW x lanes), planes ``LANE_SKEW`` elements apart (zeros
-    between), then ``slack`` zeros. A task is one group of images and four output channels (a
-    last block of two where ``k_held`` is not a multiple of four); each output element sums
-    from the bias over channels, then taps in raster order. Only the rows and columns of
-    ``xl`` in ``window`` (first row, end row, first column, end column) hold data, the rest
-    padding: kernel rows on padding rows are skipped, and each group of taps runs over the
-    output columns where one of its taps reads a data column (a transposed convolution's
-    padded input is mostly padding)."""
+    between), then ``slack`` zeros, written to ``y`` (of exactly that size). A task is one
+    group of images and four output channels (a last block of two where ``k_held`` is not a
+    multiple of four); each output element sums from the bias over channels, then taps in
+    raster order. Only the rows and columns of ``xl`` in ``window`` (first row, end row, first
+    column, end column) hold data, the rest padding: kernel rows on padding rows are skipped,
+    and each group of taps runs over the output columns where one of its taps reads a data
+    column (a transposed convolution's padded input is mostly padding)."""
     hp, wp = size
     oh_n, ow_n = out_size
     _, _, kh, kw = w4.shape
     wf = w4.reshape(w4.size)
     span, plane = ow_n * lanes, oh_n * ow_n * lanes + LANE_SKEW
     k_step, blocks = c_in * kh * kw, -(-k_held // 4)
-    y = np.empty(groups * k_held * plane + slack, dtype=xl.dtype)
     for i in range(y.size - slack, y.size):
         y[i] = 0
     for task in prange(groups * blocks):

@@ -95,11 +95,13 @@ def slack(lanes):
 
 def from_array(x, lanes):
     """``x`` (N, C, H, W), an array, in the shared lane layout."""
-    K = _numba()[0]
+    K, L = _numba()
     n, c, h, w = x.shape
     layout = canonical(None, x.shape, lanes)
     data = K._to_lanes(np.ascontiguousarray(x).reshape(n, c, 1, h, w), lanes, layout.c_held,
-                       (0, 0), (h, w), layout.pitch, slack(lanes))
+                       (0, 0), (h, w), layout.pitch, slack(lanes),
+                       np.empty(L.lanes_size(n, layout.c_held, layout.pitch, lanes,
+                                             slack(lanes)), dtype=x.dtype))
     return layout.with_data(data)
 
 
@@ -184,7 +186,9 @@ def conv_forward(x, weight, bias, options):
     yl = K._lane_conv(xl.data, xl.pitch, xl.c_held, _lane_weights(weight, k_lanes), b4,
                       L.k_held(k_out), x.groups, c_in, size,
                       (pad[0], pad[0] + h, pad[1], pad[1] + w), dilation, out, x.lanes,
-                      slack(x.lanes))
+                      slack(x.lanes),
+                      np.empty(L.conv_out_size(n, k_out, out, x.lanes, slack(x.lanes)),
+                               dtype=x.dtype))
     return canonical(yl, (n, k_out, *out), x.lanes), xl
 
 
@@ -215,7 +219,9 @@ def conv_backward(gy, xl, weight, options, in_shape, input_grad):
     gx = K._lane_conv(gl.data, gl.pitch, gl.c_held, _lane_weights(flipped, c_lanes),
                       np.zeros(c_lanes, dtype=weight.dtype), L.k_held(c_in), gy.groups, k_out,
                       gsize,
-                      window, dilation, (h, w), gy.lanes, slack(gy.lanes))
+                      window, dilation, (h, w), gy.lanes, slack(gy.lanes),
+                      np.empty(L.conv_out_size(gy.shape[0], c_in, (h, w), gy.lanes,
+                                               slack(gy.lanes)), dtype=gy.dtype))
     return canonical(gx, in_shape, gy.lanes), gw, gb
 
 
