@@ -20,7 +20,8 @@ def mixed_run():
     return nn.Sequential(
         nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
         nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
-        nn.Conv2d(8, 6, 3, padding=2, dilation=2), nn.Tanh(), nn.Conv2d(6, 5, 3), nn.Sigmoid(),
+        nn.Conv2d(8, 6, 3, padding=2, dilation=2, bias=False), nn.Tanh(), nn.Conv2d(6, 5, 3),
+        nn.Sigmoid(),
         nn.Flatten(), nn.Linear(125, 3))
 
 
