@@ -156,11 +156,11 @@ def _padded(x, pad, size, dilation_w):
     """``x`` as the dense, padded input of a lane convolution of padded size ``size``."""
     K = _numba()[0]
     n, c, h, w = x.shape
-    slack = 2 * dilation_w * x.lanes
-    needed = (x.planes - 1) * x.pitch + h * w * x.lanes + slack
+    tail = 2 * dilation_w * x.lanes  # what the weight gradient's kernel reads past the end
+    needed = (x.planes - 1) * x.pitch + h * w * x.lanes + tail
     if pad == (0, 0) and size == (h, w) and x.data.size >= needed:
         return x
-    data = K._lanes_padded(x.data, x.pitch, x.planes, (h, w), pad, size, x.lanes, slack)
+    data = K._lanes_padded(x.data, x.pitch, x.planes, (h, w), pad, size, x.lanes, tail)
     return LaneArray(data, (n, c, *size), x.lanes, x.c_held, size[0] * size[1] * x.lanes)
 
 
@@ -218,8 +218,7 @@ def conv_backward(gy, xl, weight, options, in_shape, input_grad):
               max(gpad[1], 0), min(gpad[1] + gy.shape[3], gsize[1]))
     gx = K._lane_conv(gl.data, gl.pitch, gl.c_held, _lane_weights(flipped, c_lanes),
                       np.zeros(c_lanes, dtype=weight.dtype), L.k_held(c_in), gy.groups, k_out,
-                      gsize,
-                      window, dilation, (h, w), gy.lanes, slack(gy.lanes),
+                      gsize, window, dilation, (h, w), gy.lanes, slack(gy.lanes),
                       np.empty(L.conv_out_size(gy.shape[0], c_in, (h, w), gy.lanes,
                                                slack(gy.lanes)), dtype=gy.dtype))
     return canonical(gx, in_shape, gy.lanes), gw, gb

@@ -84,19 +84,19 @@ class Conv2d(Module):
 
     def forward(self, x):
         bias = None if self.bias is None else self.bias.data
+        self._x = x
         if isinstance(x, LaneArray):
             y, self._lane_input = lanes.conv_forward(x, self.weight.data, bias, self.options)
-            self._x = x.shape
             return y
         _check_input("Conv2d", x, 4)
-        self._x, self._lane_input = x, None
+        self._lane_input = None
         return F.conv2d(x, self.weight.data, bias, **self.options)
 
     def backward(self, grad_output):
         x = _saved("Conv2d", self._x, "input")
         if isinstance(grad_output, LaneArray):
             gx, gw, gb = lanes.conv_backward(grad_output, self._lane_input, self.weight.data,
-                                             self.options, x, self.input_grad)
+                                             self.options, x.shape, self.input_grad)
         else:
             gx, gw, gb = F.conv2d_backward(grad_output, x, self.weight.data, **self.options,
                                            input_grad=self.input_grad)
@@ -171,6 +171,8 @@ class MaxPool2d(Module):
 class AvgPool2d(Module):
     """2-D average pooling, as ``torch.nn.AvgPool2d``."""
 
+    lane_layer = True
+
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
                  count_include_pad=True, divisor_override=None):
         super().__init__()
@@ -178,8 +180,6 @@ class AvgPool2d(Module):
                         "ceil_mode": ceil_mode, "count_include_pad": count_include_pad,
                         "divisor_override": divisor_override}
         self._x = None
-
-    lane_layer = True
 
     def takes_lanes(self, x):
         return x.ndim == 4
@@ -268,11 +268,11 @@ class Sigmoid(Module):
     kernels: one parallel pass each way).
     """
 
+    lane_layer = True
+
     def __init__(self):
         super().__init__()
         self._y = None
-
-    lane_layer = True
 
     def takes_lanes(self, x):
         return True
@@ -292,11 +292,11 @@ class Sigmoid(Module):
 class ReLU(Module):
     """``max(x, 0)``; its gradient at 0 is 0, as PyTorch's."""
 
+    lane_layer = True
+
     def __init__(self):
         super().__init__()
         self._positive = None
-
-    lane_layer = True
 
     def takes_lanes(self, x):
         return True
@@ -313,11 +313,11 @@ class ReLU(Module):
 class Tanh(Module):
     """The hyperbolic tangent."""
 
+    lane_layer = True
+
     def __init__(self):
         super().__init__()
         self._y = None
-
-    lane_layer = True
 
     def takes_lanes(self, x):
         return True

@@ -164,7 +164,14 @@ class Module:
 
 
 class Sequential(Module):
-    """Layers applied in order; backward runs them in reverse."""
+    """Layers applied in order; backward runs them in reverse.
+
+    On the ``numba`` backend, runs of neighbouring layers that can (``Conv2d`` at stride 1,
+    the activations, ``AvgPool2d``) hand each other their activations in the batch-lane
+    layout of the Numba kernels (:mod:`fastconv.nn.lanes`), and an ``AvgPool2d`` after a
+    ``Sigmoid`` computes both backward passes in one kernel. Inputs, outputs and gradients
+    seen from outside are arrays, with the same values as the layers called one by one.
+    """
 
     def __init__(self, *layers):
         super().__init__()
