@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import assert_close, randn
+from helpers import assert_close, bias_grad_scale, randn
 
 import fastconv
 from fastconv import nn
@@ -50,9 +50,14 @@ def step(model, x, g, layer_by_layer):
     return y, gx, [p.grad.copy() for p in model.parameters()], runs
 
 
+# Max pooling routes each gradient to its window's maximum: in float32 the two ways' last-bit
+# differences flip near-ties (gradients then differ by 1e-3), so lenet_modern runs in float64.
+CASES = [(name, dtype) for name in MODELS for dtype in (np.float64, np.float32)
+         if (name, dtype) != ("lenet_modern", np.float32)]
+
+
 @pytest.mark.parametrize("batch", [20, 70, 256])  # 16, 32 and 64 lanes; last group part empty
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name, dtype", CASES, ids=lambda v: getattr(v, "__name__", v))
 def test_lane_runs_match_layer_by_layer(name, batch, dtype, rng):
     make, in_shape, classes = MODELS[name]
     model = make()
@@ -92,6 +97,15 @@ def test_lenet_on_lanes_matches_torch(dtype, backend, rng):
     y, _, grads, runs = step(model, x, g, layer_by_layer=False)
     assert runs == (2 if backend == "numba" else 0)
     t = torch_lenet(model, dtype)
+    outputs = {}  # each layer's output, to scale the rounding error of its bias gradient
+
+    def keep(layer, inputs, out):
+        out.retain_grad()
+        outputs[layer] = out
+
+    for layer in t:
+        if getattr(layer, "bias", None) is not None:
+            layer.register_forward_hook(keep)
     tparams = list(t.parameters())
     with torch.no_grad():
         for p, tp in zip(model.parameters(), tparams):
@@ -99,5 +113,8 @@ def test_lenet_on_lanes_matches_torch(dtype, backend, rng):
     y_t = t(torch.from_numpy(x))
     y_t.backward(torch.from_numpy(g))
     assert_close(y, y_t.detach().numpy(), dtype, "forward")
+    layer_of = {id(m.bias): m for m in outputs}
     for (p_name, _), a, tp in zip(model.named_parameters(), grads, tparams):
-        assert_close(a, tp.grad.numpy(), dtype, p_name)
+        scale = (bias_grad_scale(outputs[layer_of[id(tp)]].grad.numpy())
+                 if id(tp) in layer_of else None)
+        assert_close(a, tp.grad.numpy(), dtype, p_name, scale)
