@@ -261,21 +261,25 @@ class Flatten(Module):
         return grad_output.reshape(_saved("Flatten", self._shape, "input shape"))
 
 
-class Sigmoid(Module):
+class _ElementWise(Module):
+    """An activation, computed element by element: it takes lane arrays as they are."""
+
+    lane_layer = True
+
+    def takes_lanes(self, x):
+        return True
+
+
+class Sigmoid(_ElementWise):
     """The logistic function ``1 / (1 + exp(-x))``, without overflow for large ``|x|``.
 
     It runs on the backend that the arrays and the settings select (the Numba backend's
     kernels: one parallel pass each way).
     """
 
-    lane_layer = True
-
     def __init__(self):
         super().__init__()
         self._y = None
-
-    def takes_lanes(self, x):
-        return True
 
     def forward(self, x):
         self._y = lanes.elementwise(
@@ -289,17 +293,12 @@ class Sigmoid(Module):
             y, grad_output)
 
 
-class ReLU(Module):
+class ReLU(_ElementWise):
     """``max(x, 0)``; its gradient at 0 is 0, as PyTorch's."""
-
-    lane_layer = True
 
     def __init__(self):
         super().__init__()
         self._positive = None
-
-    def takes_lanes(self, x):
-        return True
 
     def forward(self, x):
         self._positive = lanes.elementwise(lambda a: a > 0, x)
@@ -310,17 +309,12 @@ class ReLU(Module):
                                  _saved("ReLU", self._positive, "input"))
 
 
-class Tanh(Module):
+class Tanh(_ElementWise):
     """The hyperbolic tangent."""
-
-    lane_layer = True
 
     def __init__(self):
         super().__init__()
         self._y = None
-
-    def takes_lanes(self, x):
-        return True
 
     def forward(self, x):
         self._y = lanes.elementwise(lambda a: array_module(a).tanh(a), x)
