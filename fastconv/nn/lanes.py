@@ -34,6 +34,20 @@ def _numba():
     return _numba_kernels, _numba_lanes
 
 
+def _serialised(function):
+    """Run under the Numba backend's launch lock, as its own primitives do (its workqueue
+    threading layer aborts when two threads launch parallel kernels at once)."""
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        from ..backends import numba_cpu
+
+        with numba_cpu._launch_lock:
+            return function(*args, **kwargs)
+
+    return call
+
+
 @dataclass(frozen=True)
 class LaneArray:
     """A (N, C, H, W) array laid out as flat lanes.
@@ -70,6 +84,7 @@ class LaneArray:
         """The same layout holding ``data`` (an element-wise function of this one's)."""
         return replace(self, data=data)
 
+    @_serialised
     def to_array(self):
         """The (N, C, H, W) array."""
         K = _numba()[0]
@@ -93,6 +108,7 @@ def slack(lanes):
     return 2 * lanes
 
 
+@_serialised
 def from_array(x, lanes):
     """``x`` (N, C, H, W), an array, in the shared lane layout."""
     K, L = _numba()
@@ -170,6 +186,7 @@ def _lane_weights(weight, k_lanes):
     return w4
 
 
+@_serialised
 def conv_forward(x, weight, bias, options):
     """``Conv2d``'s forward on lanes: ``(output, saved input)``."""
     K, L = _numba()
@@ -192,6 +209,7 @@ def conv_forward(x, weight, bias, options):
     return canonical(yl, (n, k_out, *out), x.lanes), xl
 
 
+@_serialised
 def conv_backward(gy, xl, weight, options, in_shape, input_grad):
     """``Conv2d``'s backward on lanes from the saved padded input ``xl``: ``(gx, gw, gb)``,
     ``gx`` a :class:`LaneArray` of ``in_shape`` (or ``None`` without ``input_grad``)."""
@@ -240,6 +258,7 @@ def _pool_geometry(x, options):
     return found
 
 
+@_serialised
 def avg_pool_forward(x, options):
     """``AvgPool2d``'s forward on lanes (its options as keyword arguments of the functional
     call)."""
@@ -253,6 +272,7 @@ def avg_pool_forward(x, options):
     return out.with_data(data)
 
 
+@_serialised
 def avg_pool_backward(gy, x, options, after_sigmoid=False):
     """``AvgPool2d``'s backward on lanes, ``x`` its saved input; ``after_sigmoid``: ``x`` is a
     sigmoid's output, and the gradient returned is the one of the sigmoid's input."""
