@@ -25,10 +25,18 @@ def mixed_run():
         nn.Flatten(), nn.Linear(125, 3))
 
 
+def cropped_run():
+    """Padding wider than the kernel's reach: the input gradient crops the gradient."""
+    return nn.Sequential(
+        nn.Conv2d(4, 6, 3, padding=3), nn.Tanh(), nn.Conv2d(6, 4, 3, padding=2), nn.Sigmoid(),
+        nn.Flatten(), nn.Linear(4 * 14 * 14, 3))
+
+
 MODELS = {
     "lenet": (lambda: lenet("classic"), (1, 28, 28), 10),
     "lenet_modern": (lambda: lenet("modern"), (1, 28, 28), 10),  # max pooling ends the runs
     "mixed": (mixed_run, (4, 12, 12), 3),
+    "cropped": (cropped_run, (4, 8, 8), 3),
 }
 
 
