@@ -68,6 +68,18 @@ def k_held(k_out):
     return k_out + k_out % 2
 
 
+def lane_weights(weight, bias=None):
+    """A (K, C, KH, KW) weight and its bias (zeros for none) as the lane kernels take them:
+    output channels rounded up to four with zeros."""
+    k_out, k_lanes = weight.shape[0], _k_lanes(weight.shape[0])
+    w4 = np.zeros((k_lanes, *weight.shape[1:]), dtype=weight.dtype)
+    w4[:k_out] = weight
+    b4 = np.zeros(k_lanes, dtype=weight.dtype)
+    if bias is not None:
+        b4[:k_out] = bias
+    return w4, b4
+
+
 def _lane_size(kernel, dilation, out_size):
     """(H, W) of the padded input that a stride-1 output of ``out_size`` reads."""
     return (out_size[1] + dilation[1] * (kernel[1] - 1),
@@ -109,12 +121,7 @@ def conv_forward_lanes(x, w, bias, pad, dilation, out_size):
     k_out, kernel = w.shape[0], w.shape[2:]
     lanes = lane_width(n_b)
     size = _lane_size(kernel, dilation, out_size)
-    k_lanes = _k_lanes(k_out)
-    w4 = np.zeros((k_lanes, c_in, kernel[1], kernel[2]), dtype=x.dtype)
-    w4[:k_out] = w[:, :, 0]
-    b4 = np.zeros(k_lanes, dtype=x.dtype)
-    if bias is not None:
-        b4[:k_out] = bias
+    w4, b4 = lane_weights(w[:, :, 0], bias)
     plane = size[0] * size[1] * lanes
     xl = _to_lanes(x, lanes, c_in, (pad[1], pad[2]), size, plane, 0,
                    _scratch("input", lanes_size(n_b, c_in, plane, lanes), x.dtype))

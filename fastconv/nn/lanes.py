@@ -180,12 +180,6 @@ def _padded(x, pad, size, dilation_w):
     return LaneArray(data, (n, c, *size), x.lanes, x.c_held, size[0] * size[1] * x.lanes)
 
 
-def _lane_weights(weight, k_lanes):
-    w4 = np.zeros((k_lanes, *weight.shape[1:]), dtype=weight.dtype)
-    w4[:weight.shape[0]] = weight
-    return w4
-
-
 @_serialised
 def conv_forward(x, weight, bias, options):
     """``Conv2d``'s forward on lanes: ``(output, saved input)``."""
@@ -196,12 +190,9 @@ def conv_forward(x, weight, bias, options):
     size = (h + 2 * pad[0], w + 2 * pad[1])
     out = (size[0] - dilation[0] * (kh - 1), size[1] - dilation[1] * (kw - 1))
     xl = _padded(x, pad, size, dilation[1])  # saved for the weight gradient
-    k_lanes = L._k_lanes(k_out)
-    b4 = np.zeros(k_lanes, dtype=weight.dtype)
-    if bias is not None:
-        b4[:k_out] = bias
-    yl = K._lane_conv(xl.data, xl.pitch, xl.c_held, _lane_weights(weight, k_lanes), b4,
-                      L.k_held(k_out), x.groups, c_in, size,
+    w4, b4 = L.lane_weights(weight, bias)
+    yl = K._lane_conv(xl.data, xl.pitch, xl.c_held, w4, b4, L.k_held(k_out), x.groups, c_in,
+                      size,
                       (pad[0], pad[0] + h, pad[1], pad[1] + w), dilation, out, x.lanes,
                       slack(x.lanes),
                       np.empty(L.conv_out_size(n, k_out, out, x.lanes, slack(x.lanes)),
@@ -231,12 +222,11 @@ def conv_backward(gy, xl, weight, options, in_shape, input_grad):
     gsize = (h + dilation[0] * (kh - 1), w + dilation[1] * (kw - 1))
     gl = _padded(gy, gpad, gsize, dilation[1])
     flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    c_lanes = L._k_lanes(c_in)
     window = (max(gpad[0], 0), min(gpad[0] + gy.shape[2], gsize[0]),
               max(gpad[1], 0), min(gpad[1] + gy.shape[3], gsize[1]))
-    gx = K._lane_conv(gl.data, gl.pitch, gl.c_held, _lane_weights(flipped, c_lanes),
-                      np.zeros(c_lanes, dtype=weight.dtype), L.k_held(c_in), gy.groups, k_out,
-                      gsize, window, dilation, (h, w), gy.lanes, slack(gy.lanes),
+    gx = K._lane_conv(gl.data, gl.pitch, gl.c_held, *L.lane_weights(flipped),
+                      L.k_held(c_in), gy.groups, k_out, gsize, window, dilation, (h, w),
+                      gy.lanes, slack(gy.lanes),
                       np.empty(L.conv_out_size(gy.shape[0], c_in, (h, w), gy.lanes,
                                                slack(gy.lanes)), dtype=gy.dtype))
     return canonical(gx, in_shape, gy.lanes), gw, gb
