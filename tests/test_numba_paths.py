@@ -31,10 +31,10 @@ SETTINGS = {
 CASES = [
     (2, {"padding": 1}),
     (2, {"padding": ((0, 2), (2, 1)), "groups": 2}),  # Winograd: odd sizes, asymmetric pads
-    (2, {"padding": 2, "dilation": 2}),  # Winograd on each of the four sub-lattices
+    (2, {"padding": 2, "dilation": 2}),  # Winograd tiles per class of positions mod 2
     (2, {"padding": ((1, 3), (0, 2)), "dilation": (3, 2), "groups": 2}),
     (3, {"padding": (1, 1, 0), "dilation": (2, 1, 2)}),  # Winograd per depth tap, one GEMM
-    (3, {"padding": (2, 0, 1)}),  # Winograd, output slices in blocks sharing input transforms
+    (3, {"padding": (2, 0, 1)}),  # Winograd: output slices in blocks share input transforms
     (2, {"stride": (2, 1), "padding": ((0, 2), (1, 0)), "dilation": (1, 2), "groups": 2}),
     (3, {"stride": 2, "padding": 1, "groups": 2}),
     (1, {"stride": 3, "dilation": 2, "padding": 2}),

@@ -685,10 +685,11 @@ def _col2im(cols, bias, y, n, c0, c1, in_size, kernel, stride, pad, dilation):
                                 yf[np.uintp(dst + i_w * sw)] += cf[np.uintp(src + i_w)]
 
 # --------------------------------------------------------------------------- Winograd
-# 3x3 convolutions at stride 1 as Winograd's F(2x2, 3x3): each 2x2 block of outputs takes
-# 16 multiplies per channel pair instead of 36, as 16 GEMMs (one per transformed position)
-# between the transformed weights U = G g G^T and the transformed input tiles V = B^T d B;
-# the output is A^T M A. Transforms run row-wise so that they vectorise across tiles.
+# The weight gradients of 3x3 convolutions at stride 1 by Winograd's F(2x2, 3x3): 16 GEMMs
+# (one per transformed position) between transformed gradient tiles A g A^T and transformed
+# input tiles V = B^T d B, summed over tiles, then G^T M G. Transforms run row-wise so that
+# they vectorise across tiles. (The forward pass uses F(4x4, 3x3), channels last:
+# :mod:`._numba_winograd_kernels`.)
 
 
 @njit(cache=True, nogil=True)
@@ -744,57 +745,10 @@ def _winograd_input(x, n, c0, cg, i_d, pad_h, pad_w, th0, th1, tiles_w, v, v0, s
 
 
 @njit(cache=True, nogil=True)
-def _winograd_output(m, bias, y, n, k0, od, th0, th1, tiles_w, step, offset, size):
-    """``y[n, k0 + k, od]`` rows ``2*th0:2*th1`` from ``m[(i, j), k, tile]``: ``A^T M A`` per tile,
-    plus the bias; rows and columns past the output are dropped. As in
-    :func:`_winograd_input`, the output may be a sub-lattice of ``y``."""
-    kg, span = m.shape[1], m.shape[2]
-    oh_n, ow_n = size
-    row_len = y.shape[4]
-    plane_m = kg * span
-    s = np.empty(8 * tiles_w, dtype=m.dtype)  # A^T along each patch row: s[i, j, tile]
-    mf = m.reshape(m.size)
-    yf = y.reshape(y.size)
-    pairs = ow_n // 2
-    for k in range(kg):
-        b = bias[k0 + k] if bias.size else 0
-        y_plane = ((n * y.shape[1] + k0 + k) * y.shape[2] + od) * y.shape[3] * row_len
-        y_plane += offset[1]
-        for th in range(th0, th1):
-            base = k * span + (th - th0) * tiles_w
-            for i in range(4):
-                src = 4 * i * plane_m + base
-                for tw in range(tiles_w):
-                    m0, m1 = mf[np.uintp(src + tw)], mf[np.uintp(src + plane_m + tw)]
-                    m2 = mf[np.uintp(src + 2 * plane_m + tw)]
-                    m3 = mf[np.uintp(src + 3 * plane_m + tw)]
-                    s[np.uintp((2 * i) * tiles_w + tw)] = m0 + m1 + m2
-                    s[np.uintp((2 * i + 1) * tiles_w + tw)] = m1 - m2 - m3
-            for r in range(min(2, oh_n - 2 * th)):
-                dst = y_plane + (step[0] * (2 * th + r) + offset[0]) * row_len
-                sign = 1 - 2 * r  # row 0: s0 + s1 + s2; row 1: s1 - s2 - s3
-                first = 0 if r == 0 else 2
-                for tw in range(pairs):
-                    for j in range(2):
-                        lead = s[np.uintp((first + j) * tiles_w + tw)] if r == 0 else 0
-                        tail = -s[np.uintp((6 + j) * tiles_w + tw)] if r == 1 else 0
-                        yf[np.uintp(dst + step[1] * (2 * tw + j))] = (
-                            lead + s[np.uintp((2 + j) * tiles_w + tw)]
-                            + sign * s[np.uintp((4 + j) * tiles_w + tw)] + tail + b)
-                if ow_n % 2:
-                    tw = pairs
-                    lead = s[np.uintp(first * tiles_w + tw)] if r == 0 else 0
-                    tail = -s[np.uintp(6 * tiles_w + tw)] if r == 1 else 0
-                    yf[np.uintp(dst + step[1] * 2 * tw)] = (
-                        lead + s[np.uintp(2 * tiles_w + tw)]
-                        + sign * s[np.uintp(4 * tiles_w + tw)] + tail + b)
-
-
-@njit(cache=True, nogil=True)
 def _winograd_grad_tiles(gy, n, k0, od, th0, th1, tiles_w, wt, step, offset, size):
     """``wt[(i, j), k, tile] = (A g A^T)[i, j]`` for the 2x2 block ``g`` of ``gy[n, k0 + k, od]``
     that tile ``(th, tw)`` produced (zero past the output; sub-lattices as in
-    :func:`_winograd_output`): the weight gradient is ``G^T (sum over tiles V * W) G``."""
+    :func:`_winograd_input`): the weight gradient is ``G^T (sum over tiles V * W) G``."""
     kg, span = wt.shape[1], wt.shape[2]
     oh_n, ow_n = size
     row_len = gy.shape[4]

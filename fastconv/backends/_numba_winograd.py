@@ -1,8 +1,10 @@
-"""Winograd F(2x2, 3x3) for the ``numba`` backend: 3x3 convolutions at stride 1 (any dilation,
+"""Winograd convolution for the ``numba`` backend: 3x3 convolutions at stride 1 (any dilation,
 any kernel depth), their input gradients (as convolutions) and their weight gradients.
 
-Numba kernels transform tiles (:mod:`._numba_kernels`); the 16 GEMMs per task run on BLAS in
-the task pool (:mod:`._numba_tasks`).
+The forward pass (and so the input gradient) is F(4x4, 3x3) on channels-last copies of the
+input (:mod:`._numba_winograd_kernels`): 36 GEMMs per task. The weight gradient is the transpose
+of F(2x2, 3x3) on sub-lattices (:mod:`._numba_kernels`): 16 GEMMs per task. Both run their
+GEMMs on BLAS in the task pool (:mod:`._numba_tasks`).
 """
 
 from __future__ import annotations
@@ -11,13 +13,20 @@ import numba
 import numpy as np
 
 from . import _numba_tasks as tasks
-from ._numba_kernels import _bias_array, _winograd_grad_tiles, _winograd_input, _winograd_output
+from ._numba_kernels import _winograd_grad_tiles, _winograd_input
+from ._numba_winograd_kernels import (
+    _channels_first,
+    _channels_last,
+    _winograd43_input,
+    _winograd43_output,
+)
 
 # Winograd pays once a GEMM has enough channels on both sides
 WINOGRAD_MIN_CHANNELS = 16
-# output depth slices per task of a 3-D Winograd convolution
+# output depth slices per task of a 3-D Winograd convolution (they share input transforms)
 WINOGRAD_DEPTH_BLOCK = 8
-# F(2x2, 3x3)'s kernel transform (its input and output transforms are written out in kernels)
+# F(2x2, 3x3)'s kernel transform, for the weight gradient (its other transforms are written out
+# in kernels)
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 
@@ -47,34 +56,90 @@ def _tiles(size):
     return -(-size // 2)
 
 
-def _winograd_weights(w, groups):
-    """``U[g, (i, j), k, (r, c)] = (G w[k, c, r] G^T)[i, j]``: for each depth tap ``r`` a
-    block of columns, so that one GEMM sums over the depth taps too."""
-    g_mat = WINOGRAD_G.astype(w.dtype)
+def _sparse_rows(mat, terms):
+    """Each row of a sparse transform matrix as ``terms`` (column, coefficient) pairs, short
+    rows padded with zero coefficients on a column they already use."""
+    idx = np.zeros((mat.shape[0], terms), dtype=np.int64)
+    coef = np.zeros((mat.shape[0], terms))
+    for i, row in enumerate(mat):
+        cols = np.flatnonzero(row)
+        idx[i, :cols.size], idx[i, cols.size:] = cols, cols[0]
+        coef[i, :cols.size] = row[cols]
+    return idx, coef
+
+
+# F(4x4, 3x3) (Lavin & Gray, 2016), for the forward pass: a 6x6 input tile gives 4x4 outputs
+# for 36 multiplications per channel pair where direct convolution takes 144.
+F43_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                   [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], float)
+F43_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+F43_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                   [0, 1, -1, 8, -8, 1]], float)
+F43_IN = _sparse_rows(F43_BT, 4)
+F43_OUT = _sparse_rows(F43_AT, 5)
+
+
+def _tile_starts(out_n, dilation):
+    """Per class of output positions modulo the dilation, the first output of each tile along
+    an axis: a tile covers outputs ``start + dilation * (0..3)``."""
+    return [np.arange(a, out_n, 4 * dilation, dtype=np.int64) for a in range(min(dilation, out_n))]
+
+
+def _f43_weights(w, groups):
+    """``U[g, (i, j), (r, c), k] = (G w[k, c, r] G^T)[i, j]``: per group the right-hand GEMM
+    operands, depth taps ``r`` stacked with the channels so that one GEMM sums over both."""
     k_out, cg, kd = w.shape[:3]
-    u = np.einsum("ia,kcrab,jb->ijkrc", g_mat, w, g_mat, optimize=True)
-    return np.ascontiguousarray(
-        u.reshape(16, groups, k_out // groups, kd * cg).transpose(1, 0, 2, 3))
+    u = np.einsum("ia,kcrab,jb->ijrck", F43_G, w.astype(np.float64), F43_G, optimize=True)
+    u = u.reshape(36, kd * cg, groups, k_out // groups).transpose(2, 0, 1, 3)
+    return np.ascontiguousarray(u, dtype=w.dtype)
 
 
 def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
+    """A 3x3 convolution at stride 1 (any dilation, kernel depth, padding) by F(4x4, 3x3),
+    channels last (:mod:`._numba_winograd_kernels`): per task, one output depth slice of one
+    image, a block of tile rows; the 36 GEMMs per group run on BLAS in the task pool."""
     n_b, c_in = x.shape[:2]
     k_out, kd = w.shape[0], w.shape[2]
     cg, kg = c_in // groups, k_out // groups
-    u = _winograd_weights(w, groups)
-    bias = _bias_array(bias, x.dtype)
-    y = np.empty((n_b, k_out, *out_size), dtype=x.dtype)
+    dtype = x.dtype
+    u = _f43_weights(w, groups)
+    bias = np.zeros(k_out, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
+    in_idx, in_coef = F43_IN[0], F43_IN[1].astype(dtype)
+    out_idx, out_coef = F43_OUT[0], F43_OUT[1].astype(dtype)
+    y = np.empty((n_b, k_out, *out_size), dtype=dtype)
+    step = (dilation[1], dilation[2])
+    cols = np.concatenate(_tile_starts(out_size[2], dilation[2]))
+    wp = int(cols.max()) + 5 * dilation[2] + 1
+    # consecutive output depth slices share the input slices they overlap on (not so with a
+    # depth dilation): a task transforms each of its input slices once
+    od_block = min(WINOGRAD_DEPTH_BLOCK, out_size[0]) if dilation[0] == 1 else 1
+    slices = od_block - 1 + kd
+    row_bytes = 36 * (slices * cg + kg) * cols.size * x.itemsize
+    row_blocks = [starts[i:i + per] for starts in _tile_starts(out_size[1], dilation[1])
+                  for per in [max(1, tasks.TASK_BYTES // row_bytes)]
+                  for i in range(0, starts.size, per)]
 
-    def work(slot, n, od0, od1, lattice, th0, th1):
-        (a_h, o_h, *_), (a_w, o_w, *_) = lattice
-        for g, od, taps, m in _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups,
-                                              kg, pad, dilation):
-            np.matmul(u[g], taps, out=m)
-            _winograd_output(m, bias, y, n, g * kg, od, th0, th1, _tiles(o_w), dilation[1:],
-                             (a_h, a_w), (o_h, o_w))
+    def work(slot, n, od0, od1, rows):
+        hp = int(rows[-1] - rows[0]) + 5 * dilation[1] + 1
+        xb = np.empty((od1 - od0 - 1 + kd, hp, wp, c_in), dtype=dtype)
+        _channels_last(x, n, od0 - pad[0], dilation[0], rows[0], pad[1], pad[2], xb)
+        n_tiles = rows.size * cols.size
+        v = np.empty((36, n_tiles, xb.shape[0] * cg), dtype=dtype)
+        m = np.empty((36, n_tiles, kg), dtype=dtype)
+        yb = np.empty((od1 - od0, 4 * rows.size, out_size[2], k_out), dtype=dtype)
+        for g in range(groups):
+            _winograd43_input(xb, step, rows - rows[0], cols, g * cg, cg, in_idx, in_coef, v)
+            for od in range(od0, od1):
+                lo = (od - od0) * cg
+                np.matmul(v[:, :, lo:lo + kd * cg], u[g], out=m)
+                _winograd43_output(m, step, rows, cols, out_size[1:], g * kg, out_idx,
+                                   out_coef, yb[od - od0])
+        for od in range(od0, od1):
+            _channels_first(yb[od - od0], rows, step[0], bias, y, n, od)
 
-    tasks.run(_winograd_tasks(x.shape[2:], out_size, pad, dilation, n_b, kd, cg, kg,
-                              x.itemsize), work)
+    tasks.run([(n, od0, min(od0 + od_block, out_size[0]), rows) for n in range(n_b)
+               for od0 in range(0, out_size[0], od_block) for rows in row_blocks], work)
     return y
 
 
