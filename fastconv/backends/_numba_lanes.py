@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _numba_tasks as tasks
 from ._numba_kernels import LANE_SKEW, _from_lanes, _lane_conv, _lane_weight_grad, _to_lanes
 
 # Output positions per image up to which lanes are used. Measured faster than the other paths
@@ -97,25 +98,6 @@ def conv_out_size(n_batch, k_out, out_size, lanes, slack=0):
     return lanes_size(n_batch, k_held(k_out), lane_pitch(out_size, lanes), lanes, slack)
 
 
-# Temporaries of one call (the lane copies), kept for the next call: fresh memory costs its
-# first touch, and glibc's malloc hands large freed blocks back to the system. LeNet c2's
-# forward took 2.65 ms with fresh copies and 1.33 ms with reused ones (measured). Launches
-# are serialised (numba_cpu), so one buffer per role and dtype is enough; larger temporaries
-# are allocated afresh, which bounds what stays allocated between calls.
-WORKSPACE_MAX_BYTES = 8 << 20
-_workspace = {}
-
-
-def _scratch(role, size, dtype):
-    if size * np.dtype(dtype).itemsize > WORKSPACE_MAX_BYTES:
-        return np.empty(size, dtype=dtype)
-    key = (role, np.dtype(dtype))
-    buf = _workspace.get(key)
-    if buf is None or buf.size < size:
-        buf = _workspace[key] = np.empty(size, dtype=dtype)
-    return buf[:size]
-
-
 def conv_forward_lanes(x, w, bias, pad, dilation, out_size):
     n_b, c_in = x.shape[:2]
     k_out, kernel = w.shape[0], w.shape[2:]
@@ -124,12 +106,12 @@ def conv_forward_lanes(x, w, bias, pad, dilation, out_size):
     w4, b4 = lane_weights(w[:, :, 0], bias)
     plane = size[0] * size[1] * lanes
     xl = _to_lanes(x, lanes, c_in, (pad[1], pad[2]), size, plane, 0,
-                   _scratch("input", lanes_size(n_b, c_in, plane, lanes), x.dtype))
+                   tasks.workspace("input", lanes_size(n_b, c_in, plane, lanes), x.dtype))
     # the rows and columns of the copy that hold input (the rest is padding)
     window = (pad[1], pad[1] + x.shape[3], pad[2], pad[2] + x.shape[4])
     yl = _lane_conv(xl, plane, c_in, w4, b4, k_held(k_out), _groups(n_b), c_in, size, window,
                     (dilation[1], dilation[2]), out_size[1:], lanes, 0,
-                    _scratch("output", conv_out_size(n_b, k_out, out_size[1:], lanes),
+                    tasks.workspace("output", conv_out_size(n_b, k_out, out_size[1:], lanes),
                              x.dtype))
     return _from_lanes(yl, lane_pitch(out_size[1:], lanes), k_held(k_out), k_out, out_size[1:],
                        lanes, n_b)
@@ -144,10 +126,10 @@ def conv_weight_grad_lanes(x, gy, pad, dilation, kernel):
     # slack for the third tap of a short last triple of taps (see _lane_weight_grad)
     slack = 2 * dilation[2] * lanes
     xl = _to_lanes(x, lanes, c_in, (pad[1], pad[2]), size, plane, slack,
-                   _scratch("input", lanes_size(n_b, c_in, plane, lanes, slack), x.dtype))
+                   tasks.workspace("input", lanes_size(n_b, c_in, plane, lanes, slack), x.dtype))
     held, g_plane = k_held(k_out), out_size[1] * out_size[2] * lanes
     gl = _to_lanes(gy, lanes, held, (0, 0), out_size[1:], g_plane, 0,
-                   _scratch("output", lanes_size(n_b, held, g_plane, lanes), x.dtype))
+                   tasks.workspace("output", lanes_size(n_b, held, g_plane, lanes), x.dtype))
     gw = _lane_weight_grad(xl, plane, c_in, gl, g_plane, held, _groups(n_b), c_in, size,
                            (dilation[1], dilation[2]), kernel[1:], lanes)
     return np.ascontiguousarray(gw[:k_out]).reshape(k_out, c_in, *kernel)
