@@ -684,12 +684,167 @@ def _col2im(cols, bias, y, n, c0, c1, in_size, kernel, stride, pad, dilation):
                             for i_w in range(lo, hi):
                                 yf[np.uintp(dst + i_w * sw)] += cf[np.uintp(src + i_w)]
 
-# --------------------------------------------------------------------------- Winograd
+# ------------------------------------------------------------------ Winograd forward
+# Winograd F(4x4, 3x3), channels last, for the forward pass. A task copies the input slices it
+# needs to a padded (slices, H, W, C) block. Then every transform step is a sum of a few channel
+# vectors scaled by the transform's coefficients, one contiguous loop over channels per
+# transformed element: loops that LLVM vectorises (a loop storing to one array and loading from
+# at most five stays within its alias checks). The transforms (Lavin & Gray, 2016) are sparse:
+# each row of B^T has at most four nonzero entries and each row of A^T at most five; the
+# kernels take them as index and coefficient tables (see _numba_winograd), the coefficients in
+# the data's dtype so that nothing is promoted to float64.
+
+
+@njit(cache=True, nogil=True)
+def _channels_last(x, n, d_lo, d_step, r_lo, pad_h, pad_w, out):
+    """``out[s, r, q, c] = x[n, c, d_lo + s * d_step, r_lo + r - pad_h, q - pad_w]``, zero
+    outside ``x``: the input block of one task, padded, channels innermost."""
+    c_in, d_in, h_in, w_in = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+    slices, hp, wp = out.shape[0], out.shape[1], out.shape[2]
+    of = out.reshape(out.size)
+    xf = x.reshape(x.size)
+    lo, hi = _valid_range(wp, 1, -pad_w, w_in)
+    for s in range(slices):
+        d = d_lo + s * d_step
+        for pr in range(hp):
+            r = r_lo + pr - pad_h
+            base = (s * hp + pr) * wp * c_in
+            if d < 0 or d >= d_in or r < 0 or r >= h_in:
+                for q in range(wp * c_in):
+                    of[np.uintp(base + q)] = 0
+                continue
+            for q in range(lo * c_in):
+                of[np.uintp(base + q)] = 0
+            for q in range(hi * c_in, wp * c_in):
+                of[np.uintp(base + q)] = 0
+            for c in range(c_in):
+                src = (((n * c_in + c) * d_in + d) * h_in + r) * w_in - pad_w
+                for q in range(lo, hi):
+                    of[np.uintp(base + q * c_in + c)] = xf[np.uintp(src + q)]
+
+
+@njit(cache=True, nogil=True)
+def _winograd43_input(xb, step, rows, cols, c0, cg, idx, coef, v):
+    """``v[(i, j), t, s * cg + c] = (B^T d B)[i, j]``, ``d`` the 6x6 patch of channel
+    ``c0 + c`` of slice ``s`` of the block ``xb`` that tile ``t`` reads.
+
+    Tile ``t`` is (``rows[t // cols.size]``, ``cols[t % cols.size]``): the block position of
+    its first input, whose patch takes every ``step``-th row and column (the dilation).
+    """
+    slices, hp, wp, c_all = xb.shape
+    n_cols = cols.size
+    n_tiles, width = v.shape[1], v.shape[2]
+    plane = n_tiles * width
+    xf = xb.reshape(xb.size)
+    vf = v.reshape(v.size)
+    tb = np.empty(36 * cg, dtype=xb.dtype)  # B^T d: tb[i, j, c]
+    sh = step[0] * wp * c_all
+    sw = step[1] * c_all
+    for t in range(n_tiles):
+        for s in range(slices):
+            p = ((s * hp + rows[t // n_cols]) * wp + cols[t % n_cols]) * c_all + c0
+            for i in range(6):
+                k0, k1, k2, k3 = coef[i, 0], coef[i, 1], coef[i, 2], coef[i, 3]
+                for j in range(6):
+                    a0 = p + j * sw + idx[i, 0] * sh
+                    a1 = p + j * sw + idx[i, 1] * sh
+                    a2 = p + j * sw + idx[i, 2] * sh
+                    a3 = p + j * sw + idx[i, 3] * sh
+                    dst = (i * 6 + j) * cg
+                    for c in range(cg):
+                        tb[np.uintp(dst + c)] = (
+                            k0 * xf[np.uintp(a0 + c)] + k1 * xf[np.uintp(a1 + c)]
+                            + k2 * xf[np.uintp(a2 + c)] + k3 * xf[np.uintp(a3 + c)])
+            o = t * width + s * cg
+            for i in range(6):
+                for j in range(6):
+                    k0, k1, k2, k3 = coef[j, 0], coef[j, 1], coef[j, 2], coef[j, 3]
+                    a0 = (i * 6 + idx[j, 0]) * cg
+                    a1 = (i * 6 + idx[j, 1]) * cg
+                    a2 = (i * 6 + idx[j, 2]) * cg
+                    a3 = (i * 6 + idx[j, 3]) * cg
+                    dst = (i * 6 + j) * plane + o
+                    for c in range(cg):
+                        vf[np.uintp(dst + c)] = (
+                            k0 * tb[np.uintp(a0 + c)] + k1 * tb[np.uintp(a1 + c)]
+                            + k2 * tb[np.uintp(a2 + c)] + k3 * tb[np.uintp(a3 + c)])
+
+
+@njit(cache=True, nogil=True)
+def _winograd43_output(m, step, rows, cols, out_size, k0, idx, coef, yb):
+    """``yb[4 * tr + a, ow, k0 + k] = (A^T M A)[a, b]`` for tile ``t`` (tile row ``tr``),
+    ``M = m[:, t, k]``, at output column ``ow = cols[..] + b * step[1]``; rows and columns
+    past ``out_size`` (output rows ``rows[tr] + a * step[0]``) are left out."""
+    n_tiles, kg = m.shape[1], m.shape[2]
+    out_w, k_all = yb.shape[1], yb.shape[2]
+    n_cols = cols.size
+    plane = n_tiles * kg
+    mf = m.reshape(m.size)
+    yf = yb.reshape(yb.size)
+    s = np.empty(24 * kg, dtype=m.dtype)  # A^T M: s[a, j, k]
+    for t in range(n_tiles):
+        tr = t // n_cols
+        col = cols[t % n_cols]
+        q = t * kg
+        for a in range(4):
+            if rows[tr] + a * step[0] >= out_size[0]:
+                break
+            c_0, c_1, c_2, c_3, c_4 = coef[a, 0], coef[a, 1], coef[a, 2], coef[a, 3], coef[a, 4]
+            for j in range(6):
+                p0 = q + (6 * idx[a, 0] + j) * plane
+                p1 = q + (6 * idx[a, 1] + j) * plane
+                p2 = q + (6 * idx[a, 2] + j) * plane
+                p3 = q + (6 * idx[a, 3] + j) * plane
+                p4 = q + (6 * idx[a, 4] + j) * plane
+                dst = (a * 6 + j) * kg
+                for k in range(kg):
+                    s[np.uintp(dst + k)] = (
+                        c_0 * mf[np.uintp(p0 + k)] + c_1 * mf[np.uintp(p1 + k)]
+                        + c_2 * mf[np.uintp(p2 + k)] + c_3 * mf[np.uintp(p3 + k)]
+                        + c_4 * mf[np.uintp(p4 + k)])
+            for b in range(4):
+                if col + b * step[1] >= out_size[1]:
+                    break
+                c_0, c_1, c_2, c_3, c_4 = coef[b, 0], coef[b, 1], coef[b, 2], coef[b, 3], coef[b, 4]
+                src = a * 6 * kg
+                p0 = src + idx[b, 0] * kg
+                p1 = src + idx[b, 1] * kg
+                p2 = src + idx[b, 2] * kg
+                p3 = src + idx[b, 3] * kg
+                p4 = src + idx[b, 4] * kg
+                o = ((4 * tr + a) * out_w + col + b * step[1]) * k_all + k0
+                for k in range(kg):
+                    yf[np.uintp(o + k)] = (
+                        c_0 * s[np.uintp(p0 + k)] + c_1 * s[np.uintp(p1 + k)]
+                        + c_2 * s[np.uintp(p2 + k)] + c_3 * s[np.uintp(p3 + k)]
+                        + c_4 * s[np.uintp(p4 + k)])
+
+
+@njit(cache=True, nogil=True)
+def _channels_first(yb, rows, step_h, bias, y, n, od):
+    """``y[n, k, od, rows[tr] + a * step_h] = yb[4 * tr + a, :, k] + bias[k]`` for the rows
+    inside ``y``: a task's output block back in the output's layout."""
+    k_all, d_out, h_out, w_out = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
+    yf = y.reshape(y.size)
+    bf = yb.reshape(yb.size)
+    for tr in range(rows.size):
+        for a in range(4):
+            oh = rows[tr] + a * step_h
+            if oh >= h_out:
+                break
+            src = (4 * tr + a) * w_out * k_all
+            for k in range(k_all):
+                b = bias[k]
+                dst = (((n * k_all + k) * d_out + od) * h_out + oh) * w_out
+                for q in range(w_out):
+                    yf[np.uintp(dst + q)] = bf[np.uintp(src + q * k_all + k)] + b
+
+
+# ------------------------------------------------------------------ Winograd weight gradient
 # The weight gradients of 3x3 convolutions at stride 1 by Winograd's F(2x2, 3x3): 16 GEMMs
 # (one per transformed position) between transformed gradient tiles A g A^T and transformed
 # input tiles V = B^T d B, summed over tiles, then G^T M G. Transforms run row-wise so that
-# they vectorise across tiles. (The forward pass uses F(4x4, 3x3), channels last:
-# :mod:`._numba_winograd_kernels`.)
+# they vectorise across tiles. (The forward pass uses F(4x4, 3x3), channels last, above.)
 
 
 @njit(cache=True, nogil=True)

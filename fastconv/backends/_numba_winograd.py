@@ -2,7 +2,7 @@
 any kernel depth), their input gradients (as convolutions) and their weight gradients.
 
 The forward pass (and so the input gradient) is F(4x4, 3x3) on channels-last copies of the
-input (:mod:`._numba_winograd_kernels`): 36 GEMMs per task. The weight gradient is the transpose
+input: 36 GEMMs per task. The weight gradient is the transpose
 of F(2x2, 3x3) on sub-lattices (:mod:`._numba_kernels`): 16 GEMMs per task. Both run their
 GEMMs on BLAS in the task pool (:mod:`._numba_tasks`).
 """
@@ -13,12 +13,13 @@ import numba
 import numpy as np
 
 from . import _numba_tasks as tasks
-from ._numba_kernels import _winograd_grad_tiles, _winograd_input
-from ._numba_winograd_kernels import (
+from ._numba_kernels import (
     _channels_first,
     _channels_last,
     _winograd43_input,
     _winograd43_output,
+    _winograd_grad_tiles,
+    _winograd_input,
 )
 
 # Winograd pays once a GEMM has enough channels on both sides
@@ -101,7 +102,7 @@ def _buffer(role, slot, shape, dtype):
 
 def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
     """A 3x3 convolution at stride 1 (any dilation, kernel depth, padding) by F(4x4, 3x3),
-    channels last (:mod:`._numba_winograd_kernels`): per task, one output depth slice of one
+    channels last: per task, one output depth slice of one
     image, a block of tile rows; the 36 GEMMs per group run on BLAS in the task pool."""
     n_b, c_in = x.shape[:2]
     k_out, kd = w.shape[0], w.shape[2]
