@@ -102,8 +102,8 @@ def _buffer(role, slot, shape, dtype):
 
 def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
     """A 3x3 convolution at stride 1 (any dilation, kernel depth, padding) by F(4x4, 3x3),
-    channels last: per task, one output depth slice of one
-    image, a block of tile rows; the 36 GEMMs per group run on BLAS in the task pool."""
+    channels last. A task is one image, a block of output depth slices and a block of tile
+    rows; its 36 GEMMs per group and output slice run on BLAS in the task pool."""
     n_b, c_in = x.shape[:2]
     k_out, kd = w.shape[0], w.shape[2]
     cg, kg = c_in // groups, k_out // groups
