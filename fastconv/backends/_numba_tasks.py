@@ -3,6 +3,9 @@
 BLAS must not be called inside ``prange`` (Numba's and OpenBLAS's thread pools spin against
 each other). Instead a few Python threads run tasks, each owning its outputs, with BLAS at one
 thread per task; the Numba kernels they call are serial and release the GIL.
+
+Also the backend's workspaces: temporaries kept from one call to the next, per thread slot
+(the BLAS paths' and the batch lanes' copies).
 """
 
 from __future__ import annotations
