@@ -10,7 +10,7 @@ vectorise: with signed ones Numba adds negative-index handling that kept the loo
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_thread_id, njit, prange
 
 # No `fastmath`: it would break NaN propagation, which must match PyTorch.
 _jit = {"cache": True, "parallel": True, "nogil": True}
@@ -1069,6 +1069,45 @@ def _lane_taps_pair(yf, o0, pl, xf, xs, span, step, w, wi, k_step, count):
         yf[np.uintp(o1 + j)] = ((yf[np.uintp(o1 + j)] + a1 * v) + b1 * u) + c1 * t
 
 
+@njit(cache=True, nogil=True)
+def _lane_conv_block(xl, x_pitch, c_held, wf, bias4, g, k0, kc, c_in, size, kernel, window,
+                     dilation, out_size, lanes, out, o_first, plane):
+    """Output channels ``k0 .. k0 + kc`` of image group ``g`` (see :func:`_lane_conv`), written
+    to ``out`` as planes of OH x OW x lanes, the first at ``o_first``, ``plane`` apart."""
+    wp = size[1]
+    kh, kw = kernel
+    oh_n, ow_n = out_size
+    span, k_step = ow_n * lanes, c_in * kh * kw
+    for oh in range(oh_n):
+        o0 = o_first + oh * span
+        for i in range(kc):
+            start = bias4[k0 + i]
+            for j in range(span):
+                out[np.uintp(o0 + i * plane + j)] = start
+        for c in range(c_in):
+            for rh in range(kh):
+                row = oh + rh * dilation[0]
+                if row < window[0] or row >= window[1]:
+                    continue
+                xs = (g * c_held + c) * x_pitch + row * wp * lanes
+                wi = ((k0 * c_in + c) * kh + rh) * kw
+                for rw in range(0, kw, 3):
+                    count = min(3, kw - rw)
+                    # output columns ow with ow + (rw + t) * dw in the data columns
+                    lo = max(0, window[2] - (rw + count - 1) * dilation[1])
+                    hi = min(ow_n, window[3] - rw * dilation[1])
+                    if hi <= lo:
+                        continue
+                    at = lo * lanes
+                    args = (out, o0 + at, plane, xl, xs + rw * dilation[1] * lanes + at,
+                            (hi - lo) * lanes, dilation[1] * lanes, wf, wi + rw, k_step,
+                            count)
+                    if kc == 2:
+                        _lane_taps_pair(*args)
+                    else:
+                        _lane_taps(*args)
+
+
 @njit(**_jit)
 def _lane_conv(xl, x_pitch, c_held, w4, bias4, k_held, groups, c_in, size, window, dilation,
                out_size, lanes, slack, y):
@@ -1083,12 +1122,10 @@ def _lane_conv(xl, x_pitch, c_held, w4, bias4, k_held, groups, c_in, size, windo
     column, end column) hold data, the rest padding: kernel rows on padding rows are skipped,
     and each group of taps runs over the output columns where one of its taps reads a data
     column (a transposed convolution's padded input is mostly padding)."""
-    hp, wp = size
     oh_n, ow_n = out_size
-    _, _, kh, kw = w4.shape
     wf = w4.reshape(w4.size)
-    span, plane = ow_n * lanes, oh_n * ow_n * lanes + LANE_SKEW
-    k_step, blocks = c_in * kh * kw, -(-k_held // 4)
+    plane = oh_n * ow_n * lanes + LANE_SKEW
+    blocks = -(-k_held // 4)
     for i in range(y.size - slack, y.size):
         y[i] = 0
     for task in prange(groups * blocks):
@@ -1098,34 +1135,38 @@ def _lane_conv(xl, x_pitch, c_held, w4, bias4, k_held, groups, c_in, size, windo
             gap = (g * k_held + k0 + i + 1) * plane
             for j in range(gap - LANE_SKEW, gap):
                 y[np.uintp(j)] = 0
-        for oh in range(oh_n):
-            o0 = (g * k_held + k0) * plane + oh * span
-            for i in range(kc):
-                start = bias4[k0 + i]
-                for j in range(span):
-                    y[np.uintp(o0 + i * plane + j)] = start
-            for c in range(c_in):
-                for rh in range(kh):
-                    row = oh + rh * dilation[0]
-                    if row < window[0] or row >= window[1]:
-                        continue
-                    xs = (g * c_held + c) * x_pitch + row * wp * lanes
-                    wi = ((k0 * c_in + c) * kh + rh) * kw
-                    for rw in range(0, kw, 3):
-                        count = min(3, kw - rw)
-                        # output columns ow with ow + (rw + t) * dw in the data columns
-                        lo = max(0, window[2] - (rw + count - 1) * dilation[1])
-                        hi = min(ow_n, window[3] - rw * dilation[1])
-                        if hi <= lo:
-                            continue
-                        at = lo * lanes
-                        args = (y, o0 + at, plane, xl, xs + rw * dilation[1] * lanes + at,
-                                (hi - lo) * lanes, dilation[1] * lanes, wf, wi + rw, k_step,
-                                count)
-                        if kc == 2:
-                            _lane_taps_pair(*args)
-                        else:
-                            _lane_taps(*args)
+        _lane_conv_block(xl, x_pitch, c_held, wf, bias4, g, k0, kc, c_in, size, w4.shape[2:],
+                         window, dilation, out_size, lanes, y, (g * k_held + k0) * plane, plane)
+    return y
+
+
+@njit(**_jit)
+def _lane_conv_nchw(xl, x_pitch, c_held, w4, bias4, k_out, c_in, size, window, dilation,
+                    out_size, lanes, scratch, y):
+    """:func:`_lane_conv` with its output written straight to ``y`` (N, K, 1, OH, OW): each
+    task computes its four channels into the row of ``scratch`` (threads, 4 planes) of the
+    thread running it, then copies them out while they are in cache (LeNet c2's forward 1.49
+    -> 1.31 ms against a separate pass over the whole lane output)."""
+    n_batch = y.shape[0]
+    oh_n, ow_n = out_size
+    wf = w4.reshape(w4.size)
+    yf = y.reshape(y.size)
+    positions = oh_n * ow_n
+    plane = positions * lanes + LANE_SKEW
+    k_held, groups = k_out + k_out % 2, -(-n_batch // lanes)
+    blocks = -(-k_held // 4)
+    for task in prange(groups * blocks):
+        g, k0 = task // blocks, (task % blocks) * 4
+        kc = min(4, k_held - k0)
+        s = scratch[get_thread_id()]
+        _lane_conv_block(xl, x_pitch, c_held, wf, bias4, g, k0, kc, c_in, size, w4.shape[2:],
+                         window, dilation, out_size, lanes, s, 0, plane)
+        for i in range(min(kc, k_out - k0)):
+            for b in range(min(lanes, n_batch - g * lanes)):
+                dst = ((g * lanes + b) * k_out + k0 + i) * positions
+                src = i * plane + b
+                for p in range(positions):
+                    yf[np.uintp(dst + p)] = s[np.uintp(src + p * lanes)]
     return y
 
 

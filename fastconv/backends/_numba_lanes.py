@@ -5,15 +5,17 @@ columns) and too small a GEMM for BLAS to run near its peak (16 x 150 x 100 per 
 the batch laid innermost, in groups of ``lanes`` images, a kernel row applied to an output row
 becomes one multiply-add over ``OW * lanes`` contiguous elements, with four output channels
 sharing every load (:func:`._numba_kernels._lane_conv`). The copies in and out of that layout
-move a few bytes per multiply-add, which small images can afford.
+move a few bytes per multiply-add, which small images can afford; the forward copies its
+output out block by block, while it is in cache (:func:`._numba_kernels._lane_conv_nchw`).
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from . import _numba_tasks as tasks
-from ._numba_kernels import LANE_SKEW, _from_lanes, _lane_conv, _lane_weight_grad, _to_lanes
+from ._numba_kernels import LANE_SKEW, _lane_conv_nchw, _lane_weight_grad, _to_lanes
 
 # Output positions per image up to which lanes are used. Measured faster than the other paths
 # on LeNet's planes (784 and 100 positions) and on 16x16 and 8x8 planes with 32 and 64
@@ -109,12 +111,12 @@ def conv_forward_lanes(x, w, bias, pad, dilation, out_size):
                    tasks.workspace("input", lanes_size(n_b, c_in, plane, lanes), x.dtype))
     # the rows and columns of the copy that hold input (the rest is padding)
     window = (pad[1], pad[1] + x.shape[3], pad[2], pad[2] + x.shape[4])
-    yl = _lane_conv(xl, plane, c_in, w4, b4, k_held(k_out), _groups(n_b), c_in, size, window,
-                    (dilation[1], dilation[2]), out_size[1:], lanes, 0,
-                    tasks.workspace("output", conv_out_size(n_b, k_out, out_size[1:], lanes),
-                             x.dtype))
-    return _from_lanes(yl, lane_pitch(out_size[1:], lanes), k_held(k_out), k_out, out_size[1:],
-                       lanes, n_b)
+    threads = numba.config.NUMBA_NUM_THREADS
+    block = 4 * lane_pitch(out_size[1:], lanes)
+    scratch = tasks.workspace("output", threads * block, x.dtype).reshape(threads, block)
+    y = np.empty((n_b, k_out, 1, *out_size[1:]), dtype=x.dtype)
+    return _lane_conv_nchw(xl, plane, c_in, w4, b4, k_out, c_in, size, window,
+                           (dilation[1], dilation[2]), out_size[1:], lanes, scratch, y)
 
 
 def conv_weight_grad_lanes(x, gy, pad, dilation, kernel):
