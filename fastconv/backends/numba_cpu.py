@@ -53,8 +53,9 @@ def _direct_conv(x, w, bias, stride, pad, dilation, groups, out_size):
     tasks = x.shape[0] * groups
     kg = w.shape[0] // groups
     chunks = min(kg, -(-4 * numba.get_num_threads() // max(tasks, 1)))
+    y = np.empty((x.shape[0], w.shape[0], *out_size), dtype=x.dtype)
     return K._conv_forward(x, w, K._bias_array(bias, x.dtype), stride, pad, dilation, groups,
-                           out_size, -(-kg // max(chunks, 1)))
+                           out_size, -(-kg // max(chunks, 1)), y)
 
 
 @_serialised
@@ -89,8 +90,9 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bia
     if stride_one:
         return _direct_conv(x, *_as_conv(w, bias, pad_lo, dilation, groups), dilation, groups,
                             out_size)
+    y = np.empty((x.shape[0], w.shape[1] * groups, *out_size), dtype=x.dtype)
     return K._conv_transpose_forward(x, w, K._bias_array(bias, x.dtype), stride, pad_lo,
-                                     dilation, groups, out_size)
+                                     dilation, groups, out_size, y)
 
 
 def _as_conv(w, bias, pad_lo, dilation, groups):
@@ -131,19 +133,23 @@ def bias_grad(gy):
 
 @_serialised
 def avg_pool_forward(x, kernel, stride, pad_lo, out_size, divisor):
+    y = np.empty((*x.shape[:2], *out_size), dtype=x.dtype)
     return K._avg_pool_forward(x, kernel, stride, pad_lo, out_size, divisor,
-                               numba.get_num_threads())
+                               numba.get_num_threads(), y)
 
 
 @_serialised
 def avg_pool_backward(gy, kernel, stride, pad_lo, in_size, divisor):
+    gx = np.empty((*gy.shape[:2], *in_size), dtype=gy.dtype)
     return K._avg_pool_backward(gy, kernel, stride, pad_lo, in_size, divisor,
-                                numba.get_num_threads())
+                                numba.get_num_threads(), gx)
 
 
 @_serialised
 def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices=True):
-    y, idx = K._max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices)
+    y = np.empty((*x.shape[:2], *out_size), dtype=x.dtype)
+    idx = np.empty(y.shape if indices else (0,) * 5, dtype=np.int64)
+    K._max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices, y, idx)
     return y, (idx if indices else None)
 
 
@@ -152,7 +158,8 @@ def max_pool_backward(gy, idx, in_size, window):  # a scatter: no use for the wi
     n, c = gy.shape[:2]
     plane = int(np.prod(in_size))
     outs = int(np.prod(gy.shape[2:]))  # explicit: -1 cannot be inferred for an empty batch
-    gx = K._max_pool_backward(gy.reshape(n * c, outs), idx.reshape(n * c, outs), plane)
+    gx = np.empty((n * c, plane), dtype=gy.dtype)
+    K._max_pool_backward(gy.reshape(n * c, outs), idx.reshape(n * c, outs), gx)
     return gx.reshape(n, c, *in_size)
 
 
@@ -160,11 +167,14 @@ def max_pool_backward(gy, idx, in_size, window):  # a scatter: no use for the wi
 def sigmoid_forward(x):
     if x.dtype != np.float32:  # the kernel's exp is accurate to float32 only
         return reference.sigmoid_forward(x)
-    return K._sigmoid_forward_f32(np.ascontiguousarray(x).reshape(-1)).reshape(x.shape)
+    y = np.empty(x.shape, dtype=x.dtype)
+    K._sigmoid_forward_f32(np.ascontiguousarray(x).reshape(-1), y.reshape(-1))
+    return y
 
 
 @_serialised
 def sigmoid_backward(y, gy):
-    flat = K._sigmoid_backward(np.ascontiguousarray(y).reshape(-1),
-                               np.ascontiguousarray(gy).reshape(-1))
-    return flat.reshape(y.shape)
+    g = np.empty(y.shape, dtype=y.dtype)
+    K._sigmoid_backward(np.ascontiguousarray(y).reshape(-1), np.ascontiguousarray(gy).reshape(-1),
+                        g.reshape(-1))
+    return g

@@ -89,7 +89,8 @@ class LaneArray:
         """The (N, C, H, W) array."""
         K = _numba()[0]
         n, c, h, w = self.shape
-        y = K._from_lanes(self.data, self.pitch, self.c_held, c, (h, w), self.lanes, n)
+        y = np.empty((n, c, 1, h, w), dtype=self.data.dtype)
+        K._from_lanes(self.data, self.pitch, self.c_held, self.lanes, y)
         return y.reshape(self.shape)
 
 
