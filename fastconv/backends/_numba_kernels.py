@@ -9,7 +9,8 @@ vectorise: with signed ones Numba adds negative-index handling that kept the loo
 Kernels write their outputs into arrays the caller allocated with NumPy, which asks Linux
 for transparent huge pages on large arrays where Numba's allocator does not: a fresh 100 MB
 output filled in parallel took 25 ms allocated in Numba, 8 ms allocated by NumPy (4 ms
-reused); max pooling's backward 31 -> 13 ms. Only scratch is allocated inside.
+reused); max pooling's backward 31 -> 13 ms. Inside are allocated only scratch and
+weight-sized results (weight and bias gradients).
 """
 
 from __future__ import annotations
@@ -1277,12 +1278,12 @@ def _lane_weight_grad(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, c_in, si
 
 
 @njit(**_jit)
-def _lanes_padded(xl, pitch, planes, in_size, pad, size, lanes, slack):
+def _lanes_padded(xl, pitch, planes, in_size, pad, size, lanes, slack, out):
     """Planes of ``xl`` copied into dense planes of ``size`` (H, W) with ``pad`` (top, left)
-    rows and columns of zeros before them and zeros after, plus ``slack`` zeros at the end."""
+    rows and columns of zeros before them and zeros after, plus ``slack`` zeros at the end:
+    ``out``, of ``planes * H * W * lanes + slack`` elements."""
     h_in, w_in = in_size
     hp, wp = size
-    out = np.empty(planes * hp * wp * lanes + slack, dtype=xl.dtype)
     for i in range(out.size - slack, out.size):
         out[i] = 0
     lo, hi = _valid_range(wp, 1, -pad[1], w_in)
@@ -1306,13 +1307,12 @@ def _lanes_padded(xl, pitch, planes, in_size, pad, size, lanes, slack):
 
 @njit(**_jit)
 def _lane_avg_pool_forward(xl, pitch, planes, in_size, kernel, stride, pad, out_size, divisor,
-                           lanes, out_pitch, slack):
+                           lanes, out_pitch, slack, y):
     """2-D average pooling of lane planes into planes ``out_pitch`` apart (zeros between, then
-    ``slack`` zeros): each window's cells summed in raster order over all lanes at once,
-    divided by ``divisor[oh, ow]``."""
+    ``slack`` zeros; ``y``, of ``planes * out_pitch + slack`` elements): each window's cells
+    summed in raster order over all lanes at once, divided by ``divisor[oh, ow]``."""
     h_in, w_in = in_size
     oh_n, ow_n = out_size
-    y = np.empty(planes * out_pitch + slack, dtype=xl.dtype)
     for i in range(y.size - slack, y.size):
         y[i] = 0
     for p in prange(planes):
@@ -1342,15 +1342,15 @@ def _lane_avg_pool_forward(xl, pitch, planes, in_size, kernel, stride, pad, out_
 
 @njit(**_jit)
 def _lane_avg_pool_backward(gl, pitch, planes, out_size, kernel, stride, pad, in_size, divisor,
-                            lanes, in_pitch, slack, sigmoid_out):
-    """The adjoint of :func:`_lane_avg_pool_forward` (input planes ``in_pitch`` apart): each
+                            lanes, in_pitch, slack, sigmoid_out, gx):
+    """The adjoint of :func:`_lane_avg_pool_forward` (input planes ``in_pitch`` apart, written
+    to ``gx`` of ``planes * in_pitch + slack`` elements): each
     output cell's gradient over its divisor added to its window's cells, output cells in order
     (repeatable sums). Given the output of a sigmoid before the pooling (``sigmoid_out``, laid
     out as the input; empty for none), each plane is then multiplied by its derivative while it
     is in cache, as :func:`_sigmoid_backward` would."""
     h_in, w_in = in_size
     oh_n, ow_n = out_size
-    gx = np.empty(planes * in_pitch + slack, dtype=gl.dtype)
     for i in range(gx.size - slack, gx.size):
         gx[i] = 0
     for p in prange(planes):

@@ -177,7 +177,8 @@ def _padded(x, pad, size, dilation_w):
     needed = (x.planes - 1) * x.pitch + h * w * x.lanes + tail
     if pad == (0, 0) and size == (h, w) and x.data.size >= needed:
         return x
-    data = K._lanes_padded(x.data, x.pitch, x.planes, (h, w), pad, size, x.lanes, tail)
+    data = np.empty(x.planes * size[0] * size[1] * x.lanes + tail, dtype=x.data.dtype)
+    K._lanes_padded(x.data, x.pitch, x.planes, (h, w), pad, size, x.lanes, tail, data)
     return LaneArray(data, (n, c, *size), x.lanes, x.c_held, size[0] * size[1] * x.lanes)
 
 
@@ -256,10 +257,10 @@ def avg_pool_forward(x, options):
     K = _numba()[0]
     spec, divisor = _pool_geometry(x, options)
     out = canonical(None, (*x.shape[:2], *spec.out_size[1:]), x.lanes)
-    data = K._lane_avg_pool_forward(x.data, x.pitch, x.planes, spec.in_size[1:],
-                                    spec.kernel[1:], spec.stride[1:], spec.padding[1:],
-                                    spec.out_size[1:], divisor[0], x.lanes, out.pitch,
-                                    slack(x.lanes))
+    data = np.empty(x.planes * out.pitch + slack(x.lanes), dtype=x.data.dtype)
+    K._lane_avg_pool_forward(x.data, x.pitch, x.planes, spec.in_size[1:], spec.kernel[1:],
+                             spec.stride[1:], spec.padding[1:], spec.out_size[1:], divisor[0],
+                             x.lanes, out.pitch, slack(x.lanes), data)
     return out.with_data(data)
 
 
@@ -269,11 +270,11 @@ def avg_pool_backward(gy, x, options, after_sigmoid=False):
     sigmoid's output, and the gradient returned is the one of the sigmoid's input."""
     K = _numba()[0]
     spec, divisor = _pool_geometry(x, options)
-    data = K._lane_avg_pool_backward(gy.data, gy.pitch, gy.planes, spec.out_size[1:],
-                                     spec.kernel[1:], spec.stride[1:], spec.padding[1:],
-                                     spec.in_size[1:], divisor[0], gy.lanes, x.pitch,
-                                     slack(gy.lanes),
-                                     x.data if after_sigmoid else x.data[:0])
+    data = np.empty(gy.planes * x.pitch + slack(gy.lanes), dtype=gy.data.dtype)
+    K._lane_avg_pool_backward(gy.data, gy.pitch, gy.planes, spec.out_size[1:], spec.kernel[1:],
+                              spec.stride[1:], spec.padding[1:], spec.in_size[1:], divisor[0],
+                              gy.lanes, x.pitch, slack(gy.lanes),
+                              x.data if after_sigmoid else x.data[:0], data)
     return x.with_data(data)
 
 
