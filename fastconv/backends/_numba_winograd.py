@@ -121,21 +121,23 @@ def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
     od_block = min(WINOGRAD_DEPTH_BLOCK, out_size[0]) if dilation[0] == 1 else 1
     slices = od_block - 1 + kd
     row_bytes = 36 * (slices * cg + kg) * cols.size * x.itemsize
-    # a block of tile rows may span classes of rows (a dilation), which then share one copy
-    all_rows = np.concatenate(_tile_starts(out_size[1], dilation[1]))
-    row_blocks = [all_rows[r0:r1] for r0, r1 in tasks.split(all_rows.size, row_bytes, 1)]
+    # a block of tile rows lies in one class of rows modulo the dilation, and its copy holds
+    # only the rows of that class (dilated 3x3 bench case: half the copying)
+    row_blocks = [starts[r0:r1] for starts in _tile_starts(out_size[1], dilation[1])
+                  for r0, r1 in tasks.split(starts.size, row_bytes, 1)]
 
     def work(slot, n, od0, od1, rows):
-        r0 = int(rows.min())
-        hp = int(rows.max()) - r0 + 5 * dilation[1] + 1
+        r0 = int(rows[0])
+        hp = (int(rows[-1]) - r0) // step[0] + 6
         xb = _buffer("winograd-in", slot, (od1 - od0 - 1 + kd, hp, wp, c_in), dtype)
-        _channels_last(x, n, od0 - pad[0], dilation[0], r0, pad[1], pad[2], xb)
+        _channels_last(x, n, od0 - pad[0], dilation[0], r0, step[0], pad[1], pad[2], xb)
         n_tiles = rows.size * cols.size
         v = _buffer("winograd-v", slot, (36, n_tiles, xb.shape[0] * cg), dtype)
         m = _buffer("winograd-m", slot, (36, n_tiles, kg), dtype)
         yb = _buffer("winograd-out", slot, (od1 - od0, 4 * rows.size, out_size[2], k_out), dtype)
         for g in range(groups):
-            _winograd43_input(xb, step, rows - r0, cols, g * cg, cg, in_idx, in_coef, v)
+            _winograd43_input(xb, (1, step[1]), (rows - r0) // step[0], cols, g * cg, cg,
+                              in_idx, in_coef, v)
             for od in range(od0, od1):
                 lo = (od - od0) * cg
                 np.matmul(v[:, :, lo:lo + kd * cg], u[g], out=m)
