@@ -16,7 +16,8 @@ from fastconv.backends import _numba_gemm, _numba_lanes, _numba_tasks, _numba_wi
 
 # the knobs that choose a path, and the module each lives in
 KNOBS = {"GEMM_MIN_WORK": _numba_gemm, "TASK_BYTES": _numba_tasks,
-         "WINOGRAD_MIN_CHANNELS": _numba_winograd, "LANE_MIN_BATCH": _numba_lanes}
+         "WINOGRAD_MIN_CHANNELS": _numba_winograd, "LANE_MIN_BATCH": _numba_lanes,
+         "WIDE_VECTORS": _numba_lanes}
 NO_WINOGRAD = {"WINOGRAD_MIN_CHANNELS": 10**9}
 SETTINGS = {
     "direct": {"GEMM_MIN_WORK": 10**9, **NO_WINOGRAD},
@@ -26,6 +27,8 @@ SETTINGS = {
     "winograd_row_tasks": {"WINOGRAD_MIN_CHANNELS": 1, "TASK_BYTES": 1},
     # 2-D and 1-D stride-1 cases on batch lanes (the batch of 3 in a group of 16 lanes)
     "lanes": {"LANE_MIN_BATCH": 1},
+    # the same on the 256-bit loops that CPUs without AVX-512 take (this one may take either)
+    "lanes_narrow": {"LANE_MIN_BATCH": 1, "WIDE_VECTORS": False},
 }
 
 CASES = [
@@ -149,6 +152,24 @@ def test_lane_groups(n, shape, kw, dtype, rng):
         assert_close(a, e, dtype, what)
 
 
+@pytest.mark.parametrize("n, shape, kw", LANE_CASES, ids=[str(c[0]) for c in LANE_CASES])
+def test_lane_vectors_same_bits(n, shape, kw, dtype, rng, monkeypatch):
+    """The 512-bit lane kernel sums in the order of the 256-bit loops: the same bits, forward
+    and input gradient (a convolution on lanes too)."""
+    kw = dict(kw)
+    x = randn(rng, (n, *shape), dtype)
+    w = randn(rng, kw.pop("weight"), dtype)
+    b = randn(rng, (w.shape[0],), dtype)
+    gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, **kw), dtype)
+    results = []
+    for wide in (True, False):
+        monkeypatch.setattr(_numba_lanes, "WIDE_VECTORS", wide)
+        with fc.use_backend("numba"):
+            results.append((fc.conv2d(x, w, b, **kw), fc.conv2d_backward(gy, x, w, **kw)[0]))
+    for wide, narrow in zip(*results):
+        np.testing.assert_array_equal(wide, narrow)
+
+
 @st.composite
 def lane_cases(draw):
     nd = draw(st.integers(1, 2))
@@ -162,14 +183,15 @@ def lane_cases(draw):
             "k": draw(st.integers(4, 9)), "size": size, "kernel": kernel,
             "dilation": dilation, "padding": pads,
             "dtype": draw(st.sampled_from([np.float64, np.float32])),
-            "seed": draw(st.integers(0, 2**32 - 1))}
+            "wide": draw(st.booleans()), "seed": draw(st.integers(0, 2**32 - 1))}
 
 
 @settings(deadline=None)
 @given(case=lane_cases())
 def test_lanes_drawn(case):
-    """Drawn stride-1 convolutions forced onto batch lanes (any batch), against PyTorch:
-    forward, both gradients, and the stride-1 transposed convolution."""
+    """Drawn stride-1 convolutions forced onto batch lanes (any batch), with 512-bit vectors or
+    256-bit loops, against PyTorch: forward, both gradients, and the stride-1 transposed
+    convolution."""
     rng = np.random.default_rng(case["seed"])
     nd, dtype = case["nd"], np.dtype(case["dtype"])
     kw = {"padding": case["padding"], "dilation": case["dilation"]}
@@ -183,8 +205,8 @@ def test_lanes_drawn(case):
     yt_t = getattr(torch.nn.functional, f"conv_transpose{nd}d")(
         torch.from_numpy(x), torch.from_numpy(wt), padding=t_pad,
         dilation=case["dilation"]).numpy()
-    saved = _numba_lanes.LANE_MIN_BATCH
-    _numba_lanes.LANE_MIN_BATCH = 1
+    saved = _numba_lanes.LANE_MIN_BATCH, _numba_lanes.WIDE_VECTORS
+    _numba_lanes.LANE_MIN_BATCH, _numba_lanes.WIDE_VECTORS = 1, case["wide"]
     try:
         with fc.use_backend("numba"):
             y = getattr(fc, f"conv{nd}d")(x, w, b, **kw)
@@ -192,7 +214,7 @@ def test_lanes_drawn(case):
             yt = getattr(fc, f"conv_transpose{nd}d")(x, wt, padding=t_pad,
                                                      dilation=case["dilation"])
     finally:
-        _numba_lanes.LANE_MIN_BATCH = saved
+        _numba_lanes.LANE_MIN_BATCH, _numba_lanes.WIDE_VECTORS = saved
     assert_close(y, y_t, dtype, "forward")
     assert_close(gx, gx_t, dtype, "grad_x")
     assert_close(gw, gw_t, dtype, "grad_weight")

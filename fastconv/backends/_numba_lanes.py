@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _numba_tasks as tasks
 from ._numba_kernels import LANE_SKEW, _lane_conv_nchw, _lane_weight_grad, _to_lanes
+from ._numba_tasks import aligned_empty  # noqa: F401 (the lane arrays of fastconv.nn)
 
 # Output positions per image up to which lanes are used. Measured faster than the other paths
 # on LeNet's planes (784 and 100 positions) and on 16x16 and 8x8 planes with 32 and 64
@@ -25,6 +26,17 @@ LANE_MAX_PLANE = 1024
 LANE_MIN_BATCH = 16  # the batch it needs to fill its lanes
 # The lane copies of one call stay within this (or within the output's size, if larger).
 LANE_MAX_BYTES = 64 << 20
+
+
+def _has_avx512():
+    import llvmlite.binding as llvm
+
+    return llvm.get_host_cpu_features().get("avx512f", False)
+
+
+# Whether the lane convolutions use explicit 512-bit vectors (on CPUs with 32 such registers);
+# elsewhere their 256-bit loops, whose sums do not fit the registers.
+WIDE_VECTORS = _has_avx512()
 
 
 def lane_width(n_batch):
@@ -116,7 +128,8 @@ def conv_forward_lanes(x, w, bias, pad, dilation, out_size):
     scratch = tasks.workspace("output", threads * block, x.dtype).reshape(threads, block)
     y = np.empty((n_b, k_out, 1, *out_size[1:]), dtype=x.dtype)
     return _lane_conv_nchw(xl, plane, c_in, w4, b4, k_out, c_in, size, window,
-                           (dilation[1], dilation[2]), out_size[1:], lanes, scratch, y)
+                           (dilation[1], dilation[2]), out_size[1:], lanes, WIDE_VECTORS,
+                           scratch, y)
 
 
 def conv_weight_grad_lanes(x, gy, pad, dilation, kernel):

@@ -67,15 +67,25 @@ WORKSPACE_MAX_BYTES = 8 << 20
 _workspace = {}
 
 
+def aligned_empty(size, dtype, align=64):
+    """``np.empty(size, dtype)`` starting on an ``align``-byte boundary (NumPy's start on 16):
+    the lane kernels' 64-byte vectors then never straddle two cache lines (LeNet c2's lane
+    kernel 0.80 -> 0.56 ms aligned)."""
+    dtype = np.dtype(dtype)
+    raw = np.empty(size * dtype.itemsize + align, dtype=np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + size * dtype.itemsize].view(dtype)
+
+
 def workspace(role, size, dtype, slot=0):
-    """``size`` elements of ``dtype`` for ``role`` in thread ``slot``, contents undefined: the
-    buffer of the last call that asked for them where one is kept."""
+    """``size`` elements of ``dtype`` for ``role`` in thread ``slot``, 64-byte aligned,
+    contents undefined: the buffer of the last call that asked for them where one is kept."""
     if size * np.dtype(dtype).itemsize > WORKSPACE_MAX_BYTES:
-        return np.empty(size, dtype=dtype)
+        return aligned_empty(size, dtype)
     key = (role, np.dtype(dtype), slot)
     buf = _workspace.get(key)
     if buf is None or buf.size < size:
-        buf = _workspace[key] = np.empty(size, dtype=dtype)
+        buf = _workspace[key] = aligned_empty(size, dtype)
     return buf[:size]
 
 
