@@ -1049,18 +1049,19 @@ def _vsplat(typingctx, scalar, like):
 
 
 @intrinsic
-def _vfma(typingctx, scalar, vector, acc):
-    """``scalar * vector + acc``, element by element, each with one rounding (a fused
-    multiply-add, as the loops compiled with ``contract`` get)."""
+def _vfma(typingctx, a, vector, acc):
+    """``a * vector + acc``, ``a`` a scalar or a vector, element by element, each with one
+    rounding (a fused multiply-add, as the loops compiled with ``contract`` get)."""
 
     def codegen(context, builder, sig, args):
         vt = args[1].type
         bits = 32 if vt.element == ir.FloatType() else 64
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3),
                                              f"llvm.fma.v{vt.count}f{bits}")
-        return builder.call(fma, [_splat(builder, args[0], vt), args[1], args[2]])
+        factor = args[0] if isinstance(sig.args[0], _Vector) else _splat(builder, args[0], vt)
+        return builder.call(fma, [factor, args[1], args[2]])
 
-    return vector(scalar, vector, acc), codegen
+    return vector(a, vector, acc), codegen
 
 
 # Batch-lane kernels, for many small images. The input is copied with the batch innermost, in
@@ -1470,9 +1471,48 @@ def _lane_grad_taps_pair(acc, gf, g0, pl, xf, xs, span, step):
     acc[5] += s12
 
 
+@njit(cache=True, nogil=True)
+def _lane_grad_taps_wide(sums, at, gf, g0, pl, kc, xf, xs, span, step):
+    """:func:`_lane_grad_taps` (``kc`` = 4) or its pair form (``kc`` = 2) on explicit 512-bit
+    vectors, the twelve sums kept as vectors: ``sums[at + (3 * i + t) * count:][:count]``,
+    added to in memory, so that no call reduces across a vector."""
+    vec = VECTOR_BYTES // xf.itemsize
+    g1 = g0 + pl
+    g2, g3 = (g0 + 2 * pl, g0 + 3 * pl) if kc == 4 else (g1, g1)  # the pair: 2, 3 unused
+    s00, s01, s02 = _vload(sums, at), _vload(sums, at + vec), _vload(sums, at + 2 * vec)
+    s10, s11 = _vload(sums, at + 3 * vec), _vload(sums, at + 4 * vec)
+    s12, s20 = _vload(sums, at + 5 * vec), _vload(sums, at + 6 * vec)
+    s21, s22 = _vload(sums, at + 7 * vec), _vload(sums, at + 8 * vec)
+    s30, s31 = _vload(sums, at + 9 * vec), _vload(sums, at + 10 * vec)
+    s32 = _vload(sums, at + 11 * vec)
+    for j in range(0, span, vec):
+        v, u = _vload(xf, xs + j), _vload(xf, xs + step + j)
+        t = _vload(xf, xs + 2 * step + j)
+        e = _vload(gf, g0 + j)
+        s00, s01, s02 = _vfma(e, v, s00), _vfma(e, u, s01), _vfma(e, t, s02)
+        e = _vload(gf, g1 + j)
+        s10, s11, s12 = _vfma(e, v, s10), _vfma(e, u, s11), _vfma(e, t, s12)
+        e = _vload(gf, g2 + j)
+        s20, s21, s22 = _vfma(e, v, s20), _vfma(e, u, s21), _vfma(e, t, s22)
+        e = _vload(gf, g3 + j)
+        s30, s31, s32 = _vfma(e, v, s30), _vfma(e, u, s31), _vfma(e, t, s32)
+    _vstore(sums, at, s00)
+    _vstore(sums, at + vec, s01)
+    _vstore(sums, at + 2 * vec, s02)
+    _vstore(sums, at + 3 * vec, s10)
+    _vstore(sums, at + 4 * vec, s11)
+    _vstore(sums, at + 5 * vec, s12)
+    _vstore(sums, at + 6 * vec, s20)
+    _vstore(sums, at + 7 * vec, s21)
+    _vstore(sums, at + 8 * vec, s22)
+    _vstore(sums, at + 9 * vec, s30)
+    _vstore(sums, at + 10 * vec, s31)
+    _vstore(sums, at + 11 * vec, s32)
+
+
 @njit(**_jit)
 def _lane_weight_grad(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, c_in, size,
-                      dilation, kernel, lanes):
+                      dilation, kernel, lanes, wide):
     """Weight gradient (k_held rounded up to four, C, KH, KW; zeros past ``k_held``) of
     :func:`_lane_conv` from the flat lanes of its input ``xl`` (as there) and of the output
     gradient ``gl`` (``k_held`` (even) planes ``g_pitch`` elements apart per group). A task is
@@ -1483,6 +1523,8 @@ def _lane_weight_grad(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, c_in, si
 
     Taps go three at a time: the third tap of a short last triple reads slack past the row,
     which ``xl`` must have (``2 * dilation[1] * lanes`` elements at its end) and is dropped.
+    ``wide``: the sums run on explicit 512-bit vectors (:func:`_lane_grad_taps_wide`), each
+    reduced across its vector once, at the end.
     """
     hp, wp = size
     kh, kw = kernel
@@ -1495,18 +1537,29 @@ def _lane_weight_grad(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, c_in, si
         k0, c = (task // c_in) * 4, task % c_in
         kc = min(4, k_held - k0)
         acc = np.zeros((kh, triples, 12), dtype=xl.dtype)
+        vec = VECTOR_BYTES // xl.itemsize
+        sums = np.zeros(kh * triples * 12 * vec if wide else 0, dtype=xl.dtype)
         for g in range(groups):
             for oh in range(oh_n):
                 g0 = (g * k_held + k0) * g_pitch + oh * span
                 for rh in range(kh):
                     row = (g * c_held + c) * x_pitch + (oh + rh * dilation[0]) * wp * lanes
                     for t3 in range(triples):
-                        args = (acc[rh, t3], gl, g0, g_pitch, xl,
-                                row + 3 * t3 * dilation[1] * lanes, span, dilation[1] * lanes)
+                        xs = row + 3 * t3 * dilation[1] * lanes
+                        if wide:
+                            _lane_grad_taps_wide(sums, (rh * triples + t3) * 12 * vec, gl, g0,
+                                                 g_pitch, kc, xl, xs, span, dilation[1] * lanes)
+                            continue
+                        args = (acc[rh, t3], gl, g0, g_pitch, xl, xs, span, dilation[1] * lanes)
                         if kc == 2:
                             _lane_grad_taps_pair(*args)
                         else:
                             _lane_grad_taps(*args)
+        if wide:
+            flat = acc.reshape(acc.size)
+            for i in range(acc.size):
+                for e in range(vec):
+                    flat[i] += sums[i * vec + e]
         for i in range(kc):
             for rh in range(kh):
                 for rw in range(kw):

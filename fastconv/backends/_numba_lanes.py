@@ -146,5 +146,5 @@ def conv_weight_grad_lanes(x, gy, pad, dilation, kernel):
     gl = _to_lanes(gy, lanes, held, (0, 0), out_size[1:], g_plane, 0,
                    tasks.workspace("output", lanes_size(n_b, held, g_plane, lanes), x.dtype))
     gw = _lane_weight_grad(xl, plane, c_in, gl, g_plane, held, _groups(n_b), c_in, size,
-                           (dilation[1], dilation[2]), kernel[1:], lanes)
+                           (dilation[1], dilation[2]), kernel[1:], lanes, WIDE_VECTORS)
     return np.ascontiguousarray(gw[:k_out]).reshape(k_out, c_in, *kernel)

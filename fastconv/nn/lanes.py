@@ -211,7 +211,8 @@ def conv_backward(gy, xl, weight, options, in_shape, input_grad):
     pad, dilation = _pair(options["padding"]), _pair(options["dilation"])
     size = xl.shape[2:]
     gw = K._lane_weight_grad(xl.data, xl.pitch, xl.c_held, gy.data, gy.pitch, gy.c_held,
-                             gy.groups, c_in, size, dilation, (kh, kw), gy.lanes)
+                             gy.groups, c_in, size, dilation, (kh, kw), gy.lanes,
+                             L.WIDE_VECTORS)
     gw = np.ascontiguousarray(gw[:k_out])
     gb = K._lane_channel_sums(gy.data, gy.pitch, gy.c_held, gy.groups, k_out,
                               gy.shape[2] * gy.shape[3] * gy.lanes)
