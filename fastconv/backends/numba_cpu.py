@@ -3,13 +3,13 @@
 Four ways to convolve, chosen per call:
 
 - batch lanes for many small images at stride 1 (:mod:`._numba_lanes`);
-- Winograd F(2x2, 3x3) for 3x3 kernels at stride 1 with enough channels
-  (:mod:`._numba_winograd`);
+- Winograd (F(4x4, 3x3) forward, F(2x2, 3x3) weight gradient) for 3x3 kernels at stride 1
+  with enough channels (:mod:`._numba_winograd`);
 - packing (im2col / col2im) plus BLAS for the other GEMM-shaped convolutions
   (:mod:`._numba_gemm`);
-- direct ``prange`` kernels for the rest (depthwise convolutions; one input channel per group;
-  stride-1 transposed convolutions as convolutions), and for pooling (:mod:`._numba_kernels`,
-  where every ``@njit`` function lives).
+- direct ``prange`` kernels for the rest (depthwise convolutions; one input channel per group
+  where lanes do not take them; stride-1 transposed convolutions as convolutions), and for
+  pooling (:mod:`._numba_kernels`, where every ``@njit`` function lives).
 
 The BLAS paths run as tasks on a few Python threads (:mod:`._numba_tasks`). Either way each
 output element is written by one task in a fixed order: no atomics, and results are bitwise
