@@ -634,11 +634,17 @@ def _unpack_rows(prod, bias, y, k0, n0, n1, o0, o1):
     """``y[n, k0 + k, o0:o1] = prod[k, (n - n0, o)] (+ bias[k0 + k])``: a GEMM result back to
     (N, K, O)."""
     span = o1 - o0
+    k_all, o_all = y.shape[1], y.shape[2]
+    yf = y.reshape(y.size)
+    pf = prod.reshape(prod.size)
+    width = prod.shape[1]
     for n in range(n0, n1):
         for k in range(prod.shape[0]):
-            b = bias[k0 + k] if bias.size else 0
-            for o in range(span):
-                y[n, k0 + k, o0 + o] = prod[k, (n - n0) * span + o] + b
+            b = bias[k0 + k] if bias.size else prod.dtype.type(0)
+            dst = (n * k_all + k0 + k) * o_all + o0
+            src = k * width + (n - n0) * span
+            for o in range(span):  # flat, unsigned: a loop that vectorises
+                yf[np.uintp(dst + o)] = pf[np.uintp(src + o)] + b
 
 
 @njit(cache=True, nogil=True)
