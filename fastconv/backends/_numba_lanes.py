@@ -16,7 +16,6 @@ import numpy as np
 
 from . import _numba_tasks as tasks
 from ._numba_kernels import LANE_SKEW, _lane_conv_nchw, _lane_weight_grad, _to_lanes
-from ._numba_tasks import aligned_empty  # noqa: F401 (the lane arrays of fastconv.nn)
 
 # Output positions per image up to which lanes are used. Measured faster than the other paths
 # on LeNet's planes (784 and 100 positions) and on 16x16 and 8x8 planes with 32 and 64
@@ -37,6 +36,12 @@ def _has_avx512():
 # Whether the lane convolutions use explicit 512-bit vectors (on CPUs with 32 such registers);
 # elsewhere their 256-bit loops, whose sums do not fit the registers.
 WIDE_VECTORS = _has_avx512()
+
+
+def lane_buffer(size, dtype):
+    """Memory for a flat lane array of ``size`` elements, 64-byte aligned: the 512-bit
+    kernels' vectors then never straddle two cache lines."""
+    return tasks.aligned_empty(size, dtype)
 
 
 def lane_width(n_batch):

@@ -117,8 +117,8 @@ def from_array(x, lanes):
     layout = canonical(None, x.shape, lanes)
     data = K._to_lanes(np.ascontiguousarray(x).reshape(n, c, 1, h, w), lanes, layout.c_held,
                        (0, 0), (h, w), layout.pitch, slack(lanes),
-                       L.aligned_empty(L.lanes_size(n, layout.c_held, layout.pitch, lanes,
-                                                    slack(lanes)), x.dtype))
+                       L.lane_buffer(L.lanes_size(n, layout.c_held, layout.pitch, lanes,
+                                                  slack(lanes)), x.dtype))
     return layout.with_data(data)
 
 
@@ -177,7 +177,7 @@ def _padded(x, pad, size, dilation_w):
     needed = (x.planes - 1) * x.pitch + h * w * x.lanes + tail
     if pad == (0, 0) and size == (h, w) and x.data.size >= needed:
         return x
-    data = L.aligned_empty(x.planes * size[0] * size[1] * x.lanes + tail, x.data.dtype)
+    data = L.lane_buffer(x.planes * size[0] * size[1] * x.lanes + tail, x.data.dtype)
     K._lanes_padded(x.data, x.pitch, x.planes, (h, w), pad, size, x.lanes, tail, data)
     return LaneArray(data, (n, c, *size), x.lanes, x.c_held, size[0] * size[1] * x.lanes)
 
@@ -197,8 +197,8 @@ def conv_forward(x, weight, bias, options):
                       size,
                       (pad[0], pad[0] + h, pad[1], pad[1] + w), dilation, out, x.lanes,
                       slack(x.lanes), L.WIDE_VECTORS,
-                      L.aligned_empty(L.conv_out_size(n, k_out, out, x.lanes, slack(x.lanes)),
-                                      x.dtype))
+                      L.lane_buffer(L.conv_out_size(n, k_out, out, x.lanes, slack(x.lanes)),
+                                    x.dtype))
     return canonical(yl, (n, k_out, *out), x.lanes), xl
 
 
@@ -230,8 +230,8 @@ def conv_backward(gy, xl, weight, options, in_shape, input_grad):
     gx = K._lane_conv(gl.data, gl.pitch, gl.c_held, *L.lane_weights(flipped),
                       L.k_held(c_in), gy.groups, k_out, gsize, window, dilation, (h, w),
                       gy.lanes, slack(gy.lanes), L.WIDE_VECTORS,
-                      L.aligned_empty(L.conv_out_size(gy.shape[0], c_in, (h, w), gy.lanes,
-                                                      slack(gy.lanes)), gy.dtype))
+                      L.lane_buffer(L.conv_out_size(gy.shape[0], c_in, (h, w), gy.lanes,
+                                                    slack(gy.lanes)), gy.dtype))
     return canonical(gx, in_shape, gy.lanes), gw, gb
 
 
@@ -258,7 +258,7 @@ def avg_pool_forward(x, options):
     K, L = _numba()
     spec, divisor = _pool_geometry(x, options)
     out = canonical(None, (*x.shape[:2], *spec.out_size[1:]), x.lanes)
-    data = L.aligned_empty(x.planes * out.pitch + slack(x.lanes), x.data.dtype)
+    data = L.lane_buffer(x.planes * out.pitch + slack(x.lanes), x.data.dtype)
     K._lane_avg_pool_forward(x.data, x.pitch, x.planes, spec.in_size[1:], spec.kernel[1:],
                              spec.stride[1:], spec.padding[1:], spec.out_size[1:], divisor[0],
                              x.lanes, out.pitch, slack(x.lanes), data)
@@ -271,7 +271,7 @@ def avg_pool_backward(gy, x, options, after_sigmoid=False):
     sigmoid's output, and the gradient returned is the one of the sigmoid's input."""
     K, L = _numba()
     spec, divisor = _pool_geometry(x, options)
-    data = L.aligned_empty(gy.planes * x.pitch + slack(gy.lanes), gy.data.dtype)
+    data = L.lane_buffer(gy.planes * x.pitch + slack(gy.lanes), gy.data.dtype)
     K._lane_avg_pool_backward(gy.data, gy.pitch, gy.planes, spec.out_size[1:], spec.kernel[1:],
                               spec.stride[1:], spec.padding[1:], spec.in_size[1:], divisor[0],
                               gy.lanes, x.pitch, slack(gy.lanes),
