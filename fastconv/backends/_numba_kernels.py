@@ -1049,7 +1049,8 @@ def _vsplat(typingctx, scalar, like):
     """A vector of the type of ``like`` with ``scalar`` in every element."""
 
     def codegen(context, builder, sig, args):
-        return _splat(builder, args[0], args[1].type)
+        value = context.cast(builder, args[0], sig.args[0], sig.args[1].dtype)
+        return _splat(builder, value, args[1].type)
 
     return like(scalar, like), codegen
 
@@ -1064,7 +1065,11 @@ def _vfma(typingctx, a, vector, acc):
         bits = 32 if vt.element == ir.FloatType() else 64
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3),
                                              f"llvm.fma.v{vt.count}f{bits}")
-        factor = args[0] if isinstance(sig.args[0], _Vector) else _splat(builder, args[0], vt)
+        if isinstance(sig.args[0], _Vector):
+            factor = args[0]
+        else:
+            scalar = context.cast(builder, args[0], sig.args[0], sig.args[1].dtype)
+            factor = _splat(builder, scalar, vt)
         return builder.call(fma, [factor, args[1], args[2]])
 
     return vector(a, vector, acc), codegen
