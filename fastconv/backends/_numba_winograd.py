@@ -164,7 +164,7 @@ def conv_weight_grad_winograd(x, gy, pad, dilation, groups, kernel):
     def work(slot, n, od0, od1, lattice, th0, th1):
         (a_h, o_h, *_), (a_w, o_w, *_) = lattice
         for g, od, taps, wt in _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups,
-                                               kg, pad, dilation):
+                                               kg, pad, dilation, slot):
             _winograd_grad_tiles(gy, n, g * kg, od, th0, th1, _tiles(o_w), wt, dilation[1:],
                                  (a_h, a_w), (o_h, o_w))
             partial[slot, g] += wt @ taps.transpose(0, 2, 1)
@@ -178,10 +178,10 @@ def conv_weight_grad_winograd(x, gy, pad, dilation, groups, kernel):
     return np.ascontiguousarray(gw.reshape(k_out, cg, kd, 3, 3))
 
 
-def _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups, kg, pad, dilation):
+def _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups, kg, pad, dilation, slot):
     """One task's steps: per group and output depth slice ``od``, ``(g, od, taps, out)`` with
     ``taps`` the transformed input tiles ``od`` needs, ``(16, kd * cg, tiles)``, and ``out`` a
-    ``(16, kg, tiles)`` buffer.
+    ``(16, kg, tiles)`` buffer (both workspaces of thread ``slot``).
 
     Input slice ``s`` (a block of ``cg`` rows) is depth ``od0 - pad + s * dilation``, so
     consecutive output slices share it; with a depth dilation a task has one output slice.
@@ -189,8 +189,8 @@ def _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups, kg, pad, dila
     cg = x.shape[1] // groups
     span = (th1 - th0) * _tiles(lattice[1][1])
     slices = (od1 - od0 - 1) + kd
-    v = np.empty((16, slices * cg, span), dtype=x.dtype)
-    out = np.empty((16, kg, span), dtype=x.dtype)
+    v = _buffer("winograd-grad-v", slot, (16, slices * cg, span), x.dtype)
+    out = _buffer("winograd-grad-g", slot, (16, kg, span), x.dtype)
     for g in range(groups):
         _winograd_input_slices(x, n, g * cg, cg, od0, slices, pad, dilation, lattice, th0, th1,
                                v)
