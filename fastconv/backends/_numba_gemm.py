@@ -59,7 +59,7 @@ def conv_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_size):
     bias = _bias_array(bias, x.dtype)
 
     def work(slot, n0, n1, r0, r1):
-        cols = np.empty((ck, (n1 - n0) * (r1 - r0) * ow), dtype=x.dtype)
+        cols = tasks.buffer("gemm-cols", slot, (ck, (n1 - n0) * (r1 - r0) * ow), x.dtype)
         for g in range(groups):
             _im2col(x, g * cg, cg, kernel, stride, pad, dilation, out_size, n0, n1, r0, r1, cols)
             _unpack_rows(w2[g] @ cols, bias, y, g * kg, n0, n1, r0 * ow, r1 * ow)
@@ -92,8 +92,8 @@ def conv_weight_grad_gemm(x, gy, stride, pad, dilation, groups, kernel):
 
     def work(slot, n0, n1, r0, r1):
         span = (n1 - n0) * (r1 - r0) * ow
-        cols = np.empty((ck, span), dtype=x.dtype)
-        grads = np.empty((kg, span), dtype=x.dtype)
+        cols = tasks.buffer("gemm-cols", slot, (ck, span), x.dtype)
+        grads = tasks.buffer("gemm-grads", slot, (kg, span), x.dtype)
         for g in range(groups):
             _im2col(x, g * cg, cg, kernel, stride, pad, dilation, out_size, n0, n1, r0, r1, cols)
             _pack_rows(gy3, g * kg, kg, n0, n1, r0 * ow, r1 * ow, grads)
@@ -127,7 +127,8 @@ def conv_transpose_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_s
     bias = _bias_array(bias, x.dtype)
 
     def work(slot, n, g, c0, c1):
-        cols = w_t[g, c0 * taps:c1 * taps] @ x3[n, g * cig:(g + 1) * cig]
+        cols = tasks.buffer("gemm-cols", slot, ((c1 - c0) * taps, positions), x.dtype)
+        np.matmul(w_t[g, c0 * taps:c1 * taps], x3[n, g * cig:(g + 1) * cig], out=cols)
         _col2im(cols, bias, y, n, g * cog + c0, g * cog + c1, in_size, kernel, stride, pad,
                 dilation)
 

@@ -89,6 +89,11 @@ def workspace(role, size, dtype, slot=0):
     return buf[:size]
 
 
+def buffer(role, slot, shape, dtype):
+    """:func:`workspace` shaped ``shape``: a task's temporary in thread ``slot``."""
+    return workspace(role, int(np.prod(shape)), dtype, slot).reshape(shape)
+
+
 def run(tasks, work):
     """Call ``work(slot, *task)`` for every task; thread ``slot`` takes every slot-th task.
 

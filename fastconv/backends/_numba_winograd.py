@@ -96,10 +96,6 @@ def _f43_weights(w, groups):
     return np.ascontiguousarray(u, dtype=w.dtype)
 
 
-def _buffer(role, slot, shape, dtype):
-    return tasks.workspace(role, int(np.prod(shape)), dtype, slot).reshape(shape)
-
-
 def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
     """A 3x3 convolution at stride 1 (any dilation, kernel depth, padding) by F(4x4, 3x3),
     channels last. A task is one image, a block of output depth slices and a block of tile
@@ -129,12 +125,13 @@ def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
     def work(slot, n, od0, od1, rows):
         r0 = int(rows[0])
         hp = (int(rows[-1]) - r0) // step[0] + 6
-        xb = _buffer("winograd-in", slot, (od1 - od0 - 1 + kd, hp, wp, c_in), dtype)
+        xb = tasks.buffer("winograd-in", slot, (od1 - od0 - 1 + kd, hp, wp, c_in), dtype)
         _channels_last(x, n, od0 - pad[0], dilation[0], r0, step[0], pad[1], pad[2], xb)
         n_tiles = rows.size * cols.size
-        v = _buffer("winograd-v", slot, (36, n_tiles, xb.shape[0] * cg), dtype)
-        m = _buffer("winograd-m", slot, (36, n_tiles, kg), dtype)
-        yb = _buffer("winograd-out", slot, (od1 - od0, 4 * rows.size, out_size[2], k_out), dtype)
+        v = tasks.buffer("winograd-v", slot, (36, n_tiles, xb.shape[0] * cg), dtype)
+        m = tasks.buffer("winograd-m", slot, (36, n_tiles, kg), dtype)
+        yb = tasks.buffer("winograd-out", slot, (od1 - od0, 4 * rows.size, out_size[2], k_out),
+                          dtype)
         for g in range(groups):
             _winograd43_input(xb, (1, step[1]), (rows - r0) // step[0], cols, g * cg, cg,
                               in_idx, in_coef, v)
@@ -189,8 +186,8 @@ def _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups, kg, pad, dila
     cg = x.shape[1] // groups
     span = (th1 - th0) * _tiles(lattice[1][1])
     slices = (od1 - od0 - 1) + kd
-    v = _buffer("winograd-grad-v", slot, (16, slices * cg, span), x.dtype)
-    out = _buffer("winograd-grad-g", slot, (16, kg, span), x.dtype)
+    v = tasks.buffer("winograd-grad-v", slot, (16, slices * cg, span), x.dtype)
+    out = tasks.buffer("winograd-grad-g", slot, (16, kg, span), x.dtype)
     for g in range(groups):
         _winograd_input_slices(x, n, g * cg, cg, od0, slices, pad, dilation, lattice, th0, th1,
                                v)
