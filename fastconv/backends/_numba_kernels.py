@@ -1045,14 +1045,15 @@ def _splat(builder, scalar, vector_type):
 
 
 @intrinsic
-def _vsplat(typingctx, scalar, like):
-    """A vector of the type of ``like`` with ``scalar`` in every element."""
+def _vsplat(typingctx, scalar, array):
+    """A vector of ``array``'s element type with ``scalar`` in every element."""
+    vector = _Vector(array.dtype)
 
     def codegen(context, builder, sig, args):
-        value = context.cast(builder, args[0], sig.args[0], sig.args[1].dtype)
-        return _splat(builder, value, args[1].type)
+        value = context.cast(builder, args[0], sig.args[0], vector.dtype)
+        return _splat(builder, value, context.get_value_type(vector))
 
-    return like(scalar, like), codegen
+    return vector(scalar, array), codegen
 
 
 @intrinsic
@@ -1271,11 +1272,10 @@ def _lane_conv_block_wide(xl, x_pitch, c_held, wf, bias4, g, k0, kc, c_in, size,
         for j in range(0, runs_end, 4 * vec):
             rw_lo, rw_hi = _lane_taps_used(j // lanes, (j + 4 * vec - 1) // lanes, kw,
                                            dilation[1], window)
-            like = _vload(xl, 0)
-            a00 = _vsplat(bias4[k0], like)
-            a10 = _vsplat(bias4[k0 + 1], like)
-            a20 = _vsplat(bias4[k0 + 2], like)
-            a30 = _vsplat(bias4[k0 + 3], like)
+            a00 = _vsplat(bias4[k0], xl)
+            a10 = _vsplat(bias4[k0 + 1], xl)
+            a20 = _vsplat(bias4[k0 + 2], xl)
+            a30 = _vsplat(bias4[k0 + 3], xl)
             a01, a02, a03 = a00, a00, a00
             a11, a12, a13 = a10, a10, a10
             a21, a22, a23 = a20, a20, a20
@@ -1328,9 +1328,8 @@ def _lane_conv_block_wide(xl, x_pitch, c_held, wf, bias4, g, k0, kc, c_in, size,
         for j in range(runs_end, span, vec):
             rw_lo, rw_hi = _lane_taps_used(j // lanes, (j + vec - 1) // lanes, kw, dilation[1],
                                            window)
-            like = _vload(xl, 0)
-            a0, a1 = _vsplat(bias4[k0], like), _vsplat(bias4[k0 + 1], like)
-            a2, a3 = _vsplat(bias4[k0 + 2], like), _vsplat(bias4[k0 + 3], like)
+            a0, a1 = _vsplat(bias4[k0], xl), _vsplat(bias4[k0 + 1], xl)
+            a2, a3 = _vsplat(bias4[k0 + 2], xl), _vsplat(bias4[k0 + 3], xl)
             for c in range(c_in):
                 for rh in range(kh):
                     row = oh + rh * dilation[0]
