@@ -6,6 +6,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# The Numba backend's ways to compute, each forced by setting the knobs that choose a path
+# (module attribute -> value); "winograd" and "lanes" take the cases that fit them.
+_NO_WINOGRAD = {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 10**9}
+NUMBA_WAYS = {
+    "direct": {"_numba_gemm.GEMM_MIN_WORK": 10**9, **_NO_WINOGRAD},
+    "gemm": {"_numba_gemm.GEMM_MIN_WORK": 0, **_NO_WINOGRAD},
+    "gemm_row_tasks": {"_numba_gemm.GEMM_MIN_WORK": 0, "_numba_tasks.TASK_BYTES": 1,
+                       **_NO_WINOGRAD},  # a row per task
+    "winograd": {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 1},  # 3x3 kernels at stride 1
+    "winograd_row_tasks": {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 1,
+                           "_numba_tasks.TASK_BYTES": 1},
+    # 2-D and 1-D stride-1 cases on batch lanes (a batch of 3 in a group of 16 lanes)
+    "lanes": {"_numba_lanes.LANE_MIN_BATCH": 1},
+    # the same on the 256-bit loops that CPUs without AVX-512 take (this one may take either)
+    "lanes_narrow": {"_numba_lanes.LANE_MIN_BATCH": 1, "_numba_lanes.WIDE_VECTORS": False},
+}
+
+
+def force_numba_way(way, monkeypatch):
+    """Set the knobs of :data:`NUMBA_WAYS` ``way`` for the test."""
+    import importlib
+
+    for knob, value in NUMBA_WAYS[way].items():
+        module, name = knob.split(".")
+        monkeypatch.setattr(importlib.import_module(f"fastconv.backends.{module}"), name, value)
+
 
 def gpu_missing():
     """Why the cupy backend cannot load here (no CuPy, no GPU), or ``None`` where it can."""

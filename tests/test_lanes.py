@@ -126,3 +126,22 @@ def test_lenet_on_lanes_matches_torch(dtype, backend, rng):
         scale = (bias_grad_scale(outputs[layer_of[id(tp)]].grad.numpy())
                  if id(tp) in layer_of else None)
         assert_close(a, tp.grad.numpy(), dtype, p_name, scale)
+
+
+def test_lane_weight_grad_with_nonfinite_gradient(rng):
+    """An infinite or NaN gradient next to the padding: the run's weight gradient leaves the
+    padding out of its sums (``0 * inf``), as the layers called one by one (and PyTorch) do."""
+    model = nn.Sequential(nn.Conv2d(4, 6, 3, padding=2), nn.Tanh())
+    x = randn(rng, (20, 4, 8, 8), np.float32)
+    g = randn(rng, (20, 6, 10, 10), np.float32)
+    g[0, 0, 0, 0], g[3, 2, 9, 4], g[5, 1, 4, 4] = np.inf, -np.inf, np.nan
+    with fastconv.use_backend("numba"):
+        _, _, grads, runs = step(model, x, g, layer_by_layer=False)
+        _, _, grads_ref, _ = step(model, x, g, layer_by_layer=True)
+    assert runs >= 1, "no run of lane layers was formed"
+    for a, b in zip(grads, grads_ref):
+        np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        assert_close(np.where(np.isfinite(a), a, 0), np.where(np.isfinite(b), b, 0),
+                     np.float32)
+    assert not np.isfinite(grads[0]).all() and not np.isnan(grads[0]).all()

@@ -7,29 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import assert_close, autograd, randn, torch_conv
+from helpers import NUMBA_WAYS, assert_close, autograd, force_numba_way, randn, torch_conv
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
-from fastconv.backends import _numba_gemm, _numba_lanes, _numba_tasks, _numba_winograd
-
-# the knobs that choose a path, and the module each lives in
-KNOBS = {"GEMM_MIN_WORK": _numba_gemm, "TASK_BYTES": _numba_tasks,
-         "WINOGRAD_MIN_CHANNELS": _numba_winograd, "LANE_MIN_BATCH": _numba_lanes,
-         "WIDE_VECTORS": _numba_lanes}
-NO_WINOGRAD = {"WINOGRAD_MIN_CHANNELS": 10**9}
-SETTINGS = {
-    "direct": {"GEMM_MIN_WORK": 10**9, **NO_WINOGRAD},
-    "gemm": {"GEMM_MIN_WORK": 0, **NO_WINOGRAD},
-    "gemm_row_tasks": {"GEMM_MIN_WORK": 0, "TASK_BYTES": 1, **NO_WINOGRAD},  # a row per task
-    "winograd": {"WINOGRAD_MIN_CHANNELS": 1},  # 3x3 kernels at stride 1; the others as usual
-    "winograd_row_tasks": {"WINOGRAD_MIN_CHANNELS": 1, "TASK_BYTES": 1},
-    # 2-D and 1-D stride-1 cases on batch lanes (the batch of 3 in a group of 16 lanes)
-    "lanes": {"LANE_MIN_BATCH": 1},
-    # the same on the 256-bit loops that CPUs without AVX-512 take (this one may take either)
-    "lanes_narrow": {"LANE_MIN_BATCH": 1, "WIDE_VECTORS": False},
-}
+from fastconv.backends import _numba_lanes, _numba_tasks
 
 CASES = [
     (2, {"padding": 1}),
@@ -55,11 +38,10 @@ def run_all(nd, kw, x, w, b, gy, wt, bt):
     return out
 
 
-@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("setting", NUMBA_WAYS)
 @pytest.mark.parametrize("nd, kw", CASES)
 def test_paths_agree_with_reference(setting, nd, kw, dtype, rng, monkeypatch):
-    for knob, value in SETTINGS[setting].items():
-        monkeypatch.setattr(KNOBS[knob], knob, value)
+    force_numba_way(setting, monkeypatch)
     size = {1: (17,), 2: (9, 11), 3: (5, 6, 7)}[nd]
     x = randn(rng, (3, 4, *size), dtype)
     kw = dict(kw)

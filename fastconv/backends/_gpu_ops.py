@@ -118,7 +118,9 @@ class GpuOps:
         taps, outs = math.prod(kernel), math.prod(out_size)
         geometry = conv_geometry(x.shape, k_out, out_size, kernel, stride, pad_lo, dilation,
                                  groups)
-        if not uses_gemm(kg, cg, kernel):
+        # the packed input holds the padding's zeros, and 0 * inf is NaN where PyTorch's sums
+        # (and the direct kernel's) leave the padding out: a gy with NaN or Inf goes direct
+        if not uses_gemm(kg, cg, kernel) or not bool(xp.isfinite(gy).all()):
             partial = xp.empty((n_b, k_out, cg, *kernel), dtype=x.dtype)
             self._launch("conv_weight_grad_direct", x.dtype, partial.size, x, gy, partial,
                          *geometry)

@@ -314,6 +314,63 @@ def _conv_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
     return gw
 
 
+@njit(cache=True, parallel=True, nogil=True)
+def _conv_weight_grad_exact(x, gy, stride, pad, dilation, groups, kernel):
+    """The weight gradient summed over in-bounds positions only, one weight per task.
+
+    The way for a ``gy`` holding NaN or Inf: the other ways multiply it by the padding's zeros
+    (``0 * inf`` is NaN), where PyTorch never lets padding enter a product. Per tap the
+    in-bounds outputs are a box (:func:`_valid_range` per axis), so the loops need no checks;
+    float64 sums, in raster order.
+    """
+    n_batch, c_in, d_in, h_in, w_in = x.shape
+    _, k_out, od_n, oh_n, ow_n = gy.shape
+    kd, kh, kw = kernel
+    kg, cg, taps = k_out // groups, c_in // groups, kd * kh * kw
+    gw = np.empty((k_out, cg, kd, kh, kw), dtype=x.dtype)
+    for task in prange(k_out * cg * taps):
+        t, c, k = task % taps, (task // taps) % cg, task // (taps * cg)
+        rd, rh, rw = t // (kh * kw), (t // kw) % kh, t % kw
+        ci = (k // kg) * cg + c
+        off_d = rd * dilation[0] - pad[0]
+        off_h = rh * dilation[1] - pad[1]
+        off_w = rw * dilation[2] - pad[2]
+        d0, d1 = _valid_range(od_n, stride[0], off_d, d_in)
+        h0, h1 = _valid_range(oh_n, stride[1], off_h, h_in)
+        w0, w1 = _valid_range(ow_n, stride[2], off_w, w_in)
+        acc = 0.0
+        for n in range(n_batch):
+            for od in range(d0, d1):
+                for oh in range(h0, h1):
+                    i_h = oh * stride[1] + off_h
+                    for ow in range(w0, w1):
+                        acc += gy[n, k, od, oh, ow] * x[n, ci, od * stride[0] + off_d, i_h,
+                                                        ow * stride[2] + off_w]
+        gw[k, c, rd, rh, rw] = acc
+    return gw
+
+
+_FINITE_CHUNK = 1 << 16
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath={"reassoc"})
+def _all_finite(flat):
+    """Whether every element of ``flat`` is finite. ``v - v`` is 0 for a finite ``v`` and NaN
+    otherwise, so a chunk's sum of it is 0 exactly when the chunk is finite: a sum that
+    vectorises (reassoc lets it; without ``nnan`` LLVM may not fold ``v - v`` to 0)."""
+    n = flat.size
+    chunks = (n + _FINITE_CHUNK - 1) // _FINITE_CHUNK
+    sums = np.zeros(chunks)
+    for t in prange(chunks):
+        start = t * _FINITE_CHUNK
+        acc = flat[np.uintp(start)] - flat[np.uintp(start)]  # a sum in the array's dtype
+        for i in range(start + 1, min(n, start + _FINITE_CHUNK)):
+            v = flat[np.uintp(i)]
+            acc += v - v
+        sums[t] = acc
+    return sums.sum() == 0
+
+
 @njit(cache=True, parallel=True, nogil=True, fastmath={"reassoc"})
 def _bias_grad(gy):
     """``gy.sum(axis=(0, 2, 3, 4))`` in float64, one channel per task."""

@@ -58,38 +58,89 @@ def _direct_conv(x, w, bias, stride, pad, dilation, groups, out_size):
                            out_size, -(-kg // max(chunks, 1)), y)
 
 
-@_serialised
-def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
+# Ways whose arithmetic mixes neighbouring values (Winograd's transforms): one NaN or Inf
+# operand spreads over a whole tile, or meets another as inf - inf, where PyTorch's sums give
+# NaN or +-inf at exactly the outputs whose window holds it. They step aside for such operands.
+MIXING = frozenset({"winograd"})
+
+
+def _all_finite(*arrays):
+    return all(K._all_finite(a.reshape(-1)) for a in arrays)
+
+
+def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_size):
+    """The ways to compute this convolution, in the order the rules prefer them: one of
+    ``lanes``, ``winograd``, ``gemm``, then always ``direct``."""
+    k_out, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
+    ways = []
     # one input channel: on 256-bit loops the banded direct kernel wins (LeNet c1 forward 1.7
     # vs 2.0 ms lanes, whose copies in and out are as large as the work there), on 512-bit
     # vectors lanes do (2.9 vs 2.2 ms, median of 60, one run)
-    if ((w.shape[1] > 1 or lanes.WIDE_VECTORS)
-            and lanes.lanes_fit(x.shape, w.shape[0], w.shape[2:], stride, pad_lo, dilation,
-                                groups, out_size)):
+    if ((cg > 1 or lanes.WIDE_VECTORS)
+            and lanes.lanes_fit(x_shape, k_out, kernel, stride, pad_lo, dilation, groups,
+                                out_size)):
+        ways.append("lanes")
+    if winograd.fits(kernel, stride, cg, k_out // groups):
+        ways.append("winograd")
+    if gemm.gemm_worthwhile(k_out // groups, cg, kernel):
+        ways.append("gemm")
+    return [*ways, "direct"]
+
+
+def _first_way(ways, *operands):
+    """The first of ``ways`` that gives PyTorch's NaN and Inf for these operands."""
+    for way in ways:
+        if way not in MIXING or _all_finite(*operands):
+            return way
+    raise AssertionError(f"no way among {ways}")  # pragma: no cover - direct always fits
+
+
+@_serialised
+def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
+    way = _first_way(conv_forward_ways(x.shape, w.shape, stride, pad_lo, dilation, groups,
+                                       out_size), x, w)
+    if way == "lanes":
         return lanes.conv_forward_lanes(x, w, bias, pad_lo, dilation, out_size)
-    if winograd.fits(w.shape[2:], stride, w.shape[1], w.shape[0] // groups):
+    if way == "winograd":
         return winograd.conv_forward_winograd(x, w, bias, pad_lo, dilation, groups, out_size)
-    if gemm.gemm_worthwhile(w.shape[0] // groups, w.shape[1], w.shape[2:]):
+    if way == "gemm":
         return gemm.conv_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups, out_size)
     return _direct_conv(x, w, bias, stride, pad_lo, dilation, groups, out_size)
 
 
+def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_size):
+    """The ways to compute this transposed convolution (a convolution's input gradient), in
+    the order the rules prefer them: ``lanes``, ``winograd`` (stride 1, as a convolution with
+    the kernel flipped), ``gemm``, then ``direct``."""
+    c_in, cog, kernel = x_shape[1], w_shape[1], w_shape[2:]
+    stride_one = all(s == 1 for s in stride)
+    ways = []
+    if (stride_one and c_in > 1
+            and lanes.lanes_fit(x_shape, cog * groups, kernel, stride,
+                                _as_conv_padding(kernel, pad_lo, dilation), dilation, groups,
+                                out_size)):
+        ways.append("lanes")
+    if stride_one and winograd.fits(kernel, stride, cog, c_in // groups):
+        ways.append("winograd")
+    if gemm.gemm_worthwhile(c_in // groups, cog, kernel):
+        ways.append("gemm")
+    return [*ways, "direct"]
+
+
 @_serialised
 def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
-    stride_one = all(s == 1 for s in stride)
-    if (stride_one and x.shape[1] > 1
-            and lanes.lanes_fit(x.shape, w.shape[1] * groups, w.shape[2:], stride,
-                                _as_conv_padding(w.shape[2:], pad_lo, dilation), dilation,
-                                groups, out_size)):
+    way = _first_way(conv_transpose_forward_ways(x.shape, w.shape, stride, pad_lo, dilation,
+                                                 groups, out_size), x, w)
+    if way == "lanes":
         w_c, b_c, _, pad_c = _as_conv(w, bias, pad_lo, dilation, groups)
         return lanes.conv_forward_lanes(x, w_c, b_c, pad_c, dilation, out_size)
-    if stride_one and winograd.fits(w.shape[2:], stride, w.shape[1], x.shape[1] // groups):
+    if way == "winograd":
         w_c, b_c, _, pad_c = _as_conv(w, bias, pad_lo, dilation, groups)
         return winograd.conv_forward_winograd(x, w_c, b_c, pad_c, dilation, groups, out_size)
-    if gemm.gemm_worthwhile(x.shape[1] // groups, w.shape[1], w.shape[2:]):
+    if way == "gemm":
         return gemm.conv_transpose_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups,
                                                 out_size)
-    if stride_one:
+    if all(s == 1 for s in stride):
         return _direct_conv(x, *_as_conv(w, bias, pad_lo, dilation, groups), dilation, groups,
                             out_size)
     y = np.empty((x.shape[0], w.shape[1] * groups, *out_size), dtype=x.dtype)
@@ -114,16 +165,37 @@ def _as_conv_padding(kernel, pad_lo, dilation):
     return tuple(d * (k - 1) - p for d, k, p in zip(dilation, kernel, pad_lo))
 
 
-@_serialised
-def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
-    if lanes.lanes_fit(x.shape, gy.shape[1], kernel, stride, pad_lo, dilation, groups,
-                       gy.shape[2:]):
-        return lanes.conv_weight_grad_lanes(x, gy, pad_lo, dilation, kernel)
-    if winograd.fits(kernel, stride, x.shape[1] // groups, gy.shape[1] // groups):
-        return winograd.conv_weight_grad_winograd(x, gy, pad_lo, dilation, groups, kernel)
+def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, kernel):
+    """The ways to compute this weight gradient, in the order the rules prefer them:
+    ``lanes``, ``winograd``, ``gemm``, then ``direct``. (``exact`` serves a ``gy`` with NaN
+    or Inf, whatever the shapes.)"""
+    cg, kg = x_shape[1] // groups, gy_shape[1] // groups
+    ways = []
+    if lanes.lanes_fit(x_shape, gy_shape[1], kernel, stride, pad_lo, dilation, groups,
+                       gy_shape[2:]):
+        ways.append("lanes")
+    if winograd.fits(kernel, stride, cg, kg):
+        ways.append("winograd")
     # the same rule as the forward: LeNet c1's weight gradient 3.4 ms direct vs 5.9 packed,
     # LeNet c2's 4.2 ms packed vs 21 direct
-    if gemm.gemm_worthwhile(gy.shape[1] // groups, x.shape[1] // groups, kernel):
+    if gemm.gemm_worthwhile(kg, cg, kernel):
+        ways.append("gemm")
+    return [*ways, "direct"]
+
+
+@_serialised
+def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
+    # every way but `exact` multiplies gy by the padding's zeros (0 * inf is NaN); a NaN or
+    # Inf in x meets only gy's finite values there
+    if not _all_finite(gy):
+        return K._conv_weight_grad_exact(x, gy, stride, pad_lo, dilation, groups, kernel)
+    way = _first_way(conv_weight_grad_ways(x.shape, gy.shape, stride, pad_lo, dilation, groups,
+                                           kernel), x)
+    if way == "lanes":
+        return lanes.conv_weight_grad_lanes(x, gy, pad_lo, dilation, kernel)
+    if way == "winograd":
+        return winograd.conv_weight_grad_winograd(x, gy, pad_lo, dilation, groups, kernel)
+    if way == "gemm":
         return gemm.conv_weight_grad_gemm(x, gy, stride, pad_lo, dilation, groups, kernel)
     return K._conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel)
 

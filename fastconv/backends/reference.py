@@ -98,16 +98,35 @@ def bias_grad(gy):
 
 
 def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
-    """``gw[k, c, r] = sum_{n, o} gy[n, k, o] * x[n, g*Cg + c, o*stride - pad + r*dilation]``."""
-    out_size = gy.shape[2:]
-    xp = _padded(x, pad_lo, _extent(out_size, kernel, stride, dilation))
-    win = _windows(xp, kernel, stride, dilation, out_size, groups)
-    k, kg, cg = gy.shape[1], gy.shape[1] // groups, x.shape[1] // groups
-    gw = np.empty((k, cg, *kernel), dtype=x.dtype)
-    for g in range(groups):
-        gw[g * kg:(g + 1) * kg] = np.tensordot(gy[:, g * kg:(g + 1) * kg], win[:, g],
-                                               axes=([0, 2, 3, 4], [0, 2, 3, 4]))
+    """``gw[k, c, r] = sum_{n, o} gy[n, k, o] * x[n, g*Cg + c, o*stride - pad + r*dilation]``,
+    summed over the outputs ``o`` whose input position is in bounds: the padding never enters
+    a product (as in PyTorch, where ``0 * inf`` would make NaN of an infinite ``gy``)."""
+    k, cg = gy.shape[1], x.shape[1] // groups
+    kg = k // groups
+    gw = np.zeros((k, cg, *kernel), dtype=x.dtype)
+    for tap in np.ndindex(*kernel):
+        boxes = [_in_bounds(r, o_n, size, s, p, d) for r, o_n, size, s, p, d
+                 in zip(tap, gy.shape[2:], x.shape[2:], stride, pad_lo, dilation)]
+        if any(box is None for box in boxes):
+            continue  # every output of this tap reads padding
+        outs, ins = zip(*boxes)
+        for g in range(groups):
+            gw[(slice(g * kg, (g + 1) * kg), slice(None)) + tap] = np.tensordot(
+                gy[(slice(None), slice(g * kg, (g + 1) * kg)) + outs],
+                x[(slice(None), slice(g * cg, (g + 1) * cg)) + ins],
+                axes=([0, 2, 3, 4], [0, 2, 3, 4]))
     return gw
+
+
+def _in_bounds(r, out_n, size, stride, pad, dilation):
+    """Along one axis, for tap ``r``: the slices of outputs ``o`` with ``0 <= o*stride - pad +
+    r*dilation < size`` and of the input positions they read, or ``None`` if there are none."""
+    offset = r * dilation - pad
+    lo, hi = max(0, -(offset // stride)), min(out_n, (size - 1 - offset) // stride + 1)
+    if hi <= lo:
+        return None
+    start = lo * stride + offset
+    return slice(lo, hi), slice(start, start + (hi - lo - 1) * stride + 1, stride)
 
 
 def _first_valid(out, size, kernel, stride, pad, dilation):

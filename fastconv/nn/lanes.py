@@ -87,11 +87,15 @@ class LaneArray:
     @_serialised
     def to_array(self):
         """The (N, C, H, W) array."""
-        K = _numba()[0]
-        n, c, h, w = self.shape
-        y = np.empty((n, c, 1, h, w), dtype=self.data.dtype)
-        K._from_lanes(self.data, self.pitch, self.c_held, self.lanes, y)
-        return y.reshape(self.shape)
+        return _dense(self).reshape(self.shape)
+
+
+def _dense(x):
+    """The lane array ``x`` as a dense (N, C, 1, H, W) array (the caller holds the lock)."""
+    n, c, h, w = x.shape
+    y = np.empty((n, c, 1, h, w), dtype=x.data.dtype)
+    _numba()[0]._from_lanes(x.data, x.pitch, x.c_held, x.lanes, y)
+    return y
 
 
 def canonical(data, shape, lanes):
@@ -210,10 +214,16 @@ def conv_backward(gy, xl, weight, options, in_shape, input_grad):
     k_out, c_in, kh, kw = weight.shape
     pad, dilation = _pair(options["padding"]), _pair(options["dilation"])
     size = xl.shape[2:]
-    gw = K._lane_weight_grad(xl.data, xl.pitch, xl.c_held, gy.data, gy.pitch, gy.c_held,
-                             gy.groups, c_in, size, dilation, (kh, kw), gy.lanes,
-                             L.WIDE_VECTORS)
-    gw = np.ascontiguousarray(gw[:k_out])
+    if K._all_finite(gy.data):
+        gw = K._lane_weight_grad(xl.data, xl.pitch, xl.c_held, gy.data, gy.pitch, gy.c_held,
+                                 gy.groups, c_in, size, dilation, (kh, kw), gy.lanes,
+                                 L.WIDE_VECTORS)
+        gw = np.ascontiguousarray(gw[:k_out])
+    else:  # the lanes would multiply gy by the padding's zeros (see numba_cpu's weight grad)
+        x = _dense(xl)[..., pad[0]:pad[0] + in_shape[2], pad[1]:pad[1] + in_shape[3]]
+        gw = K._conv_weight_grad_exact(np.ascontiguousarray(x), _dense(gy), (1, 1, 1),
+                                       (0, *pad), (1, *dilation), 1, (1, kh, kw))
+        gw = gw.reshape(weight.shape)
     gb = K._lane_channel_sums(gy.data, gy.pitch, gy.c_held, gy.groups, k_out,
                               gy.shape[2] * gy.shape[3] * gy.lanes)
     if not input_grad:
