@@ -11,11 +11,15 @@ import torch.nn.functional as F
 _NO_WINOGRAD = {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 10**9}
 NUMBA_WAYS = {
     "direct": {"_numba_gemm.GEMM_MIN_WORK": 10**9, **_NO_WINOGRAD},
-    "gemm": {"_numba_gemm.GEMM_MIN_WORK": 0, **_NO_WINOGRAD},
-    "gemm_row_tasks": {"_numba_gemm.GEMM_MIN_WORK": 0, "_numba_tasks.TASK_BYTES": 1,
-                       **_NO_WINOGRAD},  # a row per task
-    "winograd": {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 1},  # 3x3 kernels at stride 1
+    "gemm": {"_numba_gemm.GEMM_MIN_WORK": 0, "_numba_gemm.GEMM_MIN_CHANNELS": 0,
+             **_NO_WINOGRAD},
+    "gemm_row_tasks": {"_numba_gemm.GEMM_MIN_WORK": 0, "_numba_gemm.GEMM_MIN_CHANNELS": 0,
+                       "_numba_tasks.TASK_BYTES": 1, **_NO_WINOGRAD},  # a row per task
+    # 3x3 kernels at stride 1
+    "winograd": {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 1,
+                 "_numba_winograd.WINOGRAD_TILES_PER_CHANNEL": 0},
     "winograd_row_tasks": {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 1,
+                           "_numba_winograd.WINOGRAD_TILES_PER_CHANNEL": 0,
                            "_numba_tasks.TASK_BYTES": 1},
     # 2-D and 1-D stride-1 cases on batch lanes (a batch of 3 in a group of 16 lanes)
     "lanes": {"_numba_lanes.LANE_MIN_BATCH": 1},

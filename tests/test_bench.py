@@ -77,6 +77,42 @@ def test_small_run_json_plot_compare(tmp_path, capsys):
     assert "+0%" in capsys.readouterr().out
 
 
+def test_zoo_cases_are_valid_layers():
+    """Every zoo layer is a valid call, at batch 1 forward only and at a training batch with
+    its gradients, named with its network and a source."""
+    zoo = SUITES["zoo"]
+    assert {c.name.split(".")[0] for c in zoo} >= {
+        "resnet18", "resnet50", "mobilenet_v2", "resnext50", "vgg16", "unet", "wavenet", "m5",
+        "c3d"}
+    for case in zoo:
+        assert case.source and case.mode in ("inference", "training")
+        assert (case.x_shape[0] == 1) == (case.mode == "inference"), case.name
+        assert case.times_forward != case.times_backward
+        assert all(s > 0 for s in case.out_shape()), case.name
+    assert len({c.name for c in zoo}) == len(zoo)
+
+
+def test_modes_time_what_they_say(tmp_path, monkeypatch, capsys):
+    """An inference case times the forward only, a training case forward + backward only; the
+    Numba backend's rows name the ways it took."""
+    from fastconv.bench import cases
+
+    tiny = [Case("inf", "conv2d", (1, 4, 9, 9), (4, 4, 3, 3), {"padding": 1}, mode="inference"),
+            Case("train", "conv2d", (4, 4, 9, 9), (4, 4, 3, 3), {"padding": 1},
+                 mode="training")]
+    monkeypatch.setitem(cases.SUITES, "zoo", tiny)
+    out = tmp_path / "zoo.json"
+    assert main(["bench", "--suite", "zoo", "--backends", "numba", "--repeat", "1",
+                 "--json", str(out)]) == 0
+    rows = {(r["case"], r["impl"]): r for r in json.loads(out.read_text())["results"]}
+    inf, train = rows["inf", "fastconv-numba"], rows["train", "fastconv-numba"]
+    assert inf["fwd_ms"] > 0 and inf["both_ms"] is None and inf["mode"] == "inference"
+    assert train["fwd_ms"] is None and train["both_ms"] > 0
+    assert inf["ways"] in ("direct", "gemm", "winograd", "lanes")
+    assert len(train["ways"].split("/")) == 3  # forward, input gradient, weight gradient
+    assert rows["inf", "torch"]["ways"] is None
+
+
 def test_set_num_threads_checks_its_argument():
     with pytest.raises(ValueError, match="set_num_threads"):
         fc.set_num_threads(0)

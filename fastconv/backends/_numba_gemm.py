@@ -15,6 +15,10 @@ from ._numba_kernels import _bias_array, _col2im, _im2col, _pack_rows, _unpack_r
 # Below this much work per output element (out-channels x in-channels x taps per group), the
 # packing costs more than BLAS saves: direct kernels.
 GEMM_MIN_WORK = 32
+# ... and BLAS needs one side of the GEMM wide: with few channels per group on both sides
+# (ResNeXt's 4 or 8 per group, 32 groups) the direct kernels win: 128 channels at 56x56,
+# batch 16, forward 9.3 ms direct vs 20.9 packed, forward + backward 28 vs 68 ms
+GEMM_MIN_CHANNELS = 16
 
 
 def gemm_worthwhile(k_per_group, c_per_group, kernel):
@@ -26,7 +30,8 @@ def gemm_worthwhile(k_per_group, c_per_group, kernel):
     there (LeNet c1 forward 2.6 ms direct vs 3.8 ms packed).
     """
     return (c_per_group > 1
-            and k_per_group * c_per_group * int(np.prod(kernel)) >= GEMM_MIN_WORK)
+            and k_per_group * c_per_group * int(np.prod(kernel)) >= GEMM_MIN_WORK
+            and max(k_per_group, c_per_group) >= GEMM_MIN_CHANNELS)
 
 
 def is_pointwise(kernel, stride, pad):

@@ -23,6 +23,10 @@ from ._numba_kernels import LANE_SKEW, _lane_conv_nchw, _lane_weight_grad, _to_l
 # 10.1 ms and 8.3 vs 19.2 ms); larger planes stay on the other paths, where rows are long.
 LANE_MAX_PLANE = 1024
 LANE_MIN_BATCH = 16  # the batch it needs to fill its lanes
+# Lanes pay where a layer has few channels (LeNet: 1 -> 6 -> 16); with many, packing + BLAS
+# or Winograd win (zoo suite, forward + backward at batch 16: ResNet-18's 128-channel 3x3
+# layer 45 ms on lanes, 35-39 ms the others; 512 channels at 7x7: 63 ms lanes, 44 ms GEMM)
+LANE_MAX_CHANNELS = 16
 # The lane copies of one call stay within this (or within the output's size, if larger).
 LANE_MAX_BYTES = 64 << 20
 
@@ -52,11 +56,13 @@ def lane_width(n_batch):
 def lanes_fit(x_shape, k_out, kernel, stride, pad, dilation, groups, out_size):
     """Whether a convolution of ``x_shape`` (5-D) to ``k_out`` channels runs on batch lanes:
     2-D (or 1-D), stride 1, one group, a batch of at least ``LANE_MIN_BATCH`` small images,
-    at least four output channels (the kernel computes them in fours: LeNet c1's input
-    gradient, one channel, took 3.2 ms there, 2.0 ms direct)."""
+    at most ``LANE_MAX_CHANNELS`` input channels, at least four output channels (the kernel
+    computes them in fours: LeNet c1's input gradient, one channel, took 3.2 ms there, 2.0 ms
+    direct)."""
     n_b, c_in, d_in = x_shape[:3]
     if (groups != 1 or d_in != 1 or kernel[0] != 1 or out_size[0] != 1 or pad[0] != 0
             or any(s != 1 for s in stride) or n_b < LANE_MIN_BATCH or k_out < 4
+            or c_in > LANE_MAX_CHANNELS
             or kernel[1] * kernel[2] == 1 or out_size[1] * out_size[2] > LANE_MAX_PLANE):
         return False
     images = _groups(n_b) * lane_width(n_b)

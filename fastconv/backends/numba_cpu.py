@@ -18,6 +18,7 @@ repeatable for a fixed thread count.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 
@@ -80,18 +81,40 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
             and lanes.lanes_fit(x_shape, k_out, kernel, stride, pad_lo, dilation, groups,
                                 out_size)):
         ways.append("lanes")
-    if winograd.fits(kernel, stride, cg, k_out // groups):
+    if winograd.fits(kernel, stride, cg, k_out // groups, x_shape[0], out_size):
         ways.append("winograd")
     if gemm.gemm_worthwhile(k_out // groups, cg, kernel):
         ways.append("gemm")
     return [*ways, "direct"]
 
 
+# the ways taken, in call order, while `trace_ways` is active (`fastconv bench` shows them)
+_trace = None
+
+
+@contextlib.contextmanager
+def trace_ways():
+    """Within the block, the list yielded collects the way each convolution primitive took
+    (``"lanes"``, ``"winograd"``, ``"gemm"``, ``"direct"``, ``"exact"``), in call order."""
+    global _trace
+    saved, _trace = _trace, []
+    try:
+        yield _trace
+    finally:
+        _trace = saved
+
+
+def _taken(way):
+    if _trace is not None:
+        _trace.append(way)
+    return way
+
+
 def _first_way(ways, *operands):
     """The first of ``ways`` that gives PyTorch's NaN and Inf for these operands."""
     for way in ways:
         if way not in MIXING or _all_finite(*operands):
-            return way
+            return _taken(way)
     raise AssertionError(f"no way among {ways}")  # pragma: no cover - direct always fits
 
 
@@ -120,7 +143,7 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
                                 _as_conv_padding(kernel, pad_lo, dilation), dilation, groups,
                                 out_size)):
         ways.append("lanes")
-    if stride_one and winograd.fits(kernel, stride, cog, c_in // groups):
+    if stride_one and winograd.fits(kernel, stride, cog, c_in // groups, x_shape[0], out_size):
         ways.append("winograd")
     if gemm.gemm_worthwhile(c_in // groups, cog, kernel):
         ways.append("gemm")
@@ -174,7 +197,7 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
     if lanes.lanes_fit(x_shape, gy_shape[1], kernel, stride, pad_lo, dilation, groups,
                        gy_shape[2:]):
         ways.append("lanes")
-    if winograd.fits(kernel, stride, cg, kg):
+    if winograd.fits(kernel, stride, cg, kg, x_shape[0], gy_shape[2:]):
         ways.append("winograd")
     # the same rule as the forward: LeNet c1's weight gradient 3.4 ms direct vs 5.9 packed,
     # LeNet c2's 4.2 ms packed vs 21 direct
@@ -188,6 +211,7 @@ def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
     # every way but `exact` multiplies gy by the padding's zeros (0 * inf is NaN); a NaN or
     # Inf in x meets only gy's finite values there
     if not _all_finite(gy):
+        _taken("exact")
         return K._conv_weight_grad_exact(x, gy, stride, pad_lo, dilation, groups, kernel)
     way = _first_way(conv_weight_grad_ways(x.shape, gy.shape, stride, pad_lo, dilation, groups,
                                            kernel), x)

@@ -85,6 +85,19 @@ def _set_threads(threads):
     return threads
 
 
+def ways_taken(contender, call):
+    """The ways of computing the Numba backend took in ``call`` (e.g. ``winograd`` for the
+    forward, ``winograd`` and ``gemm`` for the gradients), or ``None`` for other contenders
+    and for ops without a choice (pooling)."""
+    if contender.name != "fastconv-numba":
+        return None
+    from ..backends import numba_cpu
+
+    with numba_cpu.trace_ways() as ways:
+        call()
+    return "/".join(ways) or None
+
+
 def run(args):
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
@@ -133,15 +146,19 @@ def run(args):
                                  f"{str(exc)[:80]})")
                     continue
                 ready.append(c)
-            fwd = alternate({c.name: c.forward for c in ready}, args.repeat)
-            both = alternate({c.name: c.both for c in ready if c.both}, args.repeat)
+            fwd = (alternate({c.name: c.forward for c in ready}, args.repeat)
+                   if case.times_forward else {})
+            both = (alternate({c.name: c.both for c in ready if c.both}, args.repeat)
+                    if case.times_backward else {})
             for c in ready:
+                timed_call = c.both if case.times_backward and c.both else c.forward
                 # the resident set says nothing of GPU memory: no peak for GPU contenders
-                peak = (peak_memory(c.both or c.forward)
-                        if c.is_fastconv and not c.on_gpu else None)
-                rows.append(report.row_for(case, c.name, fwd[c.name], both.get(c.name),
-                                           fwd.get(c.peer), both.get(c.peer), peak,
-                                           dtype.itemsize, gpu_ceil if c.on_gpu else ceil))
+                peak = peak_memory(timed_call) if c.is_fastconv and not c.on_gpu else None
+                row = report.row_for(case, c.name, fwd.get(c.name), both.get(c.name),
+                                     fwd.get(c.peer), both.get(c.peer), peak, dtype.itemsize,
+                                     gpu_ceil if c.on_gpu else ceil)
+                row["ways"] = ways_taken(c, timed_call)
+                rows.append(row)
     means = report.geomeans(rows)
     print()
     print(report.table(rows))

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from .. import functional as F
+from .zoo import NETWORKS
 
 KINDS = ("conv", "conv_transpose", "max_pool", "avg_pool", "corr2d")
 
@@ -16,6 +17,9 @@ class Case:
 
     ``w_shape`` is the weight's shape for convolutions (PyTorch's layouts) and ``None`` for
     pooling; ``kwargs`` are the op's keyword arguments (pooling's include ``kernel_size``).
+    ``mode`` says what is timed: ``"both"`` the forward and, apart, the forward with every
+    gradient; ``"inference"`` the forward only; ``"training"`` the forward with every gradient
+    only. ``source`` names the network or paper a layer comes from.
     """
 
     name: str
@@ -23,6 +27,16 @@ class Case:
     x_shape: tuple
     w_shape: tuple | None = None
     kwargs: dict = field(default_factory=dict)
+    mode: str = "both"
+    source: str = ""
+
+    @property
+    def times_forward(self):
+        return self.mode in ("both", "inference")
+
+    @property
+    def times_backward(self):
+        return self.mode in ("both", "training")
 
     @property
     def kind(self):
@@ -85,6 +99,7 @@ class Case:
             return total + 2 * 8 * y + (y + x) * itemsize
         return total + (y + x) * itemsize
 
+
 def _conv(name, x, w, **kw):
     return Case(name, f"conv{len(x) - 2}d", x, w, kw)
 
@@ -112,6 +127,22 @@ SUITES = {
     ],
 }
 SUITES["all"] = [case for suite in ("lenet", "resnet", "extras") for case in SUITES[suite]]
+
+
+def zoo_cases():
+    """The ``zoo`` suite (:mod:`.zoo`): every layer at batch 1, forward only
+    (``mode="inference"``), then at its network's training batch, forward and backward
+    (``mode="training"``)."""
+    cases = []
+    for net, (source, batch, layers) in NETWORKS.items():
+        for mode, n in (("inference", 1), ("training", batch)):
+            for name, op, x_shape, w_shape, kw in layers:
+                cases.append(Case(f"{net}.{name} b{n}", op, (n, *x_shape[1:]), w_shape, kw,
+                                  mode=mode, source=source))
+    return cases
+
+
+SUITES["zoo"] = zoo_cases()
 
 CASE_HELP = """\
 A case is an op and key=value pairs, e.g.

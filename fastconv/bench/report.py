@@ -8,6 +8,7 @@ import math
 COLUMNS = [
     ("case", "case", "{}"),
     ("impl", "impl", "{}"),
+    ("ways", "way", "{}"),
     ("fwd_ms", "fwd ms", "{:.2f}"),
     ("fwd_gflops", "GFLOP/s", "{:.1f}"),
     ("fwd_gbs", "GB/s", "{:.1f}"),
@@ -28,11 +29,14 @@ def row_for(case, impl, fwd_s, both_s, torch_fwd_s, torch_both_s, peak, itemsize
     flops, nbytes = case.flops(), case.bytes(itemsize)
     both_flops = flops + case.backward_flops()
     both_bytes = case.bytes(itemsize, backward=True)
-    row = {"case": case.name, "impl": impl, "fwd_ms": fwd_s * 1e3,
-           "fwd_gflops": flops / fwd_s / 1e9, "fwd_gbs": nbytes / fwd_s / 1e9,
-           "fwd_roof_pct": 100 * floor(flops, nbytes) / fwd_s,
-           "fwd_vs_torch": torch_fwd_s / fwd_s if torch_fwd_s else None,
+    row = {"case": case.name, "impl": impl, "mode": case.mode,
+           "fwd_ms": fwd_s * 1e3 if fwd_s else None,
+           "fwd_gflops": flops / fwd_s / 1e9 if fwd_s else None,
+           "fwd_gbs": nbytes / fwd_s / 1e9 if fwd_s else None,
+           "fwd_roof_pct": 100 * floor(flops, nbytes) / fwd_s if fwd_s else None,
+           "fwd_vs_torch": torch_fwd_s / fwd_s if fwd_s and torch_fwd_s else None,
            "both_ms": both_s * 1e3 if both_s else None,
+           "both_gflops": both_flops / both_s / 1e9 if both_s else None,
            "both_roof_pct": 100 * floor(both_flops, both_bytes) / both_s if both_s else None,
            "both_vs_torch": torch_both_s / both_s if both_s and torch_both_s else None,
            "peak_mb": peak / 2**20 if peak is not None else None}
@@ -57,11 +61,12 @@ def table(rows):
     """Fixed-width text table of the rows."""
     cells = [[title for _, title, _ in COLUMNS]]
     for r in rows:
-        cells.append(["-" if r[key] is None else fmt.format(r[key]) for key, _, fmt in COLUMNS])
+        cells.append(["-" if r.get(key) is None else fmt.format(r[key])
+                      for key, _, fmt in COLUMNS])
     widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
     lines = []
     for i, c in enumerate(cells):
-        lines.append("  ".join(v.ljust(w) if j < 2 else v.rjust(w)
+        lines.append("  ".join(v.ljust(w) if j < 3 else v.rjust(w)
                                for j, (v, w) in enumerate(zip(c, widths))))
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -89,7 +94,8 @@ def save_json(path, meta, rows, means, startup=None):
 
 
 def plot(path, rows):
-    """Bar chart of PyTorch time / fastconv time per case (above 1: fastconv is faster)."""
+    """Horizontal bars of PyTorch time / fastconv time per case (beyond 1: fastconv is
+    faster), forward and forward+backward where measured."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,25 +103,27 @@ def plot(path, rows):
 
     impls = sorted({r["impl"] for r in rows if r["impl"].startswith("fastconv")})
     cases = list(dict.fromkeys(r["case"] for r in rows))
-    series = [(impl, key) for impl in impls for key in ("fwd_vs_torch", "both_vs_torch")]
-    width = 0.8 / max(len(series), 1)
-    fig, ax = plt.subplots(figsize=(max(8, len(cases) * 0.9), 4.5))
+    series = [(impl, key) for impl in impls for key in ("fwd_vs_torch", "both_vs_torch")
+              if any(r.get(key) for r in rows if r["impl"] == impl)]
+    height = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(9, max(4, 0.3 * len(cases) * max(1, len(series) / 2))))
     for i, (impl, key) in enumerate(series):
         values = []
         for case in cases:
             match = [r[key] for r in rows if r["case"] == case and r["impl"] == impl]
             values.append(match[0] if match and match[0] else float("nan"))
         label = f"{impl} {'forward' if key.startswith('fwd') else 'forward+backward'}"
-        ax.bar([c + i * width for c in range(len(cases))], values, width, label=label)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_xticks([c + width * (len(series) - 1) / 2 for c in range(len(cases))])
-    ax.set_xticklabels(cases, rotation=30, ha="right")
-    ax.set_ylabel("PyTorch time / fastconv time")
-    ax.set_title("fastconv vs PyTorch (above 1: fastconv faster)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.barh([c + i * height for c in range(len(cases))], values, height, label=label)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks([c + height * (len(series) - 1) / 2 for c in range(len(cases))])
+    ax.set_yticklabels(cases, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("PyTorch time / fastconv time")
+    ax.set_title("fastconv vs PyTorch (beyond 1: fastconv faster)")
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.02))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
