@@ -9,18 +9,25 @@ import torch.nn.functional as F
 # The Numba backend's ways to compute, each forced by setting the knobs that choose a path
 # (module attribute -> value); "winograd" and "lanes" take the cases that fit them.
 _NO_WINOGRAD = {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 10**9}
+_NO_BLOCKED = {"numba_cpu.BLOCKED": False}
 NUMBA_WAYS = {
-    "direct": {"_numba_gemm.GEMM_MIN_WORK": 10**9, **_NO_WINOGRAD},
+    "direct": {"_numba_gemm.GEMM_MIN_WORK": 10**9, **_NO_WINOGRAD, **_NO_BLOCKED},
     "gemm": {"_numba_gemm.GEMM_MIN_WORK": 0, "_numba_gemm.GEMM_MIN_CHANNELS": 0,
-             **_NO_WINOGRAD},
+             **_NO_WINOGRAD, **_NO_BLOCKED},
     "gemm_row_tasks": {"_numba_gemm.GEMM_MIN_WORK": 0, "_numba_gemm.GEMM_MIN_CHANNELS": 0,
-                       "_numba_tasks.TASK_BYTES": 1, **_NO_WINOGRAD},  # a row per task
+                       "_numba_tasks.TASK_BYTES": 1, **_NO_WINOGRAD,
+                       **_NO_BLOCKED},  # a row per task
     # 3x3 kernels at stride 1
     "winograd": {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 1,
-                 "_numba_winograd.WINOGRAD_TILES_PER_CHANNEL": 0},
+                 "_numba_winograd.WINOGRAD_TILES_PER_CHANNEL": 0, **_NO_BLOCKED},
     "winograd_row_tasks": {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 1,
                            "_numba_winograd.WINOGRAD_TILES_PER_CHANNEL": 0,
-                           "_numba_tasks.TASK_BYTES": 1},
+                           "_numba_tasks.TASK_BYTES": 1, **_NO_BLOCKED},
+    # register-blocked direct kernel: every kernel but 1x1 with at least four filters per group
+    "blocked": {"numba_cpu.BLOCKED_MAX_MACS": 10**18, **_NO_WINOGRAD},
+    # the same with bands of a few rows and output channels in chunks of four
+    "blocked_small_tasks": {"numba_cpu.BLOCKED_MAX_MACS": 10**18,
+                            "numba_cpu.BLOCKED_BAND_ELEMS": 1, **_NO_WINOGRAD},
     # 2-D and 1-D stride-1 cases on batch lanes (a batch of 3 in a group of 16 lanes)
     "lanes": {"_numba_lanes.LANE_MIN_BATCH": 1},
     # the same on the 256-bit loops that CPUs without AVX-512 take (this one may take either)

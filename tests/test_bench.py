@@ -108,7 +108,7 @@ def test_modes_time_what_they_say(tmp_path, monkeypatch, capsys):
     inf, train = rows["inf", "fastconv-numba"], rows["train", "fastconv-numba"]
     assert inf["fwd_ms"] > 0 and inf["both_ms"] is None and inf["mode"] == "inference"
     assert train["fwd_ms"] is None and train["both_ms"] > 0
-    assert inf["ways"] in ("direct", "gemm", "winograd", "lanes")
+    assert inf["ways"] in ("direct", "gemm", "winograd", "lanes", "blocked")
     assert len(train["ways"].split("/")) == 3  # forward, input gradient, weight gradient
     assert rows["inf", "torch"]["ways"] is None
 

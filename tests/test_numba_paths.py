@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
-from fastconv.backends import _numba_lanes, _numba_tasks
+from fastconv.backends import _numba_lanes, _numba_tasks, numba_cpu
 
 CASES = [
     (2, {"padding": 1}),
@@ -201,3 +201,35 @@ def test_lanes_drawn(case):
     assert_close(gx, gx_t, dtype, "grad_x")
     assert_close(gw, gw_t, dtype, "grad_weight")
     assert_close(yt, yt_t, dtype, "transposed")
+
+
+BLOCKED_CASES = [  # (input shape, weight shape, keyword arguments)
+    ((2, 4, 9, 11), (6, 4, 3, 3), {"padding": 1}),  # 6 filters: two of eight are zero filler
+    ((2, 4, 9, 11), (10, 2, 3, 3), {"padding": ((2, 0), (1, 3)), "dilation": 2, "groups": 2}),
+    ((1, 3, 30, 31), (8, 3, 5, 3), {"stride": (3, 2), "padding": (0, 2)}),
+    ((2, 40, 6, 7, 7), (12, 40, 3, 3, 3), {"padding": 1}),  # channels in several blocks
+    ((2, 4, 5, 6, 7), (8, 2, 2, 3, 1), {"stride": (2, 1, 2), "padding": (1, 0, 1),
+                                        "groups": 2, "dilation": (2, 1, 1)}),
+    ((3, 4, 40), (9, 4, 5), {"stride": 2, "padding": 3}),
+    ((1, 20, 13, 12), (16, 5, 3, 3), {"padding": 1, "groups": 4}),
+]
+
+
+@pytest.mark.parametrize("tasks", ["blocked", "blocked_small_tasks"])
+@pytest.mark.parametrize("x_shape, w_shape, kw", BLOCKED_CASES)
+def test_blocked_kernel(x_shape, w_shape, kw, tasks, dtype, rng, monkeypatch):
+    """The register-blocked direct kernel, forced: forward with a bias, and the stride-1
+    transposed convolution (a convolution with the kernel flipped), against the reference;
+    whole bands, or bands of one row with output channels in chunks of four."""
+    force_numba_way(tasks, monkeypatch)
+    nd, groups = len(x_shape) - 2, kw.get("groups", 1)
+    x, w = randn(rng, x_shape, dtype), randn(rng, w_shape, dtype)
+    b = randn(rng, (w_shape[0],), dtype)
+    wt = randn(rng, (x_shape[1], 4, *w_shape[2:]), dtype)
+    conv, transposed = getattr(fc, f"conv{nd}d"), getattr(fc, f"conv_transpose{nd}d")
+    with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+        y, yt = conv(x, w, b, **kw), transposed(x, wt, groups=groups)
+    assert ways == ["blocked", "blocked"]
+    with fc.use_backend("numpy"):
+        assert_close(y, conv(x, w, b, **kw), dtype, "forward")
+        assert_close(yt, transposed(x, wt, groups=groups), dtype, "transposed")

@@ -1133,6 +1133,152 @@ def _vfma(typingctx, a, vector, acc):
     return vector(a, vector, acc), codegen
 
 
+# Register-blocked direct convolution: the direct kernels' band copy (padded, split by stride
+# phase, rows at one pitch, so that a tap reads contiguous positions), and for each run of four
+# vectors of band positions the sums of four output channels held in 16 registers over every
+# input channel and tap: each input vector is loaded once for four multiply-adds, and the sums
+# never go to memory until the run is done (the lane kernels' scheme, on band positions).
+
+
+_BLOCK_CHANNELS = 16  # input channels (times depth taps) whose band slices one pass reads
+
+
+@njit(**_jit)
+def _conv_forward_blocked(x, w4, bias4, stride, pad, dilation, kg, out_size, band, k_chunk,
+                          y):
+    """Direct convolution, four output channels x four vectors of positions in registers.
+
+    ``w4`` is ``(groups, kg4, cg, kd, kh, kw)``: each group's ``kg`` filters padded with zero
+    filters to ``kg4``, a multiple of four (their sums are computed and dropped), ``bias4``
+    ``(groups * kg4,)``. A task is one image, group, depth slice, band of ``band`` output rows
+    and chunk of ``k_chunk`` (a multiple of four) output channels. Per output element the sum
+    starts at the bias and runs over channels, then taps in raster order (fused multiply-adds).
+    """
+    n_batch, c_in, d_in, h_in, w_in = x.shape
+    groups, kg4, cg, kd, kh, kw = w4.shape
+    od_n, oh_n, ow_n = out_size
+    k_out = groups * kg
+    sh, sw = stride[1], stride[2]
+    taps = kd * kh * kw
+    pitch = ((ow_n - 1) * sw + (kw - 1) * dilation[2] + sw) // sw
+    slice_len = sh * sw * _band_height(band, sh, kh, dilation[1]) * pitch
+    vec = VECTOR_BYTES // x.itemsize
+    run = 4 * vec
+    span_len = ((band - 1) * pitch + ow_n + run - 1) // run * run
+    c_block = max(1, _BLOCK_CHANNELS // kd)
+    bands = (oh_n + band - 1) // band
+    chunks = (kg4 + k_chunk - 1) // k_chunk
+    plane_in, plane_out = d_in * h_in * w_in, od_n * oh_n * ow_n
+    xf, yf, wf = x.reshape(x.size), y.reshape(y.size), w4.reshape(w4.size)
+    for task in prange(n_batch * groups * chunks * od_n * bands):
+        oh0 = (task % bands) * band
+        od = (task // bands) % od_n
+        chunk = (task // (bands * od_n)) % chunks
+        g = (task // (bands * od_n * chunks)) % groups
+        n = task // (bands * od_n * chunks * groups)
+        rows = min(band, oh_n - oh0)
+        hb = _band_height(rows, sh, kh, dilation[1])
+        span = (rows - 1) * pitch + ow_n
+        # a run's last vectors read up to a run past the band: slack, never used
+        bufs = np.empty(cg * kd * slice_len + run, dtype=x.dtype)
+        acc = np.empty(k_chunk * span_len, dtype=x.dtype)
+        offsets = np.empty(kh * kw, dtype=np.int64)
+        for rh in range(kh):
+            for rw in range(kw):
+                offsets[rh * kw + rw] = _tap_start(rh, rw, dilation, sh, sw, hb, pitch)
+        depth_ok = np.zeros(kd, dtype=np.bool_)
+        for rd in range(kd):
+            i_d = od * stride[0] - pad[0] + rd * dilation[0]
+            depth_ok[rd] = 0 <= i_d < d_in
+            if depth_ok[rd]:
+                for c in range(cg):
+                    plane = (n * c_in + g * cg + c) * plane_in + i_d * h_in * w_in
+                    _fill_band(bufs, (c * kd + rd) * slice_len, xf, plane, h_in, w_in,
+                               oh0 * sh - pad[1], -pad[2], sh, sw, hb, pitch, 0)
+        k_lo, k_hi = chunk * k_chunk, min(kg4, (chunk + 1) * k_chunk)
+        k_step = cg * taps
+        # input channels in blocks whose band slices stay in cache while every block of four
+        # output channels reads them, each block's weights (4 x c_block x taps) read once for
+        # all runs of positions; the sums go to `acc` between blocks of input channels
+        for c0 in range(0, cg, c_block):
+            for kb in range(k_lo, k_hi, 4):
+                for j in range(0, span, run):
+                    a = (kb - k_lo) * span_len + j  # channel kb's run in `acc`
+                    if c0 == 0:
+                        b = g * kg4 + kb
+                        a00 = _vsplat(bias4[b], x)
+                        a10 = _vsplat(bias4[b + 1], x)
+                        a20 = _vsplat(bias4[b + 2], x)
+                        a30 = _vsplat(bias4[b + 3], x)
+                        a01, a02, a03 = a00, a00, a00
+                        a11, a12, a13 = a10, a10, a10
+                        a21, a22, a23 = a20, a20, a20
+                        a31, a32, a33 = a30, a30, a30
+                    else:
+                        a00, a01 = _vload(acc, a), _vload(acc, a + vec)
+                        a02, a03 = _vload(acc, a + 2 * vec), _vload(acc, a + 3 * vec)
+                        a10, a11 = _vload(acc, a + span_len), _vload(acc, a + span_len + vec)
+                        a12 = _vload(acc, a + span_len + 2 * vec)
+                        a13 = _vload(acc, a + span_len + 3 * vec)
+                        a20 = _vload(acc, a + 2 * span_len)
+                        a21 = _vload(acc, a + 2 * span_len + vec)
+                        a22 = _vload(acc, a + 2 * span_len + 2 * vec)
+                        a23 = _vload(acc, a + 2 * span_len + 3 * vec)
+                        a30 = _vload(acc, a + 3 * span_len)
+                        a31 = _vload(acc, a + 3 * span_len + vec)
+                        a32 = _vload(acc, a + 3 * span_len + 2 * vec)
+                        a33 = _vload(acc, a + 3 * span_len + 3 * vec)
+                    for c in range(c0, min(cg, c0 + c_block)):
+                        for rd in range(kd):
+                            if not depth_ok[rd]:
+                                continue
+                            base = (c * kd + rd) * slice_len + j
+                            wi = (g * kg4 + kb) * k_step + (c * kd + rd) * kh * kw
+                            for t in range(kh * kw):
+                                at = base + offsets[t]
+                                v0, v1 = _vload(bufs, at), _vload(bufs, at + vec)
+                                v2, v3 = _vload(bufs, at + 2 * vec), _vload(bufs, at + 3 * vec)
+                                w = wf[np.uintp(wi + t)]
+                                a00, a01 = _vfma(w, v0, a00), _vfma(w, v1, a01)
+                                a02, a03 = _vfma(w, v2, a02), _vfma(w, v3, a03)
+                                w = wf[np.uintp(wi + k_step + t)]
+                                a10, a11 = _vfma(w, v0, a10), _vfma(w, v1, a11)
+                                a12, a13 = _vfma(w, v2, a12), _vfma(w, v3, a13)
+                                w = wf[np.uintp(wi + 2 * k_step + t)]
+                                a20, a21 = _vfma(w, v0, a20), _vfma(w, v1, a21)
+                                a22, a23 = _vfma(w, v2, a22), _vfma(w, v3, a23)
+                                w = wf[np.uintp(wi + 3 * k_step + t)]
+                                a30, a31 = _vfma(w, v0, a30), _vfma(w, v1, a31)
+                                a32, a33 = _vfma(w, v2, a32), _vfma(w, v3, a33)
+                    _vstore(acc, a, a00)
+                    _vstore(acc, a + vec, a01)
+                    _vstore(acc, a + 2 * vec, a02)
+                    _vstore(acc, a + 3 * vec, a03)
+                    a += span_len
+                    _vstore(acc, a, a10)
+                    _vstore(acc, a + vec, a11)
+                    _vstore(acc, a + 2 * vec, a12)
+                    _vstore(acc, a + 3 * vec, a13)
+                    a += span_len
+                    _vstore(acc, a, a20)
+                    _vstore(acc, a + vec, a21)
+                    _vstore(acc, a + 2 * vec, a22)
+                    _vstore(acc, a + 3 * vec, a23)
+                    a += span_len
+                    _vstore(acc, a, a30)
+                    _vstore(acc, a + vec, a31)
+                    _vstore(acc, a + 2 * vec, a32)
+                    _vstore(acc, a + 3 * vec, a33)
+        for kk in range(min(k_hi, kg) - k_lo):
+            k = g * kg + k_lo + kk
+            for r in range(rows):
+                dst = (n * k_out + k) * plane_out + (od * oh_n + oh0 + r) * ow_n
+                src = kk * span_len + r * pitch
+                for ow in range(ow_n):
+                    yf[np.uintp(dst + ow)] = acc[np.uintp(src + ow)]
+    return y
+
+
 # Batch-lane kernels, for many small images. The input is copied with the batch innermost, in
 # groups of ``lanes`` images: (groups, C, H, W, lanes), padded. Then at stride 1 a kernel row
 # applied to an output row is one contiguous multiply-add over ``OW * lanes`` elements, however

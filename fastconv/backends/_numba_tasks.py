@@ -61,8 +61,10 @@ def split(count, item_bytes, threads):
 
 
 def image_row_tasks(n_images, rows, row_bytes, threads):
-    """Tasks ``(n0, n1, r0, r1)``: whole images where they fit a task, else rows of one image."""
-    if rows * row_bytes <= TASK_BYTES:
+    """Tasks ``(n0, n1, r0, r1)``: whole images where they fit a task and there are images
+    for every thread, else rows of one image (so that a single image keeps every thread
+    busy: BLAS runs one thread per task, see :func:`run`)."""
+    if rows * row_bytes <= TASK_BYTES and n_images >= threads:
         return [(n0, n1, 0, rows) for n0, n1 in split(n_images, rows * row_bytes, threads)]
     return [(n, n + 1, r0, r1) for n in range(n_images)
             for r0, r1 in split(rows, row_bytes, threads)]
@@ -108,12 +110,16 @@ def run(tasks, work):
     """Call ``work(slot, *task)`` for every task; thread ``slot`` takes every slot-th task.
 
     The assignment is static, so a thread's share, and any sum it keeps, is the same on every
-    run. With several threads, BLAS runs one thread in each.
+    run. BLAS runs one thread in each, even for a single task: a BLAS call on several threads
+    leaves them spinning for a while after it returns, and a Numba kernel launched then loses
+    a core (a 0.65 ms blocked convolution took 8 ms after a one-task GEMM on two BLAS
+    threads); callers split their work into enough tasks instead.
     """
     threads = min(numba.get_num_threads(), len(tasks))
     if threads <= 1:
-        for task in tasks:
-            work(0, *task)
+        with one_blas_thread():
+            for task in tasks:
+                work(0, *task)
         return max(threads, 1)
 
     def share(slot):
@@ -123,6 +129,14 @@ def run(tasks, work):
     with one_blas_thread():
         list(_pool().map(share, range(threads)))
     return threads
+
+
+def position_tasks(n_images, positions, threads):
+    """Tasks ``(n, p0, p1)``: each image's positions in as many ranges as it takes for every
+    thread to have work (one range per image when there are images enough)."""
+    per_image = -(-threads // max(n_images, 1))
+    return [(n, p0, p1) for n in range(n_images)
+            for p0, p1 in split(positions, 0, per_image)]
 
 
 def sum_slots(partial, used):

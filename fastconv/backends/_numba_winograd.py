@@ -136,8 +136,10 @@ def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
     row_bytes = 36 * (slices * cg + kg) * cols.size * x.itemsize
     # a block of tile rows lies in one class of rows modulo the dilation, and its copy holds
     # only the rows of that class (dilated 3x3 bench case: half the copying)
+    # rows in enough blocks for every thread when images and depth blocks are fewer
+    per_image = -(-numba.get_num_threads() // (n_b * -(-out_size[0] // od_block)))
     row_blocks = [starts[r0:r1] for starts in _tile_starts(out_size[1], dilation[1])
-                  for r0, r1 in tasks.split(starts.size, row_bytes, 1)]
+                  for r0, r1 in tasks.split(starts.size, row_bytes, per_image)]
 
     def work(slot, n, od0, od1, rows):
         r0 = int(rows[0])
@@ -188,7 +190,8 @@ def conv_weight_grad_winograd(x, gy, pad, dilation, groups, kernel):
     m = tasks.sum_slots(partial, used)  # (groups, 16, kg, kd * cg)
     g_mat = WINOGRAD_G.astype(x.dtype)
     m = m.reshape(groups, 4, 4, kg, kd, cg)
-    gw = np.einsum("ia,gijkrc,jb->gkcrab", g_mat, m, g_mat, optimize=True)
+    with tasks.one_blas_thread():  # see tasks.run: no BLAS threads left spinning after it
+        gw = np.einsum("ia,gijkrc,jb->gkcrab", g_mat, m, g_mat, optimize=True)
     return np.ascontiguousarray(gw.reshape(k_out, cg, kd, 3, 3))
 
 
@@ -232,11 +235,15 @@ def _winograd_tasks(in_size, out_size, pad, dilation, n_b, kd, cg, kg, itemsize)
     one slice with a depth dilation) and tile rows of one sub-lattice, each within
     ``TASK_BYTES`` of transformed tiles where a tile row allows."""
     od_block = WINOGRAD_DEPTH_BLOCK if dilation[0] == 1 else 1
+    lattices = _sub_lattices(in_size[1:], out_size[1:], pad[1:], dilation[1:])
+    # enough blocks of tile rows for every thread when images and depth blocks are fewer
+    per_lattice = -(-numba.get_num_threads()
+                    // (n_b * -(-out_size[0] // od_block) * len(lattices)))
     found = []
-    for lattice in _sub_lattices(in_size[1:], out_size[1:], pad[1:], dilation[1:]):
+    for lattice in lattices:
         (_, o_h, *_), (_, o_w, *_) = lattice
         row_bytes = 16 * max((od_block + kd - 1) * cg, kg) * _tiles(o_w) * itemsize
-        blocks = tasks.split(_tiles(o_h), row_bytes, 1)
+        blocks = tasks.split(_tiles(o_h), row_bytes, per_lattice)
         found += [(n, od0, min(od0 + od_block, out_size[0]), lattice, th0, th1)
                   for n in range(n_b) for od0 in range(0, out_size[0], od_block)
                   for th0, th1 in blocks]

@@ -65,6 +65,62 @@ def _direct_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 MIXING = frozenset({"winograd"})
 
 
+# Where the register-blocked direct kernel (`blocked`) is chosen, from the zoo suite's
+# layers, each way forced and timed interleaved (forward; docs/benchmarks.md):
+# - calls of at most BLOCKED_MAX_MACS multiply-adds, before Winograd: one image, where packing
+#   and Winograd's transforms do not pay (ResNet-18's 3x3 layers at batch 1: 0.9-1.3 ms
+#   blocked, 1.3-2.2 ms packing + BLAS or Winograd);
+# - at most BLOCKED_MAX_DEPTH input channels x taps per group, at any size: few channels or
+#   groups of few (ResNet-18's 7x7 stem at batch 16 18 vs 31 ms, ResNeXt's 4 channels per
+#   group 4.5 vs 8.9 ms); with more, OpenBLAS's GEMMs run nearer the peak;
+# - never 1x1 kernels (the sums go to memory after every 16 channels) nor fewer than four
+#   filters per group (a depthwise convolution would compute four times its work).
+BLOCKED = True
+BLOCKED_MAX_MACS = 1 << 28
+BLOCKED_MAX_DEPTH = 1600
+
+# Elements of a band's copy over all of a task's input channels in the blocked direct kernel:
+# the copy stays in the L2 cache while every output channel reads it (1 << 16: VGG's conv5_1
+# at batch 1 6.3 ms, 1 << 17: 4.3 ms, the weights then read by fewer bands).
+BLOCKED_BAND_ELEMS = 1 << 17
+
+
+def _blocked_fits(n_batch, cg, kg, kernel, out_size):
+    """Whether the blocked kernel is the way, by the rules above: ``"small"`` (before
+    Winograd), ``"thin"`` (after it), or ``None``."""
+    taps = int(np.prod(kernel))
+    if not BLOCKED or taps == 1 or kg < 4:
+        return None
+    if n_batch * int(np.prod(out_size)) * kg * cg * taps <= BLOCKED_MAX_MACS:
+        return "small"
+    return "thin" if cg * taps <= BLOCKED_MAX_DEPTH else None
+
+
+def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
+    """:func:`K._conv_forward_blocked` on a band height and channel chunks that fill the
+    threads: bands within ``BLOCKED_BAND_ELEMS``, and output channels split in chunks of
+    four when there are fewer tasks than ``4 * threads``."""
+    k_out, cg, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    kg = k_out // groups
+    kg4 = -(-kg // 4) * 4
+    w4 = np.ascontiguousarray(w).reshape(groups, kg, cg, *kernel)
+    if kg4 != kg:
+        w4 = np.concatenate([w4, np.zeros((groups, kg4 - kg, cg, *kernel), x.dtype)], axis=1)
+    bias4 = np.zeros((groups, kg4), dtype=x.dtype)
+    if bias is not None:
+        bias4[:, :kg] = np.asarray(bias, dtype=x.dtype).reshape(groups, kg)
+    (kd, kh, kw), (_, sh, sw), (_, dh, dw) = kernel, stride, dilation
+    pitch = ((out_size[2] - 1) * sw + (kw - 1) * dw + sw) // sw
+    fit = max(1, BLOCKED_BAND_ELEMS // (cg * kd * pitch * sw))
+    band = max(1, min(out_size[1], (fit - (kh - 1) * dh - 1) // sh + 1))
+    tasks = x.shape[0] * groups * out_size[0] * -(-out_size[1] // band)
+    chunks = min(kg4 // 4, -(-4 * numba.get_num_threads() // max(tasks, 1)))
+    k_chunk = 4 * -(-(kg4 // 4) // chunks)
+    y = np.empty((x.shape[0], k_out, *out_size), dtype=x.dtype)
+    return K._conv_forward_blocked(x, w4, bias4.reshape(-1), stride, pad, dilation, kg,
+                                   out_size, band, k_chunk, y)
+
+
 def _all_finite(*arrays):
     return all(K._all_finite(a.reshape(-1)) for a in arrays)
 
@@ -81,8 +137,13 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
             and lanes.lanes_fit(x_shape, k_out, kernel, stride, pad_lo, dilation, groups,
                                 out_size)):
         ways.append("lanes")
+    blocked = _blocked_fits(x_shape[0] * groups, cg, k_out // groups, kernel, out_size)
+    if blocked == "small":
+        ways.append("blocked")
     if winograd.fits(kernel, stride, cg, k_out // groups, x_shape[0], out_size):
         ways.append("winograd")
+    if blocked == "thin":
+        ways.append("blocked")
     if gemm.gemm_worthwhile(k_out // groups, cg, kernel):
         ways.append("gemm")
     return [*ways, "direct"]
@@ -126,6 +187,8 @@ def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
         return lanes.conv_forward_lanes(x, w, bias, pad_lo, dilation, out_size)
     if way == "winograd":
         return winograd.conv_forward_winograd(x, w, bias, pad_lo, dilation, groups, out_size)
+    if way == "blocked":
+        return _blocked_conv(x, w, bias, stride, pad_lo, dilation, groups, out_size)
     if way == "gemm":
         return gemm.conv_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups, out_size)
     return _direct_conv(x, w, bias, stride, pad_lo, dilation, groups, out_size)
@@ -143,8 +206,15 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
                                 _as_conv_padding(kernel, pad_lo, dilation), dilation, groups,
                                 out_size)):
         ways.append("lanes")
+    # at stride 1, a convolution of the flipped kernel: c_in // groups channels in, cog out
+    blocked = stride_one and _blocked_fits(x_shape[0] * groups, c_in // groups, cog, kernel,
+                                           out_size)
+    if blocked == "small":
+        ways.append("blocked")
     if stride_one and winograd.fits(kernel, stride, cog, c_in // groups, x_shape[0], out_size):
         ways.append("winograd")
+    if blocked == "thin":
+        ways.append("blocked")
     if gemm.gemm_worthwhile(c_in // groups, cog, kernel):
         ways.append("gemm")
     return [*ways, "direct"]
@@ -160,6 +230,9 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bia
     if way == "winograd":
         w_c, b_c, _, pad_c = _as_conv(w, bias, pad_lo, dilation, groups)
         return winograd.conv_forward_winograd(x, w_c, b_c, pad_c, dilation, groups, out_size)
+    if way == "blocked":
+        return _blocked_conv(x, *_as_conv(w, bias, pad_lo, dilation, groups), dilation, groups,
+                             out_size)
     if way == "gemm":
         return gemm.conv_transpose_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups,
                                                 out_size)
