@@ -233,3 +233,27 @@ def test_blocked_kernel(x_shape, w_shape, kw, tasks, dtype, rng, monkeypatch):
     with fc.use_backend("numpy"):
         assert_close(y, conv(x, w, b, **kw), dtype, "forward")
         assert_close(yt, transposed(x, wt, groups=groups), dtype, "transposed")
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("size", [(5, 7), (30, 31)])  # channel ranges; position ranges
+def test_pointwise_one_image_in_tasks(size, groups, dtype, rng, monkeypatch):
+    """A 1x1 convolution of one image (packing + BLAS) split over the threads, by output
+    channels where its positions are few, else by positions: forward with bias, weight
+    gradient, transposed."""
+    force_numba_way("gemm", monkeypatch)
+    x = randn(rng, (1, 8, *size), dtype)
+    w, b = randn(rng, (12, 8 // groups, 1, 1), dtype), randn(rng, (12,), dtype)
+    gy = randn(rng, (1, 12, *size), dtype)
+    wt, bt = randn(rng, (8, 6 // groups, 1, 1), dtype), randn(rng, (6,), dtype)
+
+    def run():
+        return [fc.conv2d(x, w, b, groups=groups),
+                fc.conv2d_backward(gy, x, w, groups=groups)[1],
+                fc.conv_transpose2d(x, wt, bt, groups=groups)]
+
+    with fc.use_backend("numpy"):
+        expected = run()
+    with fc.use_backend("numba"):
+        for got, e, what in zip(run(), expected, ["y", "gw", "yt"]):
+            assert_close(got, e, dtype, what)

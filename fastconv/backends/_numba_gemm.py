@@ -52,14 +52,14 @@ def conv_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_size):
     if is_pointwise(kernel, stride, pad):
         x3 = x.reshape(n_b, c_in, rows * ow)
 
-        def per_image(slot, n, p0, p1):
+        def per_image(slot, n, p0, p1, k0, k1):  # output channels k0:k1 of every group
             for g in range(groups):
-                np.matmul(w2[g], x3[n, g * cg:(g + 1) * cg, p0:p1],
-                          out=y[n, g * kg:(g + 1) * kg, p0:p1])
-            if bias is not None:
-                y[n, :, p0:p1] += bias[:, None]  # while the image's output is in cache
+                ks = slice(g * kg + k0, g * kg + k1)
+                np.matmul(w2[g, k0:k1], x3[n, g * cg:(g + 1) * cg, p0:p1], out=y[n, ks, p0:p1])
+                if bias is not None:
+                    y[n, ks, p0:p1] += bias[ks, None]  # while the output is in cache
 
-        tasks.run(tasks.position_tasks(n_b, rows * ow, threads), per_image)
+        tasks.run(tasks.position_tasks(n_b, rows * ow, kg, threads), per_image)
         return y.reshape(n_b, k_out, *out_size)
     bias = _bias_array(bias, x.dtype)
 
@@ -86,12 +86,12 @@ def conv_weight_grad_gemm(x, gy, stride, pad, dilation, groups, kernel):
     if is_pointwise(kernel, stride, pad):
         x3 = x.reshape(n_b, c_in, rows * ow)
 
-        def per_image(slot, n, p0, p1):
+        def per_image(slot, n, p0, p1, k0, k1):
             for g in range(groups):
-                partial[slot, g * kg:(g + 1) * kg] += (
-                    gy3[n, g * kg:(g + 1) * kg, p0:p1] @ x3[n, g * cg:(g + 1) * cg, p0:p1].T)
+                partial[slot, g * kg + k0:g * kg + k1] += (
+                    gy3[n, g * kg + k0:g * kg + k1, p0:p1] @ x3[n, g * cg:(g + 1) * cg, p0:p1].T)
 
-        used = tasks.run(tasks.position_tasks(n_b, rows * ow, threads), per_image)
+        used = tasks.run(tasks.position_tasks(n_b, rows * ow, kg, threads), per_image)
         return tasks.sum_slots(partial, used).reshape(k_out, cg, *kernel)
 
     def work(slot, n0, n1, r0, r1):
@@ -118,14 +118,16 @@ def conv_transpose_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_s
     if is_pointwise(kernel, stride, pad):
         y3 = y.reshape(n_b, cog * groups, positions)
 
-        def per_image(slot, n, p0, p1):
+        def per_image(slot, n, p0, p1, k0, k1):
             for g in range(groups):
-                np.matmul(w_t[g], x3[n, g * cig:(g + 1) * cig, p0:p1],
-                          out=y3[n, g * cog:(g + 1) * cog, p0:p1])
-            if bias is not None:
-                y3[n, :, p0:p1] += bias[:, None]
+                ks = slice(g * cog + k0, g * cog + k1)
+                np.matmul(w_t[g, k0:k1], x3[n, g * cig:(g + 1) * cig, p0:p1],
+                          out=y3[n, ks, p0:p1])
+                if bias is not None:
+                    y3[n, ks, p0:p1] += bias[ks, None]
 
-        tasks.run(tasks.position_tasks(n_b, positions, numba.get_num_threads()), per_image)
+        tasks.run(tasks.position_tasks(n_b, positions, cog, numba.get_num_threads()),
+                  per_image)
         return y
     bias = _bias_array(bias, x.dtype)
 

@@ -131,12 +131,22 @@ def run(tasks, work):
     return threads
 
 
-def position_tasks(n_images, positions, threads):
-    """Tasks ``(n, p0, p1)``: each image's positions in as many ranges as it takes for every
-    thread to have work (one range per image when there are images enough)."""
-    per_image = -(-threads // max(n_images, 1))
-    return [(n, p0, p1) for n in range(n_images)
-            for p0, p1 in split(positions, 0, per_image)]
+# Below this many positions per task a GEMM is too narrow for BLAS: split output channels
+MIN_TASK_POSITIONS = 256
+
+
+def position_tasks(n_images, positions, channels, threads):
+    """Tasks ``(n, p0, p1, k0, k1)`` of a per-image GEMM: whole images when there are enough
+    for every thread, else each image's positions in ranges, or, where those would be narrower
+    than ``MIN_TASK_POSITIONS``, its ``channels`` (output rows) in ranges. (ResNet-50's
+    512 -> 2048 1x1 layer at 7x7, batch 1: 49 positions in two tasks ran slower than one task
+    on two BLAS threads.)"""
+    parts = -(-threads // max(n_images, 1))
+    if parts > 1 and positions < parts * MIN_TASK_POSITIONS and channels >= parts:
+        return [(n, 0, positions, k0, k1) for n in range(n_images)
+                for k0, k1 in split(channels, 0, parts)]
+    return [(n, p0, p1, 0, channels) for n in range(n_images)
+            for p0, p1 in split(positions, 0, parts)]
 
 
 def sum_slots(partial, used):

@@ -1,10 +1,14 @@
 """Numba CPU backend: the eight primitives of the reference backend, fast.
 
-Four ways to convolve, chosen per call:
+Five ways to convolve, chosen per call (each primitive's ``*_ways`` lists them in the order
+its rules prefer; the first that is exact for the operands' NaN and Inf is taken):
 
-- batch lanes for many small images at stride 1 (:mod:`._numba_lanes`);
+- batch lanes for many small images with few channels at stride 1 (:mod:`._numba_lanes`);
+- the register-blocked direct kernel (``blocked``: four output channels x four vectors of
+  positions in registers) for small calls and for few channels per group, forward and
+  stride-1 transposed (:func:`_blocked_conv`);
 - Winograd (F(4x4, 3x3) forward, F(2x2, 3x3) weight gradient) for 3x3 kernels at stride 1
-  with enough channels (:mod:`._numba_winograd`);
+  with enough channels and tiles (:mod:`._numba_winograd`);
 - packing (im2col / col2im) plus BLAS for the other GEMM-shaped convolutions
   (:mod:`._numba_gemm`);
 - direct ``prange`` kernels for the rest (depthwise convolutions; one input channel per group
