@@ -28,8 +28,10 @@ KERNEL_MODULES = ("_numba_simd", "_numba_band", "_numba_direct", "_numba_pooling
 _HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL_FILES = tuple(os.path.join(_HERE, f"{name}.py") for name in KERNEL_MODULES)
 
-# Numba's own locators, in its order, for the cache's place
-_NUMBA_LOCATORS = tuple(caching._CacheImpl._locator_classes)
+# Numba's cache implementation (named _CacheImpl in older versions), and its own locators, in
+# its order, for the cache's place
+_IMPL = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+_NUMBA_LOCATORS = tuple(_IMPL._locator_classes)
 
 
 @functools.cache
@@ -79,8 +81,8 @@ def install():
         ours = f"{__name__}.KernelSourcesLocator"
         if ours not in config.CACHE_LOCATOR_CLASSES:
             config.CACHE_LOCATOR_CLASSES = f"{ours},{config.CACHE_LOCATOR_CLASSES}"
-    elif KernelSourcesLocator not in caching._CacheImpl._locator_classes:
-        caching._CacheImpl._locator_classes.insert(0, KernelSourcesLocator)
+    elif KernelSourcesLocator not in _IMPL._locator_classes:
+        _IMPL._locator_classes.insert(0, KernelSourcesLocator)
 
 
 install()

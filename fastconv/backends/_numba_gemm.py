@@ -10,7 +10,7 @@ import numba
 import numpy as np
 
 from . import _numba_tasks as tasks
-from ._numba_kernels import _bias_array, _col2im, _im2col, _pack_rows, _unpack_rows
+from ._numba_packing import _bias_array, _col2im, _im2col, _pack_rows, _unpack_rows
 
 # Below this much work per output element (out-channels x in-channels x taps per group), the
 # packing costs more than BLAS saves: direct kernels.

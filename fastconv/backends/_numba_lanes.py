@@ -4,9 +4,9 @@ On a small image a row of output is too short for the vector units (LeNet's seco
 columns) and too small a GEMM for BLAS to run near its peak (16 x 150 x 100 per image). With
 the batch laid innermost, in groups of ``lanes`` images, a kernel row applied to an output row
 becomes one multiply-add over ``OW * lanes`` contiguous elements, with four output channels
-sharing every load (:func:`._numba_kernels._lane_conv`). The copies in and out of that layout
+sharing every load (:func:`._numba_lane_kernels._lane_conv`). The copies in and out of that layout
 move a few bytes per multiply-add, which small images can afford; the forward copies its
-output out block by block, while it is in cache (:func:`._numba_kernels._lane_conv_nchw`).
+output out block by block, while it is in cache (:func:`._numba_lane_kernels._lane_conv_nchw`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 from . import _numba_tasks as tasks
-from ._numba_kernels import LANE_SKEW, _lane_conv_nchw, _lane_weight_grad, _to_lanes
+from ._numba_lane_kernels import LANE_SKEW, _lane_conv_nchw, _lane_weight_grad, _to_lanes
 
 # Output positions per image up to which lanes are used. Measured faster than the other paths
 # on LeNet's planes (784 and 100 positions) and on 16x16 and 8x8 planes with 32 and 64
@@ -73,7 +73,7 @@ def lanes_fit(x_shape, k_out, kernel, stride, pad, dilation, groups, out_size):
 
 
 def lane_pitch(out_size, lanes):
-    """Elements from one output plane of :func:`._numba_kernels._lane_conv` to the next."""
+    """Elements from one output plane of :func:`._numba_lane_kernels._lane_conv` to the next."""
     return out_size[0] * out_size[1] * lanes + LANE_SKEW
 
 
@@ -119,7 +119,7 @@ def lanes_size(n_batch, planes, plane_elements, lanes, slack=0):
 
 
 def conv_out_size(n_batch, k_out, out_size, lanes, slack=0):
-    """Elements of :func:`._numba_kernels._lane_conv`'s output."""
+    """Elements of :func:`._numba_lane_kernels._lane_conv`'s output."""
     return lanes_size(n_batch, k_held(k_out), lane_pitch(out_size, lanes), lanes, slack)
 
 

@@ -3,7 +3,7 @@ any kernel depth), their input gradients (as convolutions) and their weight grad
 
 The forward pass (and so the input gradient) is F(4x4, 3x3) on channels-last copies of the
 input: 36 GEMMs per task. The weight gradient is the transpose
-of F(2x2, 3x3) on sub-lattices (:mod:`._numba_kernels`): 16 GEMMs per task. Both run their
+of F(2x2, 3x3) on sub-lattices (:mod:`._numba_winograd_kernels`): 16 GEMMs per task. Both run their
 GEMMs on BLAS in the task pool (:mod:`._numba_tasks`).
 """
 
@@ -13,7 +13,7 @@ import numba
 import numpy as np
 
 from . import _numba_tasks as tasks
-from ._numba_kernels import (
+from ._numba_winograd_kernels import (
     _channels_first,
     _channels_last,
     _winograd43_input,

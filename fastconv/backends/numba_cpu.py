@@ -13,7 +13,8 @@ its rules prefer; the first that is exact for the operands' NaN and Inf is taken
   (:mod:`._numba_gemm`);
 - direct ``prange`` kernels for the rest (depthwise convolutions; one input channel per group
   where lanes do not take them; stride-1 transposed convolutions as convolutions), and for
-  pooling (:mod:`._numba_kernels`, where every ``@njit`` function lives).
+  pooling (:mod:`._numba_direct`, :mod:`._numba_pooling`; :mod:`._numba_kernels` names every
+  kernel).
 
 The BLAS paths run as tasks on a few Python threads (:mod:`._numba_tasks`). Either way each
 output element is written by one task in a fixed order: no atomics, and results are bitwise

@@ -1,0 +1,109 @@
+"""Helpers the kernels share: the jit options, in-bounds ranges, and the band copies of the
+direct kernels (padded, split by stride phase, rows at one pitch, so that every tap reads
+contiguous positions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
+
+# No `fastmath`: it would break NaN propagation, which must match PyTorch.
+_jit = {"cache": True, "parallel": True, "nogil": True}
+
+
+@njit(cache=True, inline="always")
+def _valid_range(count, stride, offset, size):
+    """The positions ``j`` in ``[0, count)`` with ``0 <= j * stride + offset < size``."""
+    lo = 0
+    while lo < count and lo * stride + offset < 0:
+        lo += 1
+    hi = count
+    while hi > lo and (hi - 1) * stride + offset >= size:
+        hi -= 1
+    return lo, hi
+
+
+# Direct kernels work band by band on a copy of the input: padded (so no tap needs a bounds
+# check) and split by stride phase (so every tap reads contiguously). With the band's rows laid
+# out at one pitch, a tap is one long multiply-add over the whole band, which vectorises; the
+# few lanes that fall in the pitch's slack columns are computed and never copied out.
+_BAND_ELEMS = 1 << 14  # input elements of one band's copy: stays in the L1/L2 caches
+
+
+@njit(cache=True, inline="always")
+def _band_geometry(o_n, stride, kernel, dilation):
+    """``(rows per band, row pitch)`` of the banded input copy for an output of ``o_n`` (H, W)."""
+    oh_n, ow_n = o_n
+    sh, sw = stride
+    kh, kw = kernel
+    dh, dw = dilation
+    pitch = ((ow_n - 1) * sw + (kw - 1) * dw + sw) // sw
+    fit = max(1, _BAND_ELEMS // (pitch * sw))
+    rows = ((fit - (kh - 1) * dh - 1) // sh) + 1
+    return max(1, min(oh_n, rows)), pitch
+
+
+@njit(cache=True, inline="always")
+def _band_height(rows, sh, kh, dh):
+    """Rows per stride phase of the input copy that ``rows`` output rows read."""
+    return ((rows - 1) * sh + (kh - 1) * dh + sh) // sh
+
+
+@njit(cache=True, nogil=True)
+def _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill):
+    col = col0 + 2 * m
+    buf[np.uintp(dst + m)] = xf[np.uintp(src + 2 * m)] if 0 <= col < w_in else fill
+    buf[np.uintp(odd + m)] = xf[np.uintp(src + 2 * m + 1)] if 0 <= col + 1 < w_in else fill
+
+
+@njit(cache=True, nogil=True)
+def _fill_band(buf, base, xf, plane, h_in, w_in, row0, col0, sh, sw, hb, pitch, fill):
+    """``buf[base:][ph, pw, j, m] = x[plane][row0 + j*sh + ph, col0 + m*sw + pw]``, ``fill``
+    outside."""
+    for ph in range(sh):
+        for j in range(hb):
+            row = row0 + j * sh + ph
+            dst = base + (ph * sw * hb + j) * pitch
+            if row < 0 or row >= h_in:
+                for pw in range(sw):
+                    for m in range(pitch):
+                        buf[np.uintp(dst + pw * hb * pitch + m)] = fill
+                continue
+            src = plane + row * w_in + col0
+            if sw == 2:
+                # both phases in one pass: contiguous pairs, which vectorise as shuffles
+                lo0, hi0 = _valid_range(pitch, 2, col0, w_in)
+                lo1, hi1 = _valid_range(pitch, 2, col0 + 1, w_in)
+                lo, hi = max(lo0, lo1), max(min(hi0, hi1), max(lo0, lo1))
+                odd = dst + hb * pitch
+                for m in range(lo, hi):
+                    buf[np.uintp(dst + m)] = xf[np.uintp(src + 2 * m)]
+                    buf[np.uintp(odd + m)] = xf[np.uintp(src + 2 * m + 1)]
+                for m in range(lo):
+                    _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill)
+                for m in range(hi, pitch):
+                    _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill)
+                continue
+            for pw in range(sw):
+                lo, hi = _valid_range(pitch, sw, col0 + pw, w_in)
+                d = dst + pw * hb * pitch
+                for m in range(lo):
+                    buf[np.uintp(d + m)] = fill
+                if sw == 1:
+                    for m in range(lo, hi):
+                        buf[np.uintp(d + m)] = xf[np.uintp(src + m)]
+                else:
+                    for m in range(lo, hi):
+                        buf[np.uintp(d + m)] = xf[np.uintp(src + m * sw + pw)]
+                for m in range(hi, pitch):
+                    buf[np.uintp(d + m)] = fill
+
+
+@njit(cache=True, nogil=True)
+def _tap_start(rh, rw, dilation, sh, sw, hb, pitch):
+    """Where tap ``(rh, rw)`` starts reading in a band copied by :func:`_fill_band`."""
+    eh, ew = rh * dilation[1], rw * dilation[2]
+    return (((eh % sh) * sw + ew % sw) * hb + eh // sh) * pitch + ew // sw

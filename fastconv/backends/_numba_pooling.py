@@ -1,0 +1,248 @@
+"""Pooling kernels: average and max pooling, forward and backward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
+from ._numba_band import _band_geometry, _band_height, _fill_band, _jit, _valid_range
+
+
+@njit(cache=True, inline="always")
+def _share(count, part, parts):
+    """The ``part``-th of ``parts`` near-equal contiguous ranges of ``range(count)``."""
+    return count * part // parts, count * (part + 1) // parts
+
+
+@njit(cache=True, inline="always")
+def _column_ranges(ow_n, sw, kw, pad_w, w_in):
+    """Per window column ``rw``, the output columns whose input column is inside the row."""
+    ranges = np.empty((kw, 2), dtype=np.int64)
+    for rw in range(kw):
+        ranges[rw, 0], ranges[rw, 1] = _valid_range(ow_n, sw, rw - pad_w, w_in)
+    return ranges
+
+
+@njit(**_jit)
+def _avg_pool_forward(x, kernel, stride, pad, out_size, divisor, threads, y):
+    """Average pooling, a contiguous run of (image, channel) planes per thread: per output row
+    the window's input rows are summed first (contiguous, vectorised), then each window's
+    columns of that sum, divided by ``divisor[od, oh, ow]``. The sum runs rows first, not in
+    raster order. Windows of two columns at stride two without padding (the common 2x2 pool)
+    take a loop of their own whose constant stride vectorises."""
+    n_batch, c_in, d_in, h_in, w_in = x.shape
+    od_n, oh_n, ow_n = out_size
+    kd, kh, kw = kernel
+    sw = stride[2]
+    plane_in, plane_out = d_in * h_in * w_in, od_n * oh_n * ow_n
+    pairs = kw == 2 and sw == 2 and pad[2] == 0 and 2 * ow_n <= w_in
+    columns = _column_ranges(ow_n, sw, kw, pad[2], w_in)
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    df = divisor.reshape(divisor.size)
+    for part in prange(threads):
+        rows = np.empty(w_in, dtype=x.dtype)
+        p0, p1 = _share(n_batch * c_in, part, threads)
+        for p in range(p0, p1):
+            for od in range(od_n):
+                for oh in range(oh_n):
+                    for q in range(w_in):
+                        rows[np.uintp(q)] = 0
+                    for rd in range(kd):
+                        i_d = od * stride[0] - pad[0] + rd
+                        if i_d < 0 or i_d >= d_in:
+                            continue
+                        for rh in range(kh):
+                            i_h = oh * stride[1] - pad[1] + rh
+                            if i_h < 0 or i_h >= h_in:
+                                continue
+                            src = p * plane_in + (i_d * h_in + i_h) * w_in
+                            for q in range(w_in):
+                                rows[np.uintp(q)] += xf[np.uintp(src + q)]
+                    out = (od * oh_n + oh) * ow_n
+                    dst = p * plane_out + out
+                    if pairs:
+                        for ow in range(ow_n):
+                            yf[np.uintp(dst + ow)] = ((rows[np.uintp(2 * ow)]
+                                                       + rows[np.uintp(2 * ow + 1)])
+                                                      / df[np.uintp(out + ow)])
+                        continue
+                    for ow in range(ow_n):
+                        yf[np.uintp(dst + ow)] = 0
+                    for rw in range(kw):
+                        for ow in range(columns[rw, 0], columns[rw, 1]):
+                            yf[np.uintp(dst + ow)] += rows[np.uintp(ow * sw + rw - pad[2])]
+                    for ow in range(ow_n):
+                        yf[np.uintp(dst + ow)] /= df[np.uintp(out + ow)]
+    return y
+
+
+@njit(**_jit)
+def _avg_pool_backward(gy, kernel, stride, pad, in_size, divisor, threads, gx):
+    """The adjoint of :func:`_avg_pool_forward`, a contiguous run of (image, channel) planes
+    per thread: each output row's gradient over its divisors is spread across its windows'
+    columns, then added to each of the windows' input rows (output rows in order, so the sums
+    are repeatable)."""
+    n_batch, c_in, od_n, oh_n, ow_n = gy.shape
+    d_in, h_in, w_in = in_size
+    kd, kh, kw = kernel
+    sw = stride[2]
+    plane_in, plane_out = d_in * h_in * w_in, od_n * oh_n * ow_n
+    pairs = kw == 2 and sw == 2 and pad[2] == 0 and 2 * ow_n <= w_in
+    columns = _column_ranges(ow_n, sw, kw, pad[2], w_in)
+    gxf = gx.reshape(gx.size)
+    gf = gy.reshape(gy.size)
+    df = divisor.reshape(divisor.size)
+    for part in prange(threads):
+        row = np.empty(w_in, dtype=gy.dtype)
+        p0, p1 = _share(n_batch * c_in, part, threads)
+        for q in range(w_in):
+            row[np.uintp(q)] = 0
+        for p in range(p0, p1):
+            for i in range(p * plane_in, (p + 1) * plane_in):  # zeroed here: then in cache
+                gxf[np.uintp(i)] = 0
+            for od in range(od_n):
+                for oh in range(oh_n):
+                    out = (od * oh_n + oh) * ow_n
+                    src = p * plane_out + out
+                    if pairs:  # columns past 2 * ow_n stay zero
+                        for ow in range(ow_n):
+                            g = gf[np.uintp(src + ow)] / df[np.uintp(out + ow)]
+                            row[np.uintp(2 * ow)] = g
+                            row[np.uintp(2 * ow + 1)] = g
+                    else:
+                        for q in range(w_in):
+                            row[np.uintp(q)] = 0
+                        for rw in range(kw):
+                            for ow in range(columns[rw, 0], columns[rw, 1]):
+                                row[np.uintp(ow * sw + rw - pad[2])] += (
+                                    gf[np.uintp(src + ow)] / df[np.uintp(out + ow)])
+                    for rd in range(kd):
+                        i_d = od * stride[0] - pad[0] + rd
+                        if i_d < 0 or i_d >= d_in:
+                            continue
+                        for rh in range(kh):
+                            i_h = oh * stride[1] - pad[1] + rh
+                            if i_h < 0 or i_h >= h_in:
+                                continue
+                            dst = p * plane_in + (i_d * h_in + i_h) * w_in
+                            for q in range(w_in):
+                                gxf[np.uintp(dst + q)] += row[np.uintp(q)]
+    return gx
+
+
+@njit(cache=True, inline="always")
+def _first_in_bounds(o_pos, stride, pad, dilation):
+    """The first window position at or after ``o_pos * stride - pad`` that is not negative
+    (PyTorch's default argmax, which it keeps when nothing beats -inf)."""
+    start = o_pos * stride - pad
+    if start < 0:
+        start += ((-start + dilation - 1) // dilation) * dilation
+    return start
+
+
+@njit(**_jit)
+def _max_pool_forward(x, kernel, stride, pad, dilation, out_size, with_indices, y, idx):
+    """Max pooling, one (image, channel) plane per task, in bands of rows (as the convolution).
+
+    Taps run in the window's raster order and a candidate replaces the current best when it is
+    larger or NaN, so the first maximum and the last NaN win, as in PyTorch; padding reads as
+    ``-inf``, which never replaces. The winning tap is kept per element and turned into a flat
+    input index only when the band is written out, and only ``with_indices``. Writes ``y``
+    (N, C, OD, OH, OW) and, ``with_indices``, ``idx`` (the same shape, int64).
+    """
+    n_batch, c_in, d_in, h_in, w_in = x.shape
+    od_n, oh_n, ow_n = out_size
+    kd, kh, kw = kernel
+    sh, sw = stride[1], stride[2]
+    band, pitch = _band_geometry((oh_n, ow_n), (sh, sw), (kh, kw), (dilation[1], dilation[2]))
+    hb_most = _band_height(band, sh, kh, dilation[1])
+    plane_in = d_in * h_in * w_in
+    # flat input offset of each tap, relative to the window's corner
+    tap_offset = np.empty(kd * kh * kw, dtype=np.int64)
+    for rd in range(kd):
+        for rh in range(kh):
+            for rw in range(kw):
+                tap_offset[(rd * kh + rh) * kw + rw] = (
+                    (rd * dilation[0] * h_in + rh * dilation[1]) * w_in + rw * dilation[2])
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    idf = idx.reshape(idx.size)
+    lowest = x.dtype.type(-np.inf)
+    for task in prange(n_batch * c_in):
+        buf = np.empty(sh * sw * hb_most * pitch, dtype=x.dtype)
+        best = np.empty(band * pitch, dtype=x.dtype)
+        won = np.empty(band * pitch, dtype=np.int32)
+        for od in range(od_n):
+            d0 = _first_in_bounds(od, stride[0], pad[0], dilation[0])
+            for oh0 in range(0, oh_n, band):
+                rows = min(band, oh_n - oh0)
+                hb = _band_height(rows, sh, kh, dilation[1])
+                span = (rows - 1) * pitch + ow_n
+                for i in range(span):
+                    best[np.uintp(i)] = lowest
+                    won[np.uintp(i)] = -1
+                for rd in range(kd):
+                    i_d = od * stride[0] - pad[0] + rd * dilation[0]
+                    if i_d < 0 or i_d >= d_in:
+                        continue
+                    _fill_band(buf, 0, xf, task * plane_in + i_d * h_in * w_in, h_in, w_in,
+                               oh0 * sh - pad[1], -pad[2], sh, sw, hb, pitch, lowest)
+                    for rh in range(kh):
+                        eh = rh * dilation[1]
+                        for rw in range(kw):
+                            ew = rw * dilation[2]
+                            src = (((eh % sh) * sw + ew % sw) * hb + eh // sh) * pitch
+                            src += ew // sw
+                            if with_indices:
+                                tap = np.int32((rd * kh + rh) * kw + rw)
+                                for i in range(span):
+                                    v = buf[np.uintp(src + i)]
+                                    b = best[np.uintp(i)]
+                                    take = (v > b) | (v != v)
+                                    best[np.uintp(i)] = v if take else b
+                                    won[np.uintp(i)] = tap if take else won[np.uintp(i)]
+                            else:
+                                for i in range(span):
+                                    v = buf[np.uintp(src + i)]
+                                    b = best[np.uintp(i)]
+                                    best[np.uintp(i)] = v if (v > b) | (v != v) else b
+                for r in range(rows):
+                    oh = oh0 + r
+                    dst = ((task * od_n + od) * oh_n + oh) * ow_n
+                    for ow in range(ow_n):
+                        yf[np.uintp(dst + ow)] = best[np.uintp(r * pitch + ow)]
+                    if with_indices:
+                        h0 = _first_in_bounds(oh, stride[1], pad[1], dilation[1])
+                        corner = ((od * stride[0] - pad[0]) * h_in
+                                  + oh * stride[1] - pad[1]) * w_in - pad[2]
+                        for ow in range(ow_n):
+                            t = won[np.uintp(r * pitch + ow)]
+                            if t >= 0:
+                                idf[np.uintp(dst + ow)] = corner + ow * sw + tap_offset[t]
+                            else:
+                                w0 = _first_in_bounds(ow, sw, pad[2], dilation[2])
+                                idf[np.uintp(dst + ow)] = (d0 * h_in + h0) * w_in + w0
+    return y, idx
+
+
+@njit(**_jit)
+def _max_pool_backward(gy, idx, gx):
+    # planes are independent, so a plane-per-thread scatter is race-free and deterministic;
+    # each task zeroes its own plane first, so that plane is in cache for the scatter
+    rows, outs = gy.shape
+    plane = gx.shape[1]
+    gxf = gx.reshape(gx.size)
+    gyf = gy.reshape(gy.size)
+    idf = idx.reshape(idx.size)
+    for r in prange(rows):
+        base = r * plane
+        for i in range(plane):
+            gxf[np.uintp(base + i)] = 0
+        for o in range(r * outs, (r + 1) * outs):
+            i = idf[np.uintp(o)]
+            if 0 <= i < plane:
+                gxf[np.uintp(base + i)] += gyf[np.uintp(o)]
+    return gx

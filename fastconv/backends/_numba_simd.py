@@ -1,0 +1,104 @@
+"""Explicit 512-bit vectors for Numba kernels: a vector type and intrinsics to load, store,
+splat and fuse multiply-adds (Numba's own loops stay 256 bits wide on AVX-512 CPUs).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic, models, register_model
+
+from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
+
+# Explicit SIMD vectors, for kernels whose sums stay in registers over many taps. Numba's LLVM
+# keeps its own vectorised loops to 256 bits on CPUs that tune for it (AVX-512 Xeons), but
+# lowers explicit 512-bit vector operations to 512-bit instructions there (and splits them
+# where the CPU has narrower registers).
+VECTOR_BYTES = 64
+
+
+class _Vector(types.Type):
+    """``VECTOR_BYTES`` of one element type, held in a register."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.count = VECTOR_BYTES * 8 // dtype.bitwidth
+        super().__init__(name=f"Vector({dtype}x{self.count})")
+
+
+@register_model(_Vector)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.count))
+
+
+def _element_pointer(context, builder, array_type, array, index, index_type, vector_type):
+    data = context.make_array(array_type)(context, builder, array).data
+    at = builder.gep(data, [context.cast(builder, index, index_type, types.intp)])
+    return builder.bitcast(at, context.get_value_type(vector_type).as_pointer())
+
+
+@intrinsic
+def _vload(typingctx, array, index):
+    """The vector at ``array[index:index + count]`` (1-D, contiguous; no bounds check)."""
+    vector = _Vector(array.dtype)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1],
+                               vector)
+        return builder.load(ptr, align=array.dtype.bitwidth // 8)
+
+    return vector(array, index), codegen
+
+
+@intrinsic
+def _vstore(typingctx, array, index, value):
+    """``array[index:index + count] = value`` (1-D, contiguous; no bounds check)."""
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1],
+                               sig.args[2])
+        builder.store(args[2], ptr, align=array.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(array, index, value), codegen
+
+
+def _splat(builder, scalar, vector_type):
+    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), scalar,
+                                 ir.Constant(ir.IntType(32), 0))
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), vector_type.count), [0] * vector_type.count)
+    return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined), zeros)
+
+
+@intrinsic
+def _vsplat(typingctx, scalar, array):
+    """A vector of ``array``'s element type with ``scalar`` in every element."""
+    vector = _Vector(array.dtype)
+
+    def codegen(context, builder, sig, args):
+        value = context.cast(builder, args[0], sig.args[0], vector.dtype)
+        return _splat(builder, value, context.get_value_type(vector))
+
+    return vector(scalar, array), codegen
+
+
+@intrinsic
+def _vfma(typingctx, a, vector, acc):
+    """``a * vector + acc``, ``a`` a scalar or a vector, element by element, each with one
+    rounding (a fused multiply-add, as the loops compiled with ``contract`` get)."""
+
+    def codegen(context, builder, sig, args):
+        vt = args[1].type
+        bits = 32 if vt.element == ir.FloatType() else 64
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3),
+                                             f"llvm.fma.v{vt.count}f{bits}")
+        if isinstance(sig.args[0], _Vector):
+            factor = args[0]
+        else:
+            scalar = context.cast(builder, args[0], sig.args[0], sig.args[1].dtype)
+            factor = _splat(builder, scalar, vt)
+        return builder.call(fma, [factor, args[1], args[2]])
+
+    return vector(a, vector, acc), codegen
