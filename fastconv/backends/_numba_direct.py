@@ -243,25 +243,20 @@ def _conv_weight_grad_exact(x, gy, stride, pad, dilation, groups, kernel):
     return gw
 
 
-_FINITE_CHUNK = 1 << 16
-
-
-@njit(cache=True, parallel=True, nogil=True, fastmath={"reassoc"})
-def _all_finite(flat):
-    """Whether every element of ``flat`` is finite. ``v - v`` is 0 for a finite ``v`` and NaN
-    otherwise, so a chunk's sum of it is 0 exactly when the chunk is finite: a sum that
-    vectorises (reassoc lets it; without ``nnan`` LLVM may not fold ``v - v`` to 0)."""
-    n = flat.size
-    chunks = (n + _FINITE_CHUNK - 1) // _FINITE_CHUNK
-    sums = np.zeros(chunks)
-    for t in prange(chunks):
-        start = t * _FINITE_CHUNK
-        acc = flat[np.uintp(start)] - flat[np.uintp(start)]  # a sum in the array's dtype
-        for i in range(start + 1, min(n, start + _FINITE_CHUNK)):
-            v = flat[np.uintp(i)]
-            acc += v - v
-        sums[t] = acc
-    return sums.sum() == 0
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _all_finite(flat, start, stop):
+    """Whether every element of ``flat[start:stop]`` is finite. ``v - v`` is 0 for a finite
+    ``v`` and NaN otherwise, so the sum of it is 0 exactly when all are finite: a sum that
+    vectorises (reassoc lets it; without ``nnan`` LLVM may not fold ``v - v`` to 0). Serial
+    and GIL-free: the caller runs ranges on its task pool (a parallel Numba kernel here left
+    its threads spinning into the BLAS tasks after it)."""
+    if stop <= start:
+        return True
+    acc = flat[np.uintp(start)] - flat[np.uintp(start)]  # a sum in the array's dtype
+    for i in range(start + 1, stop):
+        v = flat[np.uintp(i)]
+        acc += v - v
+    return acc == 0
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath={"reassoc"})

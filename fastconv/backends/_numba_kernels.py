@@ -37,7 +37,6 @@ from ._numba_band import (  # noqa: F401
 )
 from ._numba_direct import (  # noqa: F401
     _BLOCK_CHANNELS,
-    _FINITE_CHUNK,
     _all_finite,
     _bias_grad,
     _conv_forward,

@@ -34,6 +34,12 @@ def _numba():
     return _numba_kernels, _numba_lanes
 
 
+def _all_finite(data):
+    from ..backends import numba_cpu
+
+    return numba_cpu._all_finite(data)
+
+
 def _serialised(function):
     """Run under the Numba backend's launch lock, as its own primitives do (its workqueue
     threading layer aborts when two threads launch parallel kernels at once)."""
@@ -214,7 +220,7 @@ def conv_backward(gy, xl, weight, options, in_shape, input_grad):
     k_out, c_in, kh, kw = weight.shape
     pad, dilation = _pair(options["padding"]), _pair(options["dilation"])
     size = xl.shape[2:]
-    if K._all_finite(gy.data):
+    if _all_finite(gy.data):
         gw = K._lane_weight_grad(xl.data, xl.pitch, xl.c_held, gy.data, gy.pitch, gy.c_held,
                                  gy.groups, c_in, size, dilation, (kh, kw), gy.lanes,
                                  L.WIDE_VECTORS)
