@@ -244,6 +244,27 @@ def _conv_weight_grad_exact(x, gy, stride, pad, dilation, groups, kernel):
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _frame_finite(g, p0, p1, lo, hi):
+    """Whether planes ``p0:p1`` of ``g`` (planes, D, H, W) are finite outside the box
+    ``lo:hi`` (per axis): whole rows where depth or row is outside it, else only the
+    columns outside it. (:func:`_all_finite`'s sum of ``v - v``, on the frame only.)"""
+    acc = g[p0, 0, 0, 0] - g[p0, 0, 0, 0] if p1 > p0 else 0.0
+    d_n, h_n, w_n = g.shape[1:]
+    for p in range(p0, p1):
+        for d in range(d_n):
+            for h in range(h_n):
+                if d < lo[0] or d >= hi[0] or h < lo[1] or h >= hi[1]:
+                    for w in range(w_n):
+                        acc += g[p, d, h, w] - g[p, d, h, w]
+                else:
+                    for w in range(lo[2]):
+                        acc += g[p, d, h, w] - g[p, d, h, w]
+                    for w in range(hi[2], w_n):
+                        acc += g[p, d, h, w] - g[p, d, h, w]
+    return acc == 0
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _all_finite(flat, start, stop):
     """Whether every element of ``flat[start:stop]`` is finite. ``v - v`` is 0 for a finite
     ``v`` and NaN otherwise, so the sum of it is 0 exactly when all are finite: a sum that

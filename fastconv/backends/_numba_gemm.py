@@ -6,6 +6,8 @@ tasks on the pool of :mod:`._numba_tasks`. Pointwise convolutions skip the packi
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -30,7 +32,7 @@ def gemm_worthwhile(k_per_group, c_per_group, kernel):
     there (LeNet c1 forward 2.6 ms direct vs 3.8 ms packed).
     """
     return (c_per_group > 1
-            and k_per_group * c_per_group * int(np.prod(kernel)) >= GEMM_MIN_WORK
+            and k_per_group * c_per_group * math.prod(kernel) >= GEMM_MIN_WORK
             and max(k_per_group, c_per_group) >= GEMM_MIN_CHANNELS)
 
 

@@ -45,6 +45,7 @@ from ._numba_direct import (  # noqa: F401
     _conv_transpose_forward,
     _conv_weight_grad,
     _conv_weight_grad_exact,
+    _frame_finite,
 )
 from ._numba_elementwise import (  # noqa: F401
     _ELEMENT_CHUNK,

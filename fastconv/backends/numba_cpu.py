@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 
 import numba
@@ -95,10 +96,10 @@ BLOCKED_BAND_ELEMS = 1 << 17
 def _blocked_fits(n_batch, cg, kg, kernel, out_size):
     """Whether the blocked kernel is the way, by the rules above: ``"small"`` (before
     Winograd), ``"thin"`` (after it), or ``None``."""
-    taps = int(np.prod(kernel))
+    taps = math.prod(kernel)
     if not BLOCKED or taps == 1 or kg < 4:
         return None
-    if n_batch * int(np.prod(out_size)) * kg * cg * taps <= BLOCKED_MAX_MACS:
+    if n_batch * math.prod(out_size) * kg * cg * taps <= BLOCKED_MAX_MACS:
         return "small"
     return "thin" if cg * taps <= BLOCKED_MAX_DEPTH else None
 
@@ -278,6 +279,28 @@ def _as_conv_padding(kernel, pad_lo, dilation):
     return tuple(d * (k - 1) - p for d, k, p in zip(dilation, kernel, pad_lo))
 
 
+def _frame_finite(gy, in_size, stride, pad_lo, dilation, kernel):
+    """Whether ``gy`` is finite at every output whose window reaches into the padding (below
+    0, or past the input's end for the last tap): only there can it meet the padding's zeros.
+    Reads only that frame, in ranges of planes on the task pool (depthwise 3x3 at 56x56 with
+    padding 1: two rows and two columns of each plane)."""
+    lo, hi = [], []
+    for size, o_n, s, p, d, k in zip(in_size, gy.shape[2:], stride, pad_lo, dilation, kernel):
+        lo.append(min(o_n, -(-p // s)))  # o * s - p < 0 below it
+        hi.append(max(lo[-1], min(o_n, -(-(size + p - d * (k - 1)) // s))))  # last tap out
+    if all(a == 0 for a in lo) and tuple(hi) == tuple(gy.shape[2:]):
+        return True  # no window reaches the padding
+    planes = gy.reshape(-1, *gy.shape[2:])
+    ranges = tasks.split(planes.shape[0], planes[0].nbytes, numba.get_num_threads())
+    finite = [True] * len(ranges)
+
+    def check(slot, i):
+        finite[i] = K._frame_finite(planes, *ranges[i], tuple(lo), tuple(hi))
+
+    tasks.run([(i,) for i in range(len(ranges))], check)
+    return all(finite)
+
+
 def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, kernel):
     """The ways to compute this weight gradient, in the order the rules prefer them:
     ``lanes``, ``winograd``, ``gemm``, then ``direct``. (``exact`` serves a ``gy`` with NaN
@@ -298,13 +321,27 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
 
 @_serialised
 def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
-    # every way but `exact` multiplies gy by the padding's zeros (0 * inf is NaN); a NaN or
-    # Inf in x meets only gy's finite values there
-    if not _all_finite(gy):
+    ways = conv_weight_grad_ways(x.shape, gy.shape, stride, pad_lo, dilation, groups, kernel)
+    gw = _weight_grad_by(ways[0], x, gy, stride, pad_lo, dilation, groups, kernel)
+    # Checked after the fact, on the weight-sized result: a NaN or Inf in x or gy always
+    # leaves one in gw (inf times a finite number or zero, inf - inf, NaN), so a finite gw
+    # needs no second look, and the operands are read again only when gw is not.
+    if np.isfinite(gw).all():
+        _taken(ways[0])
+        return gw
+    # every way but `exact` multiplies gy by the padding's zeros (0 * inf is NaN), and
+    # Winograd mixes neighbours; a NaN or Inf in x meets only gy's finite values there
+    if not _frame_finite(gy, x.shape[2:], stride, pad_lo, dilation, kernel):
         _taken("exact")
         return K._conv_weight_grad_exact(x, gy, stride, pad_lo, dilation, groups, kernel)
-    way = _first_way(conv_weight_grad_ways(x.shape, gy.shape, stride, pad_lo, dilation, groups,
-                                           kernel), x)
+    if ways[0] in MIXING:
+        way = _first_way([w for w in ways if w not in MIXING])
+        return _weight_grad_by(way, x, gy, stride, pad_lo, dilation, groups, kernel)
+    _taken(ways[0])
+    return gw
+
+
+def _weight_grad_by(way, x, gy, stride, pad_lo, dilation, groups, kernel):
     if way == "lanes":
         return lanes.conv_weight_grad_lanes(x, gy, pad_lo, dilation, kernel)
     if way == "winograd":

@@ -220,12 +220,13 @@ def conv_backward(gy, xl, weight, options, in_shape, input_grad):
     k_out, c_in, kh, kw = weight.shape
     pad, dilation = _pair(options["padding"]), _pair(options["dilation"])
     size = xl.shape[2:]
-    if _all_finite(gy.data):
-        gw = K._lane_weight_grad(xl.data, xl.pitch, xl.c_held, gy.data, gy.pitch, gy.c_held,
-                                 gy.groups, c_in, size, dilation, (kh, kw), gy.lanes,
-                                 L.WIDE_VECTORS)
-        gw = np.ascontiguousarray(gw[:k_out])
-    else:  # the lanes would multiply gy by the padding's zeros (see numba_cpu's weight grad)
+    gw = K._lane_weight_grad(xl.data, xl.pitch, xl.c_held, gy.data, gy.pitch, gy.c_held,
+                             gy.groups, c_in, size, dilation, (kh, kw), gy.lanes,
+                             L.WIDE_VECTORS)
+    gw = np.ascontiguousarray(gw[:k_out])
+    # the lanes multiply gy by the padding's zeros (0 * inf is NaN): where gw shows a NaN or
+    # Inf and gy holds one, the in-bounds sums instead (see numba_cpu's weight gradient)
+    if not np.isfinite(gw).all() and not _all_finite(gy.data):
         x = _dense(xl)[..., pad[0]:pad[0] + in_shape[2], pad[1]:pad[1] + in_shape[3]]
         gw = K._conv_weight_grad_exact(np.ascontiguousarray(x), _dense(gy), (1, 1, 1),
                                        (0, *pad), (1, *dilation), 1, (1, kh, kw))
