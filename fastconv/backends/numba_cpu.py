@@ -58,9 +58,9 @@ def _serialised(kernel_call):
 
 def _direct_conv(x, w, bias, stride, pad, dilation, groups, out_size):
     """:func:`_conv_forward` with output channels chunked so that there are enough tasks."""
-    tasks = x.shape[0] * groups
+    n_tasks = x.shape[0] * groups
     kg = w.shape[0] // groups
-    chunks = min(kg, -(-4 * numba.get_num_threads() // max(tasks, 1)))
+    chunks = min(kg, -(-4 * numba.get_num_threads() // max(n_tasks, 1)))
     y = np.empty((x.shape[0], w.shape[0], *out_size), dtype=x.dtype)
     return K._conv_forward(x, w, K._bias_array(bias, x.dtype), stride, pad, dilation, groups,
                            out_size, -(-kg // max(chunks, 1)), y)
@@ -121,8 +121,8 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
     pitch = ((out_size[2] - 1) * sw + (kw - 1) * dw + sw) // sw
     fit = max(1, BLOCKED_BAND_ELEMS // (cg * kd * pitch * sw))
     band = max(1, min(out_size[1], (fit - (kh - 1) * dh - 1) // sh + 1))
-    tasks = x.shape[0] * groups * out_size[0] * -(-out_size[1] // band)
-    chunks = min(kg4 // 4, -(-4 * numba.get_num_threads() // max(tasks, 1)))
+    n_tasks = x.shape[0] * groups * out_size[0] * -(-out_size[1] // band)
+    chunks = min(kg4 // 4, -(-4 * numba.get_num_threads() // max(n_tasks, 1)))
     k_chunk = 4 * -(-(kg4 // 4) // chunks)
     y = np.empty((x.shape[0], k_out, *out_size), dtype=x.dtype)
     return K._conv_forward_blocked(x, w4, bias4.reshape(-1), stride, pad, dilation, kg,
@@ -144,8 +144,8 @@ def _all_finite(*arrays):
 
 
 def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_size):
-    """The ways to compute this convolution, in the order the rules prefer them: one of
-    ``lanes``, ``winograd``, ``gemm``, then always ``direct``."""
+    """The ways to compute this convolution, in the order the rules prefer them: some of
+    ``lanes``, ``blocked``, ``winograd``, ``gemm``, then always ``direct``."""
     k_out, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
     ways = []
     # one input channel: on 256-bit loops the banded direct kernel wins (LeNet c1 forward 1.7
@@ -174,7 +174,8 @@ _trace = None
 @contextlib.contextmanager
 def trace_ways():
     """Within the block, the list yielded collects the way each convolution primitive took
-    (``"lanes"``, ``"winograd"``, ``"gemm"``, ``"direct"``, ``"exact"``), in call order."""
+    (``"lanes"``, ``"blocked"``, ``"winograd"``, ``"gemm"``, ``"direct"``, ``"exact"``), in
+    call order."""
     global _trace
     saved, _trace = _trace, []
     try:
@@ -214,8 +215,8 @@ def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
 
 def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_size):
     """The ways to compute this transposed convolution (a convolution's input gradient), in
-    the order the rules prefer them: ``lanes``, ``winograd`` (stride 1, as a convolution with
-    the kernel flipped), ``gemm``, then ``direct``."""
+    the order the rules prefer them: ``lanes``, ``blocked`` and ``winograd`` (stride 1, as a
+    convolution with the kernel flipped), ``gemm``, then ``direct``."""
     c_in, cog, kernel = x_shape[1], w_shape[1], w_shape[2:]
     stride_one = all(s == 1 for s in stride)
     ways = []
