@@ -113,6 +113,19 @@ def test_modes_time_what_they_say(tmp_path, monkeypatch, capsys):
     assert rows["inf", "torch"]["ways"] is None
 
 
+def test_ways_are_timed_against_the_chosen_one(tmp_path, capsys):
+    """``--ways``: every way the numba backend can compute a convolution with, timed beside
+    the one its rules chose, and a line saying where the chosen way lost."""
+    out = tmp_path / "ways.json"
+    assert main(["bench", "--case", "conv2d N=2 C=4 H=9 W=9 K=8 k=3 padding=1 name=w",
+                 "--backends", "numba", "--no-peers", "--repeat", "1", "--ways",
+                 "--json", str(out)]) == 0
+    assert "way check:" in capsys.readouterr().out
+    row = json.loads(out.read_text())["results"][0]
+    assert {"chosen", "blocked", "winograd", "gemm", "direct"} <= set(row["way_ms"])
+    assert all(t > 0 for t in row["way_ms"].values())
+
+
 def test_set_num_threads_checks_its_argument():
     with pytest.raises(ValueError, match="set_num_threads"):
         fc.set_num_threads(0)

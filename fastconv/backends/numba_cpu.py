@@ -24,6 +24,7 @@ repeatable for a fixed thread count.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import math
 import threading
@@ -164,7 +165,12 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
         ways.append("blocked")
     if gemm.gemm_worthwhile(k_out // groups, cg, kernel):
         ways.append("gemm")
-    return [*ways, "direct"]
+    return _listed(ways, ["blocked", *_winograd_capable(kernel, stride),
+                          *(["gemm"] if cg > 1 else [])])
+
+
+def _winograd_capable(kernel, stride):
+    return ["winograd"] if tuple(kernel[1:]) == (3, 3) and tuple(stride) == (1, 1, 1) else []
 
 
 # the ways taken, in call order, while `trace_ways` is active (`fastconv bench` shows them)
@@ -190,9 +196,37 @@ def _taken(way):
     return way
 
 
+_preferred = contextvars.ContextVar("fastconv_numba_way", default=None)
+
+
+@contextlib.contextmanager
+def prefer_way(way):
+    """Within the block (context-local), every convolution primitive takes ``way`` wherever it
+    can compute the call, and its usual way elsewhere: to measure each way against the one
+    the rules choose (``fastconv bench --ways``), and in tests."""
+    token = _preferred.set(way)
+    try:
+        yield
+    finally:
+        _preferred.reset(token)
+
+
+def _ordered(ways):
+    """``ways`` with the preferred one (:func:`prefer_way`) first, where it is among them."""
+    way = _preferred.get()
+    return [way, *(w for w in ways if w != way)] if way in ways else ways
+
+
+def _listed(preferred, capable):
+    """The ways the rules prefer, then ``direct``, then the others that can compute the call
+    (reached only through :func:`prefer_way`; a way stepping aside for NaN or Inf still falls
+    back to ``direct``)."""
+    return [*preferred, "direct", *(w for w in capable if w not in preferred)]
+
+
 def _first_way(ways, *operands):
     """The first of ``ways`` that gives PyTorch's NaN and Inf for these operands."""
-    for way in ways:
+    for way in _ordered(ways):
         if way not in MIXING or _all_finite(*operands):
             return _taken(way)
     raise AssertionError(f"no way among {ways}")  # pragma: no cover - direct always fits
@@ -236,7 +270,8 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
         ways.append("blocked")
     if gemm.gemm_worthwhile(c_in // groups, cog, kernel):
         ways.append("gemm")
-    return [*ways, "direct"]
+    capable = (["blocked", *_winograd_capable(kernel, stride)] if stride_one else [])
+    return _listed(ways, [*capable, *(["gemm"] if c_in // groups > 1 else [])])
 
 
 @_serialised
@@ -317,12 +352,13 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
     # LeNet c2's 4.2 ms packed vs 21 direct
     if gemm.gemm_worthwhile(kg, cg, kernel):
         ways.append("gemm")
-    return [*ways, "direct"]
+    return _listed(ways, [*_winograd_capable(kernel, stride), *(["gemm"] if cg > 1 else [])])
 
 
 @_serialised
 def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
-    ways = conv_weight_grad_ways(x.shape, gy.shape, stride, pad_lo, dilation, groups, kernel)
+    ways = _ordered(conv_weight_grad_ways(x.shape, gy.shape, stride, pad_lo, dilation, groups,
+                                          kernel))
     gw = _weight_grad_by(ways[0], x, gy, stride, pad_lo, dilation, groups, kernel)
     # Checked after the fact, on the weight-sized result: a NaN or Inf in x or gy always
     # leaves one in gw (inf times a finite number or zero, inf - inf, NaN), so a finite gw

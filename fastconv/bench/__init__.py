@@ -44,6 +44,9 @@ def add_arguments(parser):
                         help="also time import + a first conv2d in fresh processes "
                              "(empty and warm Numba cache, and PyTorch)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--ways", action="store_true",
+                        help="also time the numba backend's every way to compute each "
+                             "convolution against the way its rules choose")
 
 
 def _versions():
@@ -96,6 +99,27 @@ def ways_taken(contender, call):
     with numba_cpu.trace_ways() as ways:
         call()
     return "/".join(ways) or None
+
+
+def time_each_way(call, repeat):
+    """``call`` with each way of the numba backend preferred wherever it can compute, and as
+    its rules choose (``"chosen"``), timed interleaved: milliseconds per way."""
+    from ..backends import numba_cpu
+    from .measure import alternate
+
+    def preferring(way):
+        def run():
+            with numba_cpu.prefer_way(way):
+                return call()
+        return run
+
+    calls = {"chosen": call}
+    for way in ("lanes", "blocked", "winograd", "gemm", "direct"):
+        with numba_cpu.prefer_way(way), numba_cpu.trace_ways() as taken:
+            call()  # compiles it, outside the times
+        if way in taken:
+            calls[way] = preferring(way)
+    return {way: t * 1e3 for way, t in alternate(calls, repeat).items()}
 
 
 def run(args):
@@ -158,12 +182,16 @@ def run(args):
                                      fwd.get(c.peer), both.get(c.peer), peak, dtype.itemsize,
                                      gpu_ceil if c.on_gpu else ceil)
                 row["ways"] = ways_taken(c, timed_call)
+                if args.ways and c.name == "fastconv-numba" and row["ways"]:
+                    row["way_ms"] = time_each_way(timed_call, args.repeat)
                 rows.append(row)
     means = report.geomeans(rows)
     print()
     print(report.table(rows))
     print()
     print(report.summary(means))
+    if args.ways:
+        print(report.way_check(rows))
     for note in notes:
         print(note)
     started = startup() if args.startup else None

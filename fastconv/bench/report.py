@@ -87,6 +87,24 @@ def summary(means):
     return "\n".join(lines)
 
 
+def way_check(rows, slack=0.05):
+    """Lines naming the cases whose chosen way ran more than ``slack`` slower than the fastest
+    way measured for them (``--ways``), and a count of those within it."""
+    checked = [r for r in rows if r.get("way_ms")]
+    lines, within = [], 0
+    for r in checked:
+        times = {w: t for w, t in r["way_ms"].items() if w != "chosen"}
+        best = min(times, key=times.get)
+        if r["way_ms"]["chosen"] > (1 + slack) * times[best]:
+            lines.append(f"  {r['case']}: chosen {r['ways']} {r['way_ms']['chosen']:.2f} ms, "
+                         f"{best} {times[best]:.2f} ms")
+        else:
+            within += 1
+    head = (f"way check: the chosen way within {100 * slack:.0f}% of the fastest measured in "
+            f"{within} of {len(checked)} cases")
+    return "\n".join([head + (", not in:" if lines else ""), *lines])
+
+
 def save_json(path, meta, rows, means, startup=None):
     with open(path, "w") as fh:
         json.dump({"meta": meta, "results": rows, "geomean": means, "startup": startup}, fh,
