@@ -36,6 +36,15 @@ def gemm_worthwhile(k_per_group, c_per_group, kernel):
             and max(k_per_group, c_per_group) >= GEMM_MIN_CHANNELS)
 
 
+def transposed_worthwhile(c_in_per_group, c_out_per_group, kernel):
+    """Whether multiply-then-scatter (GEMM, col2im) beats the direct kernels for a transposed
+    convolution (a convolution's input gradient). Its GEMM sums over the input channels and
+    packs nothing, so many input channels suffice even for one output channel per group: M5's
+    one-channel 80-tap audio stem at batch 64 took 207 ms as a direct scatter and 20 ms so."""
+    return (gemm_worthwhile(c_in_per_group, c_out_per_group, kernel)
+            or c_in_per_group >= GEMM_MIN_CHANNELS)
+
+
 def is_pointwise(kernel, stride, pad):
     """A 1x1 kernel at stride 1 without padding: each image's (C, positions) block is already
     the GEMM operand, so nothing needs packing."""

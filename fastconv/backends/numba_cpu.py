@@ -268,10 +268,10 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
         ways.append("winograd")
     if blocked == "thin":
         ways.append("blocked")
-    if gemm.gemm_worthwhile(c_in // groups, cog, kernel):
+    if gemm.transposed_worthwhile(c_in // groups, cog, kernel):
         ways.append("gemm")
     capable = (["blocked", *_winograd_capable(kernel, stride)] if stride_one else [])
-    return _listed(ways, [*capable, *(["gemm"] if c_in // groups > 1 else [])])
+    return _listed(ways, [*capable, *(["gemm"] if c_in // groups > 1 or cog > 1 else [])])
 
 
 @_serialised
