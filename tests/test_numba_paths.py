@@ -38,10 +38,8 @@ def run_all(nd, kw, x, w, b, gy, wt, bt):
     return out
 
 
-@pytest.mark.parametrize("setting", NUMBA_WAYS)
-@pytest.mark.parametrize("nd, kw", CASES)
-def test_paths_agree_with_reference(setting, nd, kw, dtype, rng, monkeypatch):
-    force_numba_way(setting, monkeypatch)
+def case_arrays(nd, kw, dtype, rng):
+    """A case of ``CASES`` as ``(kernel size, run_all's arguments)``, on fresh data."""
     size = {1: (17,), 2: (9, 11), 3: (5, 6, 7)}[nd]
     x = randn(rng, (3, 4, *size), dtype)
     kw = dict(kw)
@@ -50,7 +48,14 @@ def test_paths_agree_with_reference(setting, nd, kw, dtype, rng, monkeypatch):
     wt = randn(rng, (4, 3, *(2 if k == 3 else 1,) * nd), dtype)
     b, bt = randn(rng, (6,), dtype), randn(rng, (3 * kw.get("groups", 1),), dtype)
     gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, **kw), dtype)
-    args = (nd, kw, x, w, b, gy, wt, bt)
+    return k, (nd, kw, x, w, b, gy, wt, bt)
+
+
+@pytest.mark.parametrize("setting", NUMBA_WAYS)
+@pytest.mark.parametrize("nd, kw", CASES)
+def test_paths_agree_with_reference(setting, nd, kw, dtype, rng, monkeypatch):
+    force_numba_way(setting, monkeypatch)
+    _, args = case_arrays(nd, kw, dtype, rng)
     with fc.use_backend("numpy"):
         expected = run_all(*args)
     with fc.use_backend("numba"):
@@ -264,21 +269,13 @@ def test_pointwise_one_image_in_tasks(size, groups, dtype, rng, monkeypatch):
 def test_preferred_way_agrees_with_reference(way, nd, kw, dtype, rng):
     """``prefer_way`` (what ``fastconv bench --ways`` measures with): each way taken wherever
     it can compute the call, rules or not, and the same numbers as the reference."""
-    size = {1: (17,), 2: (9, 11), 3: (5, 6, 7)}[nd]
-    x = randn(rng, (3, 4, *size), dtype)
-    kw = dict(kw)
-    k = kw.pop("kernel", 3)
-    w = randn(rng, (6, 4 // kw.get("groups", 1), *(k,) * nd), dtype)
-    wt = randn(rng, (4, 3, *(2 if k == 3 else 1,) * nd), dtype)
-    b, bt = randn(rng, (6,), dtype), randn(rng, (3 * kw.get("groups", 1),), dtype)
-    gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, **kw), dtype)
-    args = (nd, kw, x, w, b, gy, wt, bt)
+    k, args = case_arrays(nd, kw, dtype, rng)
     with fc.use_backend("numpy"):
         expected = run_all(*args)
     with fc.use_backend("numba"), numba_cpu.prefer_way(way), numba_cpu.trace_ways() as ways:
         got = run_all(*args)
     for a, e, what in zip(got, expected, ["y", "gx", "gw", "gb", "yt", "gxt", "gwt", "gbt"]):
         assert_close(a, e, dtype, what)
-    stride_one = all(s == 1 for s in np.atleast_1d(kw.get("stride", 1)))
+    stride_one = all(s == 1 for s in np.atleast_1d(args[1].get("stride", 1)))
     if way in ("blocked", "direct") or (way == "winograd" and k == 3 and stride_one):
         assert way in ways  # the forward at least

@@ -1,5 +1,5 @@
-"""Every Numba kernel of the ``numba`` backend, in one namespace (``K._conv_forward``), each
-defined in the module of its family:
+"""The Numba kernels that ``numba_cpu`` and ``fastconv.nn`` call, in one namespace
+(``K._conv_forward``), each defined in the module of its family:
 
 - :mod:`._numba_simd`: explicit 512-bit vectors (a type and intrinsics);
 - :mod:`._numba_band`: the jit options, in-bounds ranges, the direct kernels' band copies;
@@ -25,86 +25,31 @@ weight-sized results (weight and bias gradients).
 
 from __future__ import annotations
 
-from ._numba_band import (  # noqa: F401
-    _BAND_ELEMS,
-    _band_geometry,
-    _band_height,
-    _fill_band,
-    _fill_pair,
-    _jit,
-    _tap_start,
-    _valid_range,
-)
 from ._numba_direct import (  # noqa: F401
-    _BLOCK_CHANNELS,
     _all_finite,
     _bias_grad,
     _conv_forward,
     _conv_forward_blocked,
-    _conv_taps,
     _conv_transpose_forward,
     _conv_weight_grad,
     _conv_weight_grad_exact,
     _frame_finite,
 )
-from ._numba_elementwise import (  # noqa: F401
-    _ELEMENT_CHUNK,
-    _EXP2_COEFFS,
-    _sigmoid_backward,
-    _sigmoid_forward_f32,
-)
+from ._numba_elementwise import _sigmoid_backward, _sigmoid_forward_f32  # noqa: F401
 from ._numba_lane_kernels import (  # noqa: F401
-    LANE_SKEW,
     _from_lanes,
     _lane_avg_pool_backward,
     _lane_avg_pool_forward,
     _lane_channel_sums,
     _lane_conv,
-    _lane_conv_block,
-    _lane_conv_block_wide,
-    _lane_conv_nchw,
-    _lane_grad_taps,
-    _lane_grad_taps_pair,
-    _lane_grad_taps_wide,
-    _lane_taps,
-    _lane_taps_pair,
-    _lane_taps_used,
     _lane_weight_grad,
     _lanes_padded,
     _to_lanes,
 )
-from ._numba_packing import (  # noqa: F401
-    _bias_array,
-    _col2im,
-    _im2col,
-    _pack_rows,
-    _unpack_rows,
-)
+from ._numba_packing import _bias_array  # noqa: F401
 from ._numba_pooling import (  # noqa: F401
     _avg_pool_backward,
     _avg_pool_forward,
-    _column_ranges,
-    _first_in_bounds,
     _max_pool_backward,
     _max_pool_forward,
-    _share,
-)
-from ._numba_simd import (  # noqa: F401
-    VECTOR_BYTES,
-    _element_pointer,
-    _splat,
-    _Vector,
-    _VectorModel,
-    _vfma,
-    _vload,
-    _vsplat,
-    _vstore,
-)
-from ._numba_winograd_kernels import (  # noqa: F401
-    _channels_first,
-    _channels_last,
-    _winograd43_input,
-    _winograd43_output,
-    _winograd_grad_tiles,
-    _winograd_input,
 )

@@ -38,11 +38,16 @@ WINOGRAD_DEPTH_BLOCK = 8
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 
+def computes(kernel, stride):
+    """Whether these kernels compute the call at all: 3x3 kernels (any depth) at stride 1."""
+    return tuple(kernel[1:]) == (3, 3) and tuple(stride) == (1, 1, 1)
+
+
 def fits(kernel, stride, c_per_group, k_per_group, n_batch, out_size):
-    """3x3 kernels (any depth) at stride 1 with enough channels per group, and enough output
-    tiles (``n_batch`` images of ``out_size``) per channel."""
+    """Whether Winograd is the way by its rules: it computes the call, with enough channels
+    per group, and enough output tiles (``n_batch`` images of ``out_size``) per channel."""
     tiles = n_batch * out_size[0] * -(-out_size[1] // 4) * -(-out_size[2] // 4)
-    return (tuple(kernel[1:]) == (3, 3) and tuple(stride) == (1, 1, 1)
+    return (computes(kernel, stride)
             and min(c_per_group, k_per_group) >= WINOGRAD_MIN_CHANNELS
             and tiles >= WINOGRAD_TILES_PER_CHANNEL * max(c_per_group, k_per_group))
 

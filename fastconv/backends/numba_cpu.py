@@ -130,18 +130,24 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
                                    out_size, band, k_chunk, y)
 
 
-def _all_finite(*arrays):
-    """Whether the arrays hold no NaN or Inf: one pass, in ranges on the task pool."""
-    flats = [a.reshape(-1) for a in arrays]
-    ranges = [(f, lo, hi) for f in flats
-              for lo, hi in tasks.split(f.size, 0, numba.get_num_threads())]
-    finite = [True] * len(ranges)
+def _all_true(kernel, calls):
+    """Whether ``kernel(*args)`` holds for every ``args`` in ``calls``, run on the task pool
+    (serial GIL-free checks: a parallel Numba kernel left its threads spinning into the BLAS
+    tasks after it)."""
+    results = [True] * len(calls)
 
     def check(slot, i):
-        finite[i] = K._all_finite(*ranges[i])
+        results[i] = kernel(*calls[i])
 
-    tasks.run([(i,) for i in range(len(ranges))], check)
-    return all(finite)
+    tasks.run([(i,) for i in range(len(calls))], check)
+    return all(results)
+
+
+def _all_finite(*arrays):
+    """Whether the arrays hold no NaN or Inf: one pass, in ranges on the task pool."""
+    threads = numba.get_num_threads()
+    return _all_true(K._all_finite, [(f, lo, hi) for f in (a.reshape(-1) for a in arrays)
+                                     for lo, hi in tasks.split(f.size, 0, threads)])
 
 
 def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_size):
@@ -170,7 +176,7 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
 
 
 def _winograd_capable(kernel, stride):
-    return ["winograd"] if tuple(kernel[1:]) == (3, 3) and tuple(stride) == (1, 1, 1) else []
+    return ["winograd"] if winograd.computes(kernel, stride) else []
 
 
 # the ways taken, in call order, while `trace_ways` is active (`fastconv bench` shows them)
@@ -328,13 +334,8 @@ def _frame_finite(gy, in_size, stride, pad_lo, dilation, kernel):
         return True  # no window reaches the padding
     planes = gy.reshape(-1, *gy.shape[2:])
     ranges = tasks.split(planes.shape[0], planes[0].nbytes, numba.get_num_threads())
-    finite = [True] * len(ranges)
-
-    def check(slot, i):
-        finite[i] = K._frame_finite(planes, *ranges[i], tuple(lo), tuple(hi))
-
-    tasks.run([(i,) for i in range(len(ranges))], check)
-    return all(finite)
+    return _all_true(K._frame_finite, [(planes, p0, p1, tuple(lo), tuple(hi))
+                                       for p0, p1 in ranges])
 
 
 def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, kernel):
