@@ -7,21 +7,31 @@ OUT ?= runs/lenet
 
 .PHONY: test test-gpu demo data lint clean
 
-$(BIN)/fastconv: pyproject.toml
+# Two stamps: the demo needs the package and matplotlib only; the tests add the dev extra
+# (PyTorch as the oracle, pytest, hypothesis, ruff), hundreds of MB the demo never imports.
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
+
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[plot]'
+	touch $@
+
+$(TEST_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev,plot]'
-	touch $@
+	touch $@ $(DEMO_STAMP)
 
 # Fashion-MNIST: found already (see fastconv.data), or installed from Debian's package where
 # apt-get may be run; otherwise the error says how to get the files.
-data: $(BIN)/fastconv
+data: $(DEMO_STAMP)
 	@$(BIN)/python -c "import fastconv.data as d; d.find_files()" 2>/dev/null || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	  fi; \
 	  $(BIN)/python -c "import fastconv.data as d; d.find_files()"; }
 
-test: $(BIN)/fastconv data
+test: $(TEST_STAMP) data
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -34,10 +44,10 @@ test-gpu:
 
 # The main job: the textbook LeNet on Fashion-MNIST, 10 epochs, with a progress bar; writes
 # $(OUT)/checkpoint.npz, metrics.json and curves.png.
-demo: $(BIN)/fastconv data
+demo: $(DEMO_STAMP) data
 	$(BIN)/fastconv train --out $(OUT)
 
-lint: $(BIN)/fastconv
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 
 clean:

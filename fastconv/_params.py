@@ -140,21 +140,26 @@ def _spatial_names(nd):
 # --------------------------------------------------------------------------- padding
 
 
-def conv_padding(fn, padding, nd, kernel, stride, dilation):
+def conv_padding(fn, padding, nd, kernel, stride, dilation, in_size):
     """Normalise conv padding to ``nd`` ``(lo, hi)`` pairs.
 
     Accepts an int, a tuple of ``nd`` ints, a tuple of ``nd`` ``(lo, hi)`` pairs (an extension:
-    asymmetric padding), ``"valid"`` or ``"same"``. ``"same"`` follows PyTorch: stride 1 only,
-    and an odd total ``dilation * (kernel - 1)`` puts the extra element on the high side.
+    asymmetric padding), ``"valid"`` or ``"same"``. ``"same"`` gives an output of
+    ``ceil(in / stride)`` elements per axis, as in TensorFlow and Keras: total padding
+    ``max((out - 1) * stride + dilation * (kernel - 1) + 1 - in, 0)``, the smaller half on the
+    low side. At stride 1 that is PyTorch's ``"same"`` (which rejects other strides): total
+    ``dilation * (kernel - 1)``, an odd extra element on the high side.
     """
     if isinstance(padding, str):
         if padding == "valid":
             return ((0, 0),) * nd
         if padding == "same":
-            if any(s != 1 for s in stride):
-                _fail(fn, f"padding='same' needs stride 1 (as in PyTorch), got stride {stride}")
-            totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
-            return tuple((t // 2, t - t // 2) for t in totals)
+            pairs = []
+            for i, k, s, d in zip(in_size, kernel, stride, dilation):
+                out = -(-i // s)
+                total = max((out - 1) * s + d * (k - 1) + 1 - i, 0)
+                pairs.append((total // 2, total - total // 2))
+            return tuple(pairs)
         _fail(fn, f"padding must be 'valid', 'same', an int or a tuple, got {padding!r}")
     if (isinstance(padding, (tuple, list)) and len(padding) == nd
             and all(isinstance(p, (tuple, list)) for p in padding)):
@@ -262,8 +267,8 @@ def conv_spec(fn, nd, x, weight, bias, stride, padding, dilation, groups, paddin
         _fail(fn, f"input has {channels} channels but weight expects {group_channels * groups} "
                   f"(weight shape {weight.shape}, groups={groups}; input shape {x.shape})")
     _check_bias(fn, bias, out_channels)
-    pads = conv_padding(fn, padding, nd, kernel, stride, dilation)
     in_size = tuple(x.shape[-nd:])
+    pads = conv_padding(fn, padding, nd, kernel, stride, dilation, in_size)
     _check_padding_mode(fn, padding_mode, pads, in_size)
     out = tuple(conv_output_size(i, k, s, lo, hi, d)
                 for i, k, s, (lo, hi), d in zip(in_size, kernel, stride, pads, dilation))

@@ -500,7 +500,9 @@ bias : numpy.ndarray, shape (C_out,), optional
 stride, dilation : int or tuple of {n} ints
 padding : int, tuple of {n} ints, tuple of {n} (lo, hi) pairs, 'valid' or 'same'
     Zero-padding added on both sides; ``(lo, hi)`` pairs pad asymmetrically (an extension
-    beyond PyTorch). ``'same'`` needs stride 1 and puts an odd extra element on the high side.
+    beyond PyTorch). ``'same'`` gives ``ceil(in / stride)`` outputs; an odd total padding
+    puts the extra element on the high side. At stride 1 that is PyTorch's ``'same'``; above
+    it (an extension: PyTorch rejects it) TensorFlow's and Keras's rule.
 groups : int
     Split channels into this many independent groups (``groups == C_in`` is depthwise).
 padding_mode : {{'zeros', 'reflect', 'replicate', 'circular'}}

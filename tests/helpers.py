@@ -98,13 +98,18 @@ def torch_pad(pairs):
     return tuple(v for lo, hi in reversed(pairs) for v in (lo, hi))
 
 
-def pairs_of(padding, nd, kernel, dilation):
-    """Any fastconv conv padding as explicit (lo, hi) pairs."""
+def pairs_of(padding, nd, kernel, dilation, in_size=None, stride=1):
+    """Any fastconv conv padding as explicit (lo, hi) pairs. ``'same'`` is TensorFlow's rule
+    (an output of ``ceil(in / stride)``, the smaller half of the padding first), which at
+    stride 1 is PyTorch's."""
     if padding == "valid":
         return [(0, 0)] * nd
     if padding == "same":
         d = dilation if isinstance(dilation, tuple) else (dilation,) * nd
-        totals = [dd * (k - 1) for k, dd in zip(kernel, d)]
+        s = stride if isinstance(stride, tuple) else (stride,) * nd
+        size = in_size if in_size is not None else (1,) * nd
+        totals = [max((-(-i // ss) - 1) * ss + dd * (k - 1) + 1 - i, 0)
+                  for i, k, ss, dd in zip(size, kernel, s, d)]
         return [(t // 2, t - t // 2) for t in totals]
     if isinstance(padding, int):
         return [(padding, padding)] * nd
@@ -122,11 +127,13 @@ def torch_conv(nd, stride=1, padding=0, dilation=1, groups=1, padding_mode="zero
     conv = getattr(F, f"conv{nd}d")
 
     def f(x, w, b):
-        simple = padding_mode == "zeros" and (isinstance(padding, (int, str)) or all(
-            isinstance(p, int) for p in padding))
+        unit_stride = all(s == 1 for s in (stride if isinstance(stride, tuple) else (stride,)))
+        simple = padding_mode == "zeros" and (
+            isinstance(padding, int) or (isinstance(padding, str) and unit_stride)
+            or (not isinstance(padding, str) and all(isinstance(p, int) for p in padding)))
         if simple:
             return conv(x, w, b, stride, padding, dilation, groups)
-        pairs = pairs_of(padding, nd, w.shape[2:], dilation)
+        pairs = pairs_of(padding, nd, w.shape[2:], dilation, x.shape[-nd:], stride)
         xp = F.pad(x, torch_pad(pairs), mode=TORCH_MODE[padding_mode])
         return conv(xp, w, b, stride, 0, dilation, groups)
 

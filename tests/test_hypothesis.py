@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch.nn.functional as F
-from helpers import assert_close, autograd, bias_grad_scale, randn, torch_conv
+from helpers import assert_close, autograd, bias_grad_scale, pairs_of, randn, torch_conv
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -28,11 +28,8 @@ def conv_cases(draw):
     dilation = axes(draw, nd, 1, 3)
     size = axes(draw, nd, 1, 10 if nd < 3 else 6)
     kind = draw(st.sampled_from(["int", "tuple", "pairs", "same", "valid"]))
-    if kind == "same":
-        stride = (1,) * nd
-        totals = [d * (kk - 1) for kk, d in zip(kernel, dilation)]
-        pairs = [(t // 2, t - t // 2) for t in totals]
-        padding = "same"
+    if kind == "same":  # any stride: TensorFlow's rule, PyTorch's at stride 1
+        pairs, padding = pairs_of("same", nd, kernel, dilation, size, stride), "same"
     elif kind == "valid":
         pairs, padding = [(0, 0)] * nd, "valid"
     elif kind == "int":

@@ -67,9 +67,28 @@ def test_known_conv_shapes(shape, weight, kw, expected):
 
 def test_padding_normalisation():
     from fastconv._params import conv_padding
-    assert conv_padding("f", 1, 2, (3, 3), (1, 1), (1, 1)) == ((1, 1), (1, 1))
-    assert conv_padding("f", (1, 2), 2, (3, 3), (1, 1), (1, 1)) == ((1, 1), (2, 2))
-    assert conv_padding("f", ((0, 1), (2, 3)), 2, (3, 3), (1, 1), (1, 1)) == ((0, 1), (2, 3))
-    assert conv_padding("f", "same", 2, (4, 3), (1, 1), (1, 3)) == ((1, 2), (3, 3))
-    assert conv_padding("f", "valid", 3, (4, 3, 1), (2, 2, 2), (1, 1, 1)) == ((0, 0),) * 3
-    assert conv_padding("f", np.int64(2), 1, (3,), (1,), (1,)) == ((2, 2),)
+    assert conv_padding("f", 1, 2, (3, 3), (1, 1), (1, 1), (9, 9)) == ((1, 1), (1, 1))
+    assert conv_padding("f", (1, 2), 2, (3, 3), (1, 1), (1, 1), (9, 9)) == ((1, 1), (2, 2))
+    assert conv_padding("f", ((0, 1), (2, 3)), 2, (3, 3), (1, 1), (1, 1), (9, 9)) == (
+        (0, 1), (2, 3))
+    assert conv_padding("f", "same", 2, (4, 3), (1, 1), (1, 3), (9, 9)) == ((1, 2), (3, 3))
+    assert conv_padding("f", "valid", 3, (4, 3, 1), (2, 2, 2), (1, 1, 1), (9, 9, 9)) == (
+        (0, 0),) * 3
+    assert conv_padding("f", np.int64(2), 1, (3,), (1,), (1,), (9,)) == ((2, 2),)
+
+
+@pytest.mark.parametrize("size, kernel, stride, dilation, pairs", [
+    # TensorFlow's "same" for strides above 1: out = ceil(in / stride), the smaller half low
+    (224, 7, 2, 1, (2, 3)),    # 112 outputs: 111 * 2 + 7 - 224 = 5
+    (225, 7, 2, 1, (3, 3)),    # 113 outputs: 112 * 2 + 7 - 225 = 6
+    (8, 1, 2, 1, (0, 0)),      # a 1x1 at stride 2 needs no padding
+    (9, 3, 4, 1, (1, 1)),      # 3 outputs: 2 * 4 + 3 - 9 = 2
+    (9, 4, 4, 1, (1, 2)),      # an odd total: the extra element on the high side
+    (10, 3, 3, 2, (2, 2)),     # 4 outputs: 3 * 3 + 5 - 10 = 4
+])
+def test_same_padding_any_stride(size, kernel, stride, dilation, pairs):
+    from fastconv._params import conv_padding
+    assert conv_padding("f", "same", 1, (kernel,), (stride,), (dilation,), (size,)) == (pairs,)
+    shape = fc.conv_output_shape((1, 1, size), (1, 1, kernel), stride=stride, padding="same",
+                                 dilation=dilation)
+    assert shape[-1] == -(-size // stride)
