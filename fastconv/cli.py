@@ -83,6 +83,25 @@ def _evaluate(args):
     return 0
 
 
+def _summary(args):
+    from .models import lenet
+    from .nn import summary
+    from .train import MODELS
+
+    print(summary(lenet(MODELS[args.model]), args.input_shape))
+    return 0
+
+
+def _shape_argument(text):
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N,C,H,W, got {text!r}") from None
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected four positive sizes N,C,H,W, got {text!r}")
+    return shape
+
+
 def _download(args):
     from .data import BASE_URL, download
 
@@ -149,6 +168,18 @@ def build_parser():
     _data_argument(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
+    summary = sub.add_parser(
+        "summary", help="a model's layers: output shapes, parameters, MACs, receptive fields",
+        description="Print the model's table, layer by layer: output shape, parameters, "
+                    "multiply-adds, and per spatial axis the receptive field (input pixels one "
+                    "output element sees), the jump (pixels between neighbouring outputs' "
+                    "fields) and the start (centre of the first output's field); then the "
+                    "totals. Nothing is trained or run.")
+    summary.add_argument("--model", choices=["lenet", "lenet-modern"], default="lenet")
+    summary.add_argument("--input-shape", type=_shape_argument, default=(1, 1, 28, 28),
+                         metavar="N,C,H,W", help="default 1,1,28,28 (one Fashion-MNIST image)")
+    summary.set_defaults(run=_summary)
+
     download = sub.add_parser(
         "download", help="fetch Fashion-MNIST to ~/.cache/fastconv/fashion-mnist",
         description="Fetch the four Fashion-MNIST files, check each one's SHA-256, and write "
@@ -169,7 +200,7 @@ def _data_argument(parser):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.command not in ("train", "evaluate", "download"):
+    if args.command not in ("train", "evaluate", "download", "summary"):
         return args.run(args)
     try:
         return args.run(args)

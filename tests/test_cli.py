@@ -28,4 +28,18 @@ def test_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    assert all(c in out for c in ("info", "demo", "bench", "train", "evaluate", "download"))
+    assert all(c in out for c in ("info", "demo", "bench", "train", "evaluate", "download",
+                                  "summary"))
+
+
+def test_summary(capsys):
+    assert main(["summary", "--model", "lenet"]) == 0
+    out = capsys.readouterr().out
+    assert "total params 61,706" in out and "5 AvgPool2d" in out and "16x16" in out
+    assert main(["summary", "--model", "lenet-modern", "--input-shape", "64,1,28,28"]) == 0
+    assert "(64, 10)" in capsys.readouterr().out
+    assert main(["summary", "--input-shape", "1,1,32,32"]) == 2  # LeNet's Linear needs 28x28
+    assert "summary: error: summary: layer 7: Linear: input has 576 features" in (
+        capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        main(["summary", "--input-shape", "1,28,28"])

@@ -33,6 +33,43 @@ LAYERS = {
                  lambda: torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True), (2, 3, 9, 8)),
     "avg_pool": (lambda: nn.AvgPool2d(3, 2, 1, count_include_pad=False),
                  lambda: torch.nn.AvgPool2d(3, 2, 1, count_include_pad=False), (2, 3, 9, 8)),
+    "conv1d": (lambda: nn.Conv1d(3, 4, 5, stride=2, padding=2, dilation=2),
+               lambda: torch.nn.Conv1d(3, 4, 5, stride=2, padding=2, dilation=2), (2, 3, 17)),
+    "conv1d_same_replicate": (
+        lambda: nn.Conv1d(2, 4, 4, padding="same", groups=2, padding_mode="replicate"),
+        lambda: torch.nn.Conv1d(2, 4, 4, padding="same", groups=2, padding_mode="replicate"),
+        (3, 2, 9)),
+    "conv3d": (lambda: nn.Conv3d(4, 6, (3, 2, 3), stride=(1, 2, 1), padding=1, groups=2,
+                                 padding_mode="circular"),
+               lambda: torch.nn.Conv3d(4, 6, (3, 2, 3), stride=(1, 2, 1), padding=1, groups=2,
+                                       padding_mode="circular"), (2, 4, 5, 6, 7)),
+    "conv_transpose1d": (lambda: nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1,
+                                                    output_padding=1, groups=2),
+                         lambda: torch.nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1,
+                                                          output_padding=1, groups=2),
+                         (2, 4, 7)),
+    "conv_transpose3d": (lambda: nn.ConvTranspose3d(3, 2, (2, 3, 2), stride=(2, 1, 2),
+                                                    padding=1, dilation=2, bias=False),
+                         lambda: torch.nn.ConvTranspose3d(3, 2, (2, 3, 2), stride=(2, 1, 2),
+                                                          padding=1, dilation=2, bias=False),
+                         (2, 3, 3, 4, 3)),
+    "max_pool1d": (lambda: nn.MaxPool1d(3, 2, 1, dilation=2, ceil_mode=True),
+                   lambda: torch.nn.MaxPool1d(3, 2, 1, dilation=2, ceil_mode=True), (2, 3, 15)),
+    "max_pool3d": (lambda: nn.MaxPool3d(2, ceil_mode=True),
+                   lambda: torch.nn.MaxPool3d(2, ceil_mode=True), (2, 3, 5, 6, 7)),
+    "avg_pool1d": (lambda: nn.AvgPool1d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+                   lambda: torch.nn.AvgPool1d(3, 2, 1, ceil_mode=True,
+                                              count_include_pad=False), (2, 3, 11)),
+    "avg_pool3d": (lambda: nn.AvgPool3d(3, 2, 1, divisor_override=5),
+                   lambda: torch.nn.AvgPool3d(3, 2, 1, divisor_override=5), (2, 3, 5, 6, 7)),
+    "global_avg_pool": (lambda: nn.AdaptiveAvgPool2d(1), lambda: torch.nn.AdaptiveAvgPool2d(1),
+                        (2, 3, 7, 7)),
+    "adaptive_avg_pool1d": (lambda: nn.AdaptiveAvgPool1d(4),
+                            lambda: torch.nn.AdaptiveAvgPool1d(4), (2, 3, 10)),
+    "adaptive_avg_pool2d": (lambda: nn.AdaptiveAvgPool2d((3, None)),
+                            lambda: torch.nn.AdaptiveAvgPool2d((3, None)), (2, 3, 7, 5)),
+    "adaptive_avg_pool3d": (lambda: nn.AdaptiveAvgPool3d((2, 3, 1)),
+                            lambda: torch.nn.AdaptiveAvgPool3d((2, 3, 1)), (2, 3, 5, 7, 4)),
     "linear": (lambda: nn.Linear(7, 5), lambda: torch.nn.Linear(7, 5), (4, 7)),
     "flatten": (lambda: nn.Flatten(), lambda: torch.nn.Flatten(), (2, 3, 4, 5)),
     "sigmoid": (nn.Sigmoid, torch.nn.Sigmoid, (3, 4, 5, 6)),
@@ -94,6 +131,80 @@ def test_layer_finite_differences(name, backend, rng):
         z += h * v
         numeric, exact = (plus - minus) / (2 * h), (grad * v).sum()
         assert abs(numeric - exact) <= 1e-6 * max(1.0, abs(exact)), (name, i, numeric, exact)
+
+
+# every convolution layer's arguments, for the initialisation and state-dict checks
+CONV_LAYERS = [
+    ("Conv1d", (6, 8, 5), {"groups": 2}),
+    ("Conv2d", (3, 4, (3, 5)), {"bias": True}),
+    ("Conv3d", (2, 6, 3), {"bias": False}),
+    ("ConvTranspose1d", (4, 6, 3), {"groups": 2}),
+    ("ConvTranspose2d", (5, 3, (2, 4)), {}),
+    ("ConvTranspose3d", (2, 4, 3), {}),
+]
+
+
+@pytest.mark.parametrize("name, args, kwargs", CONV_LAYERS)
+def test_conv_layers_initialise_as_torch(name, args, kwargs):
+    """State-dict names and shapes as ``torch.nn``'s; weights and biases uniform within the
+    bound PyTorch computes for the layer (``1 / sqrt(fan_in)`` from its own fan-in)."""
+    ours = getattr(nn, name)(*args, **kwargs, rng=np.random.default_rng(0))
+    theirs = getattr(torch.nn, name)(*args, **kwargs)
+    assert [(k, tuple(v.shape)) for k, v in ours.state_dict().items()] == [
+        (k, tuple(v.shape)) for k, v in theirs.state_dict().items()]
+    fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(theirs.weight)
+    bound = 1 / np.sqrt(fan_in)
+    for key, value in ours.state_dict().items():
+        assert value.dtype == np.float32
+        assert np.abs(value).max() <= bound, key
+        assert np.abs(value).max() > 0.5 * bound, key  # drawn across the bound, not near 0
+
+
+def test_new_layers_in_sequential_and_checkpoints(tmp_path, rng):
+    """A 1-D and a 3-D network: the same outputs and gradients as the same ``torch.nn``
+    Sequential, and their parameters through a checkpoint and back."""
+    from fastconv import checkpoint
+
+    for ours, theirs, shape in [
+        (nn.Sequential(nn.Conv1d(2, 4, 5, stride=2), nn.ReLU(), nn.MaxPool1d(2),
+                       nn.ConvTranspose1d(4, 3, 4, stride=2), nn.AvgPool1d(3),
+                       nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(3, 2)),
+         torch.nn.Sequential(torch.nn.Conv1d(2, 4, 5, stride=2), torch.nn.ReLU(),
+                             torch.nn.MaxPool1d(2), torch.nn.ConvTranspose1d(4, 3, 4, stride=2),
+                             torch.nn.AvgPool1d(3), torch.nn.AdaptiveAvgPool1d(1),
+                             torch.nn.Flatten(), torch.nn.Linear(3, 2)), (3, 2, 40)),
+        (nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.Tanh(), nn.MaxPool3d(2),
+                       nn.ConvTranspose3d(4, 2, 2, stride=2), nn.AvgPool3d(2),
+                       nn.AdaptiveAvgPool3d(1), nn.Flatten()),
+         torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.Tanh(),
+                             torch.nn.MaxPool3d(2), torch.nn.ConvTranspose3d(4, 2, 2, stride=2),
+                             torch.nn.AvgPool3d(2), torch.nn.AdaptiveAvgPool3d(1),
+                             torch.nn.Flatten()), (2, 1, 6, 8, 4)),
+    ]:
+        ours.load_state_dict({k: v.numpy().copy() for k, v in theirs.state_dict().items()})
+        x = randn(rng, shape, np.float32)
+        xt = torch.from_numpy(x.copy()).requires_grad_()
+        yt = theirs(xt)
+        gy = randn(rng, tuple(yt.shape), np.float32)
+        yt.backward(torch.from_numpy(gy))
+        assert_close(ours.forward(x), yt.detach().numpy(), np.float32, "forward")
+        assert_close(ours.backward(gy), xt.grad.numpy(), np.float32, "input gradient")
+        for (n, p), (_, tp) in zip(ours.named_parameters(), theirs.named_parameters()):
+            assert_close(p.grad, tp.grad.numpy(), np.float32, n)
+        checkpoint.save(tmp_path / "c.npz", ours.state_dict(), {}, {"epoch": 1})
+        state, _, _ = checkpoint.load(tmp_path / "c.npz")
+        for (n, p), (m, q) in zip(ours.state_dict().items(), state.items()):
+            assert n == m
+            np.testing.assert_array_equal(p, q)
+
+
+def test_adaptive_pool_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="AdaptiveAvgPool2d: output_size"):
+        nn.AdaptiveAvgPool2d((2, 3, 4))
+    with pytest.raises(ValueError, match="AdaptiveAvgPool1d: output_size"):
+        nn.AdaptiveAvgPool1d(0)
+    with pytest.raises(ValueError, match="Conv3d: expected a 5-D input"):
+        nn.Conv3d(1, 1, 1).forward(np.zeros((1, 1, 4, 4), np.float32))
 
 
 def test_gradients_accumulate_and_zero(rng):

@@ -7,6 +7,8 @@ parameters into their ``grad`` and returns the gradient with respect to its inpu
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .._params import is_cupy
@@ -36,6 +38,34 @@ def device_module(device):
 
         return cupy
     raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+
+
+def check_input(layer, x, ndim):
+    """A ``ValueError`` naming ``layer`` unless ``x`` has ``ndim`` dimensions."""
+    if getattr(x, "ndim", None) != ndim:
+        raise ValueError(f"{layer}: expected a {ndim}-D input, got shape "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+
+
+def saved(layer, value, what):
+    """``value``, kept by ``layer``'s forward for its backward; a ``RuntimeError`` if none."""
+    if value is None:
+        raise RuntimeError(f"{layer}.backward: no {what} saved; call forward first")
+    return value
+
+
+class Window(NamedTuple):
+    """What one output element of a layer sees along one spatial axis of its input, in input
+    elements: the receptive-field arithmetic's three numbers.
+
+    ``size``: from the first input it sees to the last (dilation's gaps included); ``stride``:
+    how far apart neighbouring outputs' windows are (below 1 for a transposed convolution);
+    ``centre``: where the first output's window is centred (negative into the padding).
+    """
+
+    size: float
+    stride: float
+    centre: float
 
 
 class Parameter:
@@ -95,6 +125,25 @@ class Module:
 
     def __call__(self, x):
         return self.forward(x)
+
+    @property
+    def layer_name(self):
+        """The layer's class name, for messages."""
+        return type(self).__name__
+
+    def output_shape(self, input_shape):
+        """The shape of :meth:`forward`'s output for an input of ``input_shape``, without
+        computing it (for :func:`fastconv.nn.summary`)."""
+        raise NotImplementedError(f"{self.layer_name} does not say its output shape")
+
+    def macs(self, input_shape):
+        """Multiply-adds of one forward pass on an input of ``input_shape`` (0: none)."""
+        return 0
+
+    def windows(self, input_shape):
+        """Per spatial axis, the :class:`Window` an output element sees of the input; ``None``
+        where every output sees the whole input (the spatial part of the network ends)."""
+        raise NotImplementedError(f"{self.layer_name} does not say what its outputs see")
 
     def named_parameters(self, prefix=""):
         """``(name, Parameter)`` pairs, this module's first, then its children's, in order."""
