@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 import fastconv as fc
+from fastconv._compiling import CompileWatch
 
 
 def edge_image():
@@ -50,12 +51,18 @@ def run():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((256, 1, 28, 28)).astype(np.float32)
     w1 = rng.standard_normal((6, 1, 5, 5)).astype(np.float32)
+
+    def first_layer():
+        y = fc.conv2d(x, w1, padding=2)
+        fc.conv2d_backward(np.ones_like(y), x, w1, padding=2)
+        return y
+
     for backend in fc.available_backends():
-        with fc.use_backend(backend):
-            fc.conv2d(x[:2], w1, padding=2)  # warm-up (Numba compiles on first use)
+        with fc.use_backend(backend), CompileWatch(announce=print) as compiling:
+            first_layer()  # untimed: numba compiles its kernels on their first use
             start = time.perf_counter()
-            y = fc.conv2d(x, w1, padding=2)
-            gx, gw, gb = fc.conv2d_backward(np.ones_like(y), x, w1, padding=2)
+            y = first_layer()
             seconds = time.perf_counter() - start
+        note = f" (after {compiling.seconds:.1f} s of compiling)" if compiling.seconds else ""
         print(f"LeNet's first layer, batch 256, forward + backward on {backend:>5}: "
-              f"{seconds * 1e3:7.1f} ms -> {y.shape}")
+              f"{seconds * 1e3:7.1f} ms -> {y.shape}{note}")

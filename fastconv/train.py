@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _backend, checkpoint, nn
 from ._backend import get_backend, use_backend
+from ._compiling import CompileWatch
 from .data import CLASSES, load_fashion_mnist
 from .models import lenet
 from .nn.module import array_module, device_module, to_numpy
@@ -96,11 +97,11 @@ def train_step(model, loss_fn, optimizer, x, y):
     return loss, int((logits.argmax(axis=1) == y).sum())
 
 
-def _progress(iterable, desc, total, enabled):
+def _progress(desc, total, enabled):
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, unit="batch", disable=not enabled,
-                leave=False, dynamic_ncols=True)
+    return tqdm(desc=desc, total=total, unit="batch", disable=not enabled, leave=False,
+                dynamic_ncols=True)
 
 
 def train(config: Config, resume=None, progress=True, log=print):
@@ -133,28 +134,40 @@ def train(config: Config, resume=None, progress=True, log=print):
     n = len(x_train)
     steps = -(-n // config.batch_size)
     backend = use_backend(config.backend) if config.backend else contextlib.nullcontext()
-    with backend, blas_single_thread():
+    # the first batches compile the numba kernels (once per installation: they are cached);
+    # that time is said, and kept out of the examples/s and of the progress bar's estimate
+    say = _writer(progress, log)
+    with backend, blas_single_thread(), CompileWatch(announce=say) as compiling:
         for epoch in range(start, config.epochs):
             # the order of an epoch depends on the seed and the epoch only: resuming replays it
             order = np.random.default_rng([config.seed, epoch]).permutation(n)
             model.train()
             loss_sum, correct = 0.0, 0
-            started = time.perf_counter()
-            for b in _progress(range(0, n, config.batch_size), f"epoch {epoch + 1}/"
-                               f"{config.epochs}", steps, progress):
-                idx = order[b:b + config.batch_size]
-                loss, hits = train_step(model, loss_fn, optimizer, xp.asarray(x_train[idx]),
-                                        xp.asarray(y_train[idx]))
-                loss_sum += loss * len(idx)
-                correct += hits
-            seconds = time.perf_counter() - started
+            started, compiled_before = time.perf_counter(), compiling.seconds
+            with _progress(f"epoch {epoch + 1}/{config.epochs}", steps, progress) as bar:
+                for b in range(0, n, config.batch_size):
+                    idx = order[b:b + config.batch_size]
+                    before = compiling.seconds
+                    loss, hits = train_step(model, loss_fn, optimizer,
+                                            xp.asarray(x_train[idx]), xp.asarray(y_train[idx]))
+                    loss_sum += loss * len(idx)
+                    correct += hits
+                    if compiling.seconds > before:
+                        bar.unpause()  # the bar's clock skips the compiling
+                        say(f"compiled in {compiling.seconds - before:.1f} s")
+                    bar.update(1)
+            compile_seconds = compiling.seconds - compiled_before
+            seconds = time.perf_counter() - started - compile_seconds
             test_acc = float((predict(model, x_test) == y_test).mean())
             record = {"epoch": epoch + 1, "loss": loss_sum / n, "train_acc": correct / n,
-                      "test_acc": test_acc, "seconds": seconds, "examples_per_s": n / seconds}
+                      "test_acc": test_acc, "seconds": seconds, "examples_per_s": n / seconds,
+                      "compile_seconds": compile_seconds}
             history.append(record)
             log(f"epoch {epoch + 1:2d}/{config.epochs}  loss {record['loss']:.3f}  "
                 f"train acc {record['train_acc']:.3f}  test acc {test_acc:.3f}  "
-                f"{record['examples_per_s']:,.0f} examples/s")
+                f"{record['examples_per_s']:,.0f} examples/s"
+                + (f" (not counting {compile_seconds:.1f} s of compiling)"
+                   if compile_seconds >= 0.05 else ""))
             meta = {"config": asdict(config), "epoch": epoch + 1, "history": history}
             checkpoint.save(out / "checkpoint.npz", model.state_dict(), optimizer.state_dict(),
                             meta)
@@ -162,6 +175,15 @@ def train(config: Config, resume=None, progress=True, log=print):
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             plot_curves(history, out / "curves.png", config.model)
     return _metrics(config, history)
+
+
+def _writer(progress, log):
+    """A function printing one line: between progress bars when they are shown."""
+    if not progress:
+        return log
+    from tqdm.auto import tqdm
+
+    return tqdm.write
 
 
 def _device(backend):
