@@ -33,6 +33,14 @@ class CompileWatch:
         self._listener = None
 
     def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def start(self):
+        """Start watching (what ``with`` does); returns the watch."""
         if event is None:
             return self
         watch = self
@@ -58,8 +66,8 @@ class CompileWatch:
         event.register("numba:compile", self._listener)
         return self
 
-    def __exit__(self, *exc):
+    def close(self):
+        """Stop watching (``seconds`` stays)."""
         if self._listener is not None:
             event.unregister("numba:compile", self._listener)
             self._listener = None
-        return False

@@ -129,13 +129,14 @@ def train(config: Config, resume=None, progress=True, log=print):
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optim_state)
         history, start = meta["history"], meta["epoch"]
+    helper = _start_compiling_helper(config.backend)  # its start-up overlaps the loading
     x_train, y_train, x_test, y_test = load_fashion_mnist(config.data, config.limit)
     loss_fn = nn.SoftmaxCrossEntropy()
     n = len(x_train)
     steps = -(-n // config.batch_size)
     backend = use_backend(config.backend) if config.backend else contextlib.nullcontext()
-    # the first batches compile the numba kernels (once per installation: they are cached);
-    # that time is said, and kept out of the examples/s and of the progress bar's estimate
+    # the first step compiles the numba kernels (once per installation: they are cached); that
+    # time is said, and kept out of the examples/s and of the progress bar's estimate
     say = _writer(progress, log)
     with backend, blas_single_thread(), CompileWatch(announce=say) as compiling:
         for epoch in range(start, config.epochs):
@@ -152,6 +153,7 @@ def train(config: Config, resume=None, progress=True, log=print):
                                             xp.asarray(x_train[idx]), xp.asarray(y_train[idx]))
                     loss_sum += loss * len(idx)
                     correct += hits
+                    helper = _stop(helper)  # the step has compiled or loaded every kernel
                     if compiling.seconds > before:
                         bar.unpause()  # the bar's clock skips the compiling
                         say(f"compiled in {compiling.seconds - before:.1f} s")
@@ -174,7 +176,32 @@ def train(config: Config, resume=None, progress=True, log=print):
             metrics = _metrics(config, history)
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             plot_curves(history, out / "curves.png", config.model)
+    _stop(helper)  # where no epoch was left to run
     return _metrics(config, history)
+
+
+def _start_compiling_helper(backend):
+    """On the numba backend, where LeNet's kernels are not cached yet, a helper process that
+    compiles them from the other end of the list while the first step compiles them in order
+    of use (``backends._numba_first_use``); each loads what the other has saved, and half the
+    compiling comes off the wait for the first batch. ``None`` where there is nothing to
+    gain. (After an error it ends by itself once it has compiled the list.)"""
+    from .nn.lanes import numba_active
+
+    with use_backend(backend) if backend else contextlib.nullcontext():
+        if not numba_active(np.zeros(1, np.float32)):
+            return None
+    from .backends import _numba_first_use as first_use
+
+    return None if first_use.cached() else first_use.start_helper()
+
+
+def _stop(helper):
+    """End the helper (if any); returns ``None``."""
+    if helper is not None:
+        from .backends import _numba_first_use as first_use
+
+        first_use.stop_helper(helper)
 
 
 def _writer(progress, log):

@@ -188,9 +188,7 @@ class _ConvTransposeNd(Module):
         x = saved(self.layer_name, self._x, "input")
         gx, gw, gb = getattr(F, f"conv_transpose{self.nd}d_backward")(
             grad_output, x, self.weight.data, **self.options)
-        self.weight.accumulate(gw)
-        if self.bias is not None:
-            self.bias.accumulate(gb)
+        _ConvNd._accumulate(self, gw, gb)
         return gx
 
     def _spec(self, input_shape):
