@@ -135,7 +135,9 @@ def build_parser():
                     "'lenet' (sigmoid, average pooling, Xavier init, SGD lr 0.9, batch 256, "
                     "10 epochs); 'lenet-modern' (ReLU, max pooling, Kaiming init) defaults "
                     "to Adam lr 0.002. Prints one line per epoch and writes checkpoint.npz, "
-                    "metrics.json and curves.png to --out after every epoch.")
+                    "metrics.json and curves.png to --out after every epoch. The first run "
+                    "after installing compiles the numba kernels (it says so, and leaves that "
+                    "time out of the examples/s); they are cached for later runs.")
     train.add_argument("--model", choices=["lenet", "lenet-modern"], default="lenet")
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--batch-size", type=int, default=256)
