@@ -33,14 +33,6 @@ class CompileWatch:
         self._listener = None
 
     def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def start(self):
-        """Start watching (what ``with`` does); returns the watch."""
         if event is None:
             return self
         watch = self
@@ -66,8 +58,8 @@ class CompileWatch:
         event.register("numba:compile", self._listener)
         return self
 
-    def close(self):
-        """Stop watching (``seconds`` stays)."""
-        if self._listener is not None:
+    def __exit__(self, *exc):
+        if self._listener is not None:  # ``seconds`` stays
             event.unregister("numba:compile", self._listener)
             self._listener = None
+        return False

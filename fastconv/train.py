@@ -17,6 +17,7 @@ import numpy as np
 from . import _backend, checkpoint, nn
 from ._backend import get_backend, use_backend
 from ._compiling import CompileWatch
+from .backends import _numba_first_use as first_use
 from .data import CLASSES, load_fashion_mnist
 from .models import lenet
 from .nn.module import array_module, device_module, to_numpy
@@ -153,7 +154,8 @@ def train(config: Config, resume=None, progress=True, log=print):
                                             xp.asarray(x_train[idx]), xp.asarray(y_train[idx]))
                     loss_sum += loss * len(idx)
                     correct += hits
-                    helper = _stop(helper)  # the step has compiled or loaded every kernel
+                    first_use.stop_helper(helper)  # the step has compiled or loaded them all
+                    helper = None
                     if compiling.seconds > before:
                         bar.unpause()  # the bar's clock skips the compiling
                         say(f"compiled in {compiling.seconds - before:.1f} s")
@@ -176,7 +178,7 @@ def train(config: Config, resume=None, progress=True, log=print):
             metrics = _metrics(config, history)
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             plot_curves(history, out / "curves.png", config.model)
-    _stop(helper)  # where no epoch was left to run
+    first_use.stop_helper(helper)  # where no epoch was left to run
     return _metrics(config, history)
 
 
@@ -191,17 +193,7 @@ def _start_compiling_helper(backend):
     with use_backend(backend) if backend else contextlib.nullcontext():
         if not numba_active(np.zeros(1, np.float32)):
             return None
-    from .backends import _numba_first_use as first_use
-
     return None if first_use.cached() else first_use.start_helper()
-
-
-def _stop(helper):
-    """End the helper (if any); returns ``None``."""
-    if helper is not None:
-        from .backends import _numba_first_use as first_use
-
-        first_use.stop_helper(helper)
 
 
 def _writer(progress, log):

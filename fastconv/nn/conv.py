@@ -31,12 +31,21 @@ def _conv_parameters(layer, nd, in_channels, out_channels, kernel_size, groups, 
     return weight, (Parameter(default_bias(fan_in, out_channels, rng, dtype)) if bias else None)
 
 
-class _ConvNd(Module):
-    """The convolution over ``nd`` spatial axes; :class:`Conv1d`, :class:`Conv2d` and
-    :class:`Conv3d` set ``nd``."""
+class _Convolution(Module):
+    """What convolutions and transposed convolutions share: a weight and an optional bias."""
 
     nd = 2
     parameter_names = ("weight", "bias")
+
+    def _accumulate(self, gw, gb):
+        self.weight.accumulate(gw)
+        if self.bias is not None:
+            self.bias.accumulate(gb)
+
+
+class _ConvNd(_Convolution):
+    """The convolution over ``nd`` spatial axes; :class:`Conv1d`, :class:`Conv2d` and
+    :class:`Conv3d` set ``nd``."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", dtype=np.float32, rng=None):
@@ -62,11 +71,6 @@ class _ConvNd(Module):
         self._accumulate(gw, gb)
         return gx
 
-    def _accumulate(self, gw, gb):
-        self.weight.accumulate(gw)
-        if self.bias is not None:
-            self.bias.accumulate(gb)
-
     def _spec(self, input_shape):
         o = self.options
         return P.conv_spec(self.layer_name, self.nd, F._shaped(input_shape), self.weight.data, None,
@@ -83,9 +87,8 @@ class _ConvNd(Module):
 
     def windows(self, input_shape):
         spec = self._spec(input_shape)
-        return tuple(Window(d * (k - 1) + 1, s, d * (k - 1) / 2 - lo)
-                     for k, s, (lo, _), d in zip(*(v[-self.nd:] for v in (
-                         spec.kernel, spec.stride, spec.padding, spec.dilation))))
+        return tuple(Window.sliding(k, s, lo, d) for k, s, (lo, _), d in zip(*(
+            v[-self.nd:] for v in (spec.kernel, spec.stride, spec.padding, spec.dilation))))
 
     def extra_repr(self):
         o, i, *k = self.weight.data.shape
@@ -159,13 +162,10 @@ class Conv3d(_ConvNd):
     nd = 3
 
 
-class _ConvTransposeNd(Module):
+class _ConvTransposeNd(_Convolution):
     """The transposed convolution over ``nd`` spatial axes (weight of shape
     (in_channels, out_channels / groups, *kernel)), as ``torch.nn.ConvTranspose{nd}d``;
     arguments as for :func:`fastconv.conv_transpose2d`, initialised as PyTorch does."""
-
-    nd = 2
-    parameter_names = ("weight", "bias")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, dtype=np.float32, rng=None):
@@ -188,7 +188,7 @@ class _ConvTransposeNd(Module):
         x = saved(self.layer_name, self._x, "input")
         gx, gw, gb = getattr(F, f"conv_transpose{self.nd}d_backward")(
             grad_output, x, self.weight.data, **self.options)
-        _ConvNd._accumulate(self, gw, gb)
+        self._accumulate(gw, gb)
         return gx
 
     def _spec(self, input_shape):

@@ -67,6 +67,13 @@ class Window(NamedTuple):
     stride: float
     centre: float
 
+    @classmethod
+    def sliding(cls, kernel, stride, pad_lo, dilation):
+        """The window of a convolution or a pooling: ``kernel`` taps ``dilation`` apart,
+        ``stride`` apart, the first one starting ``pad_lo`` elements into the padding."""
+        extent = dilation * (kernel - 1)
+        return cls(extent + 1, stride, extent / 2 - pad_lo)
+
 
 class Parameter:
     """A trainable array (``data``) and the gradient accumulated into it (``grad``, ``None``

@@ -28,9 +28,8 @@ class _PoolNd(Module):
 
     def windows(self, input_shape):
         spec = self._spec(input_shape)
-        return tuple(Window(d * (k - 1) + 1, s, d * (k - 1) / 2 - p)
-                     for k, s, p, d in zip(*(v[-self.nd:] for v in (
-                         spec.kernel, spec.stride, spec.padding, spec.dilation))))
+        return tuple(Window.sliding(*axis) for axis in zip(*(v[-self.nd:] for v in (
+            spec.kernel, spec.stride, spec.padding, spec.dilation))))
 
 
 class _MaxPoolNd(_PoolNd):
