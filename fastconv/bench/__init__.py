@@ -44,6 +44,9 @@ def add_arguments(parser):
                         help="also time import + a first conv2d in fresh processes "
                              "(empty and warm Numba cache, and PyTorch)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--tf32", action="store_true",
+                        help="let PyTorch on CUDA compute float32 in TF32 (its default for "
+                             "convolutions); without it both sides compute in full float32")
     parser.add_argument("--ways", action="store_true",
                         help="also time the numba backend's every way to compute each "
                              "convolution against the way its rules choose")
@@ -62,6 +65,9 @@ def _versions():
         import torch
 
         versions["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            versions["torch TF32 (cuDNN, cuBLAS)"] = [torch.backends.cudnn.allow_tf32,
+                                                      torch.backends.cuda.matmul.allow_tf32]
     except ImportError:
         pass
     if "cupy" in fastconv.available_backends():
@@ -69,6 +75,17 @@ def _versions():
 
         versions["gpu"] = cupy_gpu.describe()
     return versions
+
+
+def _set_torch_tf32(allowed):
+    """PyTorch uses TF32 (10-bit mantissa) for float32 convolutions on CUDA by default; CuPy's
+    cuBLAS does not, so the comparison is at equal precision unless ``--tf32`` asks."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.backends.cudnn.allow_tf32 = allowed
+    torch.backends.cuda.matmul.allow_tf32 = allowed
 
 
 def _set_threads(threads):
@@ -145,6 +162,7 @@ def run(args):
                          f"available: {fastconv.available_backends()}")
     dtype = np.dtype(args.dtype)
     threads = _set_threads(args.threads)
+    _set_torch_tf32(args.tf32)
     rng = np.random.default_rng(args.seed)
     rows, notes = [], []
     with threadpool_limits(threads, user_api="blas"):
