@@ -1,9 +1,10 @@
-"""Seeing Numba compile: how long it took, and a word to the user when it starts.
+"""Seeing the kernels compile: how long it took, and a word to the user when it starts.
 
 The ``numba`` backend compiles each kernel on its first use and caches it on disk (see
-``fastconv.backends._numba_cache``), so a first run on a fresh installation waits for the
-compiler, and later runs do not. :class:`CompileWatch` lets a command say so, and keep that
-time out of the speeds it reports.
+``fastconv.backends._numba_cache``); the ``cupy`` backend compiles its CUDA source with NVRTC
+on first use per element type (CuPy caches it on disk). So a first run on a fresh installation
+waits for a compiler, and later runs do not. :class:`CompileWatch` lets a command say so, and
+keep that time out of the speeds it reports.
 """
 
 from __future__ import annotations
@@ -16,13 +17,24 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; without it nothing compiles
     event = None
 
-MESSAGE = "compiling the numba kernels for first use (cached for later runs)"
+MESSAGE = "compiling the kernels for first use (cached for later runs)"
+
+# Numba reports its compiles as events; the CUDA compiles are reported under this kind, so
+# that one listener sees both.
+NUMBA_COMPILE = "numba:compile"
+CUDA_COMPILE = "fastconv:cuda-compile"
+KINDS = (NUMBA_COMPILE, CUDA_COMPILE)
+
+
+def compiling_cuda():
+    """Context manager around a compile of the CUDA source, for :class:`CompileWatch`."""
+    return event.trigger_event(CUDA_COMPILE)
 
 
 class CompileWatch:
     """Within ``with CompileWatch(announce) as watch``, ``watch.seconds`` adds up the time
-    Numba spends compiling (nested compiles counted once), and ``announce(MESSAGE)`` is called
-    when the first compile starts, if at all."""
+    spent compiling, by Numba or NVRTC (nested compiles counted once), and
+    ``announce(MESSAGE)`` is called when the first compile starts, if at all."""
 
     def __init__(self, announce=None):
         self.announce = announce
@@ -55,11 +67,13 @@ class CompileWatch:
                         watch.seconds += time.perf_counter() - watch._started
 
         self._listener = _Listener()
-        event.register("numba:compile", self._listener)
+        for kind in KINDS:
+            event.register(kind, self._listener)
         return self
 
     def __exit__(self, *exc):
         if self._listener is not None:  # ``seconds`` stays
-            event.unregister("numba:compile", self._listener)
+            for kind in KINDS:
+                event.unregister(kind, self._listener)
             self._listener = None
         return False

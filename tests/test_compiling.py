@@ -33,3 +33,17 @@ def test_watch_counts_compiling_once_and_announces_once():
     with CompileWatch() as quiet:
         outer(np.ones(3))
     assert quiet.seconds == 0
+
+
+def test_watch_counts_the_cuda_compiles_too():
+    """The cupy backend wraps its NVRTC compile in ``compiling_cuda``: seen like Numba's."""
+    from fastconv._compiling import compiling_cuda
+
+    said = []
+    with CompileWatch(announce=said.append) as watch:
+        with compiling_cuda():
+            time.sleep(0.05)
+    assert said == [MESSAGE]
+    assert watch.seconds >= 0.05
+    with compiling_cuda():  # outside a watch: nothing listens, nothing breaks
+        pass

@@ -15,6 +15,7 @@ import functools
 import cupy
 import numpy as np
 
+from .._compiling import compiling_cuda
 from . import _cuda_source
 from ._gpu_ops import GpuOps
 
@@ -38,10 +39,13 @@ if _gpu_count() == 0:
 
 @functools.cache
 def _module(dtype_name, device_id):
-    """The kernels compiled for one element type on one GPU (NVRTC; CuPy caches on disk too)."""
-    with cupy.cuda.Device(device_id):
-        return cupy.RawModule(code=_cuda_source.source(np.dtype(dtype_name)),
-                              options=("--std=c++14",))
+    """The kernels compiled for one element type on one GPU (NVRTC; CuPy caches on disk too),
+    compiled here rather than at the first launch, so that the compile is seen as one."""
+    with cupy.cuda.Device(device_id), compiling_cuda():
+        module = cupy.RawModule(code=_cuda_source.source(np.dtype(dtype_name)),
+                                options=("--std=c++14",))
+        module.compile()
+        return module
 
 
 class CupyDevice:
