@@ -25,12 +25,21 @@ _ARRAY = "Array({}, {}, 'C', False, aligned=True)"
 _F1, _F2, _F4, _F5 = (_ARRAY.format("float32", n) for n in (1, 2, 4, 5))
 _I, _P2, _P4 = "int64", "UniTuple(int64, 2)", "UniTuple(int64, 4)"
 
+
+
+def _twin(name):
+    """The lane kernel ``name`` or its 512-bit twin, as this CPU's training step calls it."""
+    from ._numba_lanes import WIDE_VECTORS
+
+    return name + "_wide" if WIDE_VECTORS else name
+
+
 # (module, kernel, argument types) of LeNet's training step and prediction, float32
 LENET_TRAINING = (
     ("_numba_lane_kernels", "_to_lanes", (_F5, _I, _I, _P2, _P2, _I, _I, _F1)),
     ("_numba_lane_kernels", "_lanes_padded", (_F1, _I, _I, _P2, _P2, _P2, _I, _I, _F1)),
-    ("_numba_lane_kernels", "_lane_conv", (_F1, _I, _I, _F4, _F1, _I, _I, _I, _P2, _P4, _P2,
-                                           _P2, _I, _I, "bool", _F1)),
+    ("_numba_lane_kernels", _twin("_lane_conv"), (_F1, _I, _I, _F4, _F1, _I, _I, _I, _P2, _P4,
+                                                  _P2, _P2, _I, _I, _F1)),
     ("_numba_elementwise", "_sigmoid_forward_f32", (_F1, _F1)),
     ("_numba_lane_kernels", "_lane_avg_pool_forward", (_F1, _I, _I, _P2, _P2, _P2, _P2, _P2,
                                                        _F2, _I, _I, _I, _F1)),
@@ -38,8 +47,8 @@ LENET_TRAINING = (
     ("_numba_elementwise", "_sigmoid_backward", (_F1, _F1, _F1)),
     ("_numba_lane_kernels", "_lane_avg_pool_backward", (_F1, _I, _I, _P2, _P2, _P2, _P2, _P2,
                                                         _F2, _I, _I, _I, _F1, _F1)),
-    ("_numba_lane_kernels", "_lane_weight_grad", (_F1, _I, _I, _F1, _I, _I, _I, _I, _P2, _P2,
-                                                  _P2, _I, "bool")),
+    ("_numba_lane_kernels", _twin("_lane_weight_grad"), (_F1, _I, _I, _F1, _I, _I, _I, _I, _P2,
+                                                         _P2, _P2, _I)),
     ("_numba_lane_kernels", "_lane_channel_sums", (_F1, _I, _I, _I, _I, _I)),
 )
 

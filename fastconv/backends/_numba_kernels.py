@@ -41,8 +41,6 @@ from ._numba_lane_kernels import (  # noqa: F401
     _lane_avg_pool_backward,
     _lane_avg_pool_forward,
     _lane_channel_sums,
-    _lane_conv,
-    _lane_weight_grad,
     _lanes_padded,
     _to_lanes,
 )

@@ -284,9 +284,38 @@ def _lane_conv_block_wide(xl, x_pitch, c_held, wf, bias4, g, k0, kc, c_in, size,
                 _vstore(out, o0 + 3 * plane + j, a3)
 
 
+# Each kernel that runs the 256-bit block loops has a ``_wide`` twin that runs the explicit
+# 512-bit ones (on AVX-512 CPUs; ``_numba_lanes.lane_kernel`` picks). Two kernels rather than a
+# flag: Numba compiles every function a kernel calls, taken or not, and the block loops not
+# taken cost 4.7 of the 17 s that LeNet's first step spent compiling.
+
+
+@njit(cache=True, nogil=True)
+def _lane_conv_task(task, blocks, k_held, plane, xl, x_pitch, c_held, wf, bias4, c_in, size,
+                    kernel, window, dilation, out_size, lanes, y):
+    """Task ``task`` of :func:`_lane_conv`: zeros the gaps after its planes of ``y`` and
+    returns the arguments of its block call."""
+    g, k0 = task // blocks, (task % blocks) * 4
+    kc = min(4, k_held - k0)
+    for i in range(kc):
+        gap = (g * k_held + k0 + i + 1) * plane
+        for j in range(gap - LANE_SKEW, gap):
+            y[np.uintp(j)] = 0
+    return (xl, x_pitch, c_held, wf, bias4, g, k0, kc, c_in, size, kernel, window, dilation,
+            out_size, lanes, y, (g * k_held + k0) * plane, plane)
+
+
+@njit(cache=True, nogil=True)
+def _lane_conv_start(w4, k_held, out_size, lanes, slack, y):
+    """The flat weights, plane pitch and task blocks of :func:`_lane_conv`; zeros the slack."""
+    for i in range(y.size - slack, y.size):
+        y[i] = 0
+    return w4.reshape(w4.size), out_size[0] * out_size[1] * lanes + LANE_SKEW, -(-k_held // 4)
+
+
 @njit(**_jit)
 def _lane_conv(xl, x_pitch, c_held, w4, bias4, k_held, groups, c_in, size, window, dilation,
-               out_size, lanes, slack, wide, y):
+               out_size, lanes, slack, y):
     """Stride-1 convolution of flat lanes ``xl`` (groups, ``c_held`` planes of size x lanes
     ``x_pitch`` elements apart, of which the first C are used) by ``w4`` (k_lanes, C, KH, KW),
     k_lanes a multiple of 4 (rows past the real channels zero); out flat lanes (groups,
@@ -297,61 +326,84 @@ def _lane_conv(xl, x_pitch, c_held, w4, bias4, k_held, groups, c_in, size, windo
     raster order. Only the rows and columns of ``xl`` in ``window`` (first row, end row, first
     column, end column) hold data, the rest padding: kernel rows on padding rows are skipped,
     and each group of taps runs over the output columns where one of its taps reads a data
-    column (a transposed convolution's padded input is mostly padding). ``wide``: by
-    :func:`_lane_conv_block_wide` (512-bit vectors), else by 256-bit loops."""
-    oh_n, ow_n = out_size
-    wf = w4.reshape(w4.size)
-    plane = oh_n * ow_n * lanes + LANE_SKEW
-    blocks = -(-k_held // 4)
-    for i in range(y.size - slack, y.size):
-        y[i] = 0
+    column (a transposed convolution's padded input is mostly padding). By 256-bit loops
+    (:func:`_lane_conv_block`); :func:`_lane_conv_wide` by 512-bit vectors."""
+    wf, plane, blocks = _lane_conv_start(w4, k_held, out_size, lanes, slack, y)
     for task in prange(groups * blocks):
-        g, k0 = task // blocks, (task % blocks) * 4
-        kc = min(4, k_held - k0)
-        for i in range(kc):
-            gap = (g * k_held + k0 + i + 1) * plane
-            for j in range(gap - LANE_SKEW, gap):
-                y[np.uintp(j)] = 0
-        args = (xl, x_pitch, c_held, wf, bias4, g, k0, kc, c_in, size, w4.shape[2:], window,
-                dilation, out_size, lanes, y, (g * k_held + k0) * plane, plane)
-        if wide:
-            _lane_conv_block_wide(*args)
-        else:
-            _lane_conv_block(*args)
+        _lane_conv_block(*_lane_conv_task(task, blocks, k_held, plane, xl, x_pitch, c_held, wf,
+                                          bias4, c_in, size, w4.shape[2:], window, dilation,
+                                          out_size, lanes, y))
     return y
 
 
 @njit(**_jit)
+def _lane_conv_wide(xl, x_pitch, c_held, w4, bias4, k_held, groups, c_in, size, window,
+                    dilation, out_size, lanes, slack, y):
+    """:func:`_lane_conv` by :func:`_lane_conv_block_wide` (explicit 512-bit vectors)."""
+    wf, plane, blocks = _lane_conv_start(w4, k_held, out_size, lanes, slack, y)
+    for task in prange(groups * blocks):
+        _lane_conv_block_wide(*_lane_conv_task(task, blocks, k_held, plane, xl, x_pitch, c_held,
+                                               wf, bias4, c_in, size, w4.shape[2:], window,
+                                               dilation, out_size, lanes, y))
+    return y
+
+
+@njit(cache=True, nogil=True)
+def _lane_nchw_task(task, blocks, k_held, plane, xl, x_pitch, c_held, wf, bias4, c_in, size,
+                    kernel, window, dilation, out_size, lanes, scratch):
+    """The arguments of task ``task``'s block call in :func:`_lane_conv_nchw`: its four
+    channels go to the row of ``scratch`` of the thread running it."""
+    g, k0 = task // blocks, (task % blocks) * 4
+    return (xl, x_pitch, c_held, wf, bias4, g, k0, min(4, k_held - k0), c_in, size, kernel,
+            window, dilation, out_size, lanes, scratch[get_thread_id()], 0, plane)
+
+
+@njit(cache=True, nogil=True)
+def _lane_nchw_store(s, g, k0, kc, plane, lanes, k_out, y):
+    """Copies a task's channels from its scratch row ``s`` to ``y`` (N, K, 1, OH, OW)."""
+    n_batch = y.shape[0]
+    positions = y.shape[3] * y.shape[4]
+    yf = y.reshape(y.size)
+    for i in range(min(kc, k_out - k0)):
+        for b in range(min(lanes, n_batch - g * lanes)):
+            dst = ((g * lanes + b) * k_out + k0 + i) * positions
+            src = i * plane + b
+            for p in range(positions):
+                yf[np.uintp(dst + p)] = s[np.uintp(src + p * lanes)]
+
+
+@njit(**_jit)
 def _lane_conv_nchw(xl, x_pitch, c_held, w4, bias4, k_out, c_in, size, window, dilation,
-                    out_size, lanes, wide, scratch, y):
+                    out_size, lanes, scratch, y):
     """:func:`_lane_conv` with its output written straight to ``y`` (N, K, 1, OH, OW): each
     task computes its four channels into the row of ``scratch`` (threads, 4 planes) of the
     thread running it, then copies them out while they are in cache (LeNet c2's forward 1.49
     -> 1.31 ms against a separate pass over the whole lane output)."""
-    n_batch = y.shape[0]
-    oh_n, ow_n = out_size
     wf = w4.reshape(w4.size)
-    yf = y.reshape(y.size)
-    positions = oh_n * ow_n
-    plane = positions * lanes + LANE_SKEW
-    k_held, groups = k_out + k_out % 2, -(-n_batch // lanes)
+    plane = out_size[0] * out_size[1] * lanes + LANE_SKEW
+    k_held, groups = k_out + k_out % 2, -(-y.shape[0] // lanes)
     blocks = -(-k_held // 4)
     for task in prange(groups * blocks):
-        g, k0 = task // blocks, (task % blocks) * 4
-        kc = min(4, k_held - k0)
-        s = scratch[get_thread_id()]
-        args = (xl, x_pitch, c_held, wf, bias4, g, k0, kc, c_in, size, w4.shape[2:], window,
-                dilation, out_size, lanes, s, 0, plane)
-        if wide:
-            _lane_conv_block_wide(*args)
-        else:
-            _lane_conv_block(*args)
-        for i in range(min(kc, k_out - k0)):
-            for b in range(min(lanes, n_batch - g * lanes)):
-                dst = ((g * lanes + b) * k_out + k0 + i) * positions
-                src = i * plane + b
-                for p in range(positions):
-                    yf[np.uintp(dst + p)] = s[np.uintp(src + p * lanes)]
+        args = _lane_nchw_task(task, blocks, k_held, plane, xl, x_pitch, c_held, wf, bias4, c_in,
+                               size, w4.shape[2:], window, dilation, out_size, lanes, scratch)
+        _lane_conv_block(*args)
+        _lane_nchw_store(args[15], args[5], args[6], args[7], plane, lanes, k_out, y)
+    return y
+
+
+@njit(**_jit)
+def _lane_conv_nchw_wide(xl, x_pitch, c_held, w4, bias4, k_out, c_in, size, window, dilation,
+                         out_size, lanes, scratch, y):
+    """:func:`_lane_conv_nchw` by :func:`_lane_conv_block_wide` (explicit 512-bit vectors)."""
+    wf = w4.reshape(w4.size)
+    plane = out_size[0] * out_size[1] * lanes + LANE_SKEW
+    k_held, groups = k_out + k_out % 2, -(-y.shape[0] // lanes)
+    blocks = -(-k_held // 4)
+    for task in prange(groups * blocks):
+        args = _lane_nchw_task(task, blocks, k_held, plane, xl, x_pitch, c_held, wf, bias4, c_in,
+                               size, w4.shape[2:], window, dilation, out_size, lanes, scratch)
+        _lane_conv_block_wide(*args)
+        _lane_nchw_store(args[15], args[5], args[6], args[7], plane, lanes, k_out, y)
     return y
 
 
@@ -454,9 +506,74 @@ def _lane_grad_taps_wide(sums, at, gf, g0, pl, kc, xf, xs, span, step):
     _vstore(sums, at + 11 * vec, s32)
 
 
+@njit(cache=True, nogil=True)
+def _lane_grad_task(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, size, dilation, kernel,
+                    lanes, k0, c):
+    """The sums of one task of :func:`_lane_weight_grad` (output channels ``k0 .. k0 + 4``,
+    input channel ``c``) by 256-bit loops: (KH, taps in triples, 12), in a fixed order."""
+    wp = size[1]
+    kh, kw = kernel
+    oh_n, ow_n = size[0] - dilation[0] * (kh - 1), wp - dilation[1] * (kw - 1)
+    span, triples = ow_n * lanes, -(-kw // 3)
+    kc = min(4, k_held - k0)
+    acc = np.zeros((kh, triples, 12), dtype=xl.dtype)
+    for g in range(groups):
+        for oh in range(oh_n):
+            g0 = (g * k_held + k0) * g_pitch + oh * span
+            for rh in range(kh):
+                row = (g * c_held + c) * x_pitch + (oh + rh * dilation[0]) * wp * lanes
+                for t3 in range(triples):
+                    args = (acc[rh, t3], gl, g0, g_pitch, xl, row + 3 * t3 * dilation[1] * lanes,
+                            span, dilation[1] * lanes)
+                    if kc == 2:
+                        _lane_grad_taps_pair(*args)
+                    else:
+                        _lane_grad_taps(*args)
+    return acc
+
+
+@njit(cache=True, nogil=True)
+def _lane_grad_task_wide(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, size, dilation,
+                         kernel, lanes, k0, c):
+    """:func:`_lane_grad_task` on explicit 512-bit vectors (:func:`_lane_grad_taps_wide`),
+    each sum reduced across its vector once, at the end."""
+    wp = size[1]
+    kh, kw = kernel
+    oh_n, ow_n = size[0] - dilation[0] * (kh - 1), wp - dilation[1] * (kw - 1)
+    span, triples = ow_n * lanes, -(-kw // 3)
+    kc = min(4, k_held - k0)
+    acc = np.zeros((kh, triples, 12), dtype=xl.dtype)
+    vec = VECTOR_BYTES // xl.itemsize
+    sums = np.zeros(kh * triples * 12 * vec, dtype=xl.dtype)
+    for g in range(groups):
+        for oh in range(oh_n):
+            g0 = (g * k_held + k0) * g_pitch + oh * span
+            for rh in range(kh):
+                row = (g * c_held + c) * x_pitch + (oh + rh * dilation[0]) * wp * lanes
+                for t3 in range(triples):
+                    _lane_grad_taps_wide(sums, (rh * triples + t3) * 12 * vec, gl, g0, g_pitch,
+                                         kc, xl, row + 3 * t3 * dilation[1] * lanes, span,
+                                         dilation[1] * lanes)
+    flat = acc.reshape(acc.size)
+    for i in range(acc.size):
+        for e in range(vec):
+            flat[i] += sums[i * vec + e]
+    return acc
+
+
+@njit(cache=True, nogil=True)
+def _lane_grad_store(gw, acc, k0, c, kc):
+    """A task's sums (see :func:`_lane_grad_task`) into ``gw``'s taps."""
+    kh, kw = gw.shape[2:]
+    for i in range(kc):
+        for rh in range(kh):
+            for rw in range(kw):
+                gw[k0 + i, c, rh, rw] = acc[rh, rw // 3, 3 * i + rw % 3]
+
+
 @njit(**_jit)
 def _lane_weight_grad(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, c_in, size,
-                      dilation, kernel, lanes, wide):
+                      dilation, kernel, lanes):
     """Weight gradient (k_held rounded up to four, C, KH, KW; zeros past ``k_held``) of
     :func:`_lane_conv` from the flat lanes of its input ``xl`` (as there) and of the output
     gradient ``gl`` (``k_held`` (even) planes ``g_pitch`` elements apart per group). A task is
@@ -467,47 +584,29 @@ def _lane_weight_grad(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, c_in, si
 
     Taps go three at a time: the third tap of a short last triple reads slack past the row,
     which ``xl`` must have (``2 * dilation[1] * lanes`` elements at its end) and is dropped.
-    ``wide``: the sums run on explicit 512-bit vectors (:func:`_lane_grad_taps_wide`), each
-    reduced across its vector once, at the end.
+    By 256-bit loops; :func:`_lane_weight_grad_wide` by 512-bit vectors.
     """
-    hp, wp = size
-    kh, kw = kernel
-    oh_n, ow_n = hp - dilation[0] * (kh - 1), wp - dilation[1] * (kw - 1)
-    span = ow_n * lanes
     blocks = -(-k_held // 4)
-    triples = -(-kw // 3)
-    gw = np.zeros((blocks * 4, c_in, kh, kw), dtype=xl.dtype)
+    gw = np.zeros((blocks * 4, c_in, kernel[0], kernel[1]), dtype=xl.dtype)
     for task in prange(blocks * c_in):
         k0, c = (task // c_in) * 4, task % c_in
-        kc = min(4, k_held - k0)
-        acc = np.zeros((kh, triples, 12), dtype=xl.dtype)
-        vec = VECTOR_BYTES // xl.itemsize
-        sums = np.zeros(kh * triples * 12 * vec if wide else 0, dtype=xl.dtype)
-        for g in range(groups):
-            for oh in range(oh_n):
-                g0 = (g * k_held + k0) * g_pitch + oh * span
-                for rh in range(kh):
-                    row = (g * c_held + c) * x_pitch + (oh + rh * dilation[0]) * wp * lanes
-                    for t3 in range(triples):
-                        xs = row + 3 * t3 * dilation[1] * lanes
-                        if wide:
-                            _lane_grad_taps_wide(sums, (rh * triples + t3) * 12 * vec, gl, g0,
-                                                 g_pitch, kc, xl, xs, span, dilation[1] * lanes)
-                            continue
-                        args = (acc[rh, t3], gl, g0, g_pitch, xl, xs, span, dilation[1] * lanes)
-                        if kc == 2:
-                            _lane_grad_taps_pair(*args)
-                        else:
-                            _lane_grad_taps(*args)
-        if wide:
-            flat = acc.reshape(acc.size)
-            for i in range(acc.size):
-                for e in range(vec):
-                    flat[i] += sums[i * vec + e]
-        for i in range(kc):
-            for rh in range(kh):
-                for rw in range(kw):
-                    gw[k0 + i, c, rh, rw] = acc[rh, rw // 3, 3 * i + rw % 3]
+        acc = _lane_grad_task(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, size, dilation,
+                              kernel, lanes, k0, c)
+        _lane_grad_store(gw, acc, k0, c, min(4, k_held - k0))
+    return gw
+
+
+@njit(**_jit)
+def _lane_weight_grad_wide(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, c_in, size,
+                           dilation, kernel, lanes):
+    """:func:`_lane_weight_grad` by :func:`_lane_grad_task_wide` (explicit 512-bit vectors)."""
+    blocks = -(-k_held // 4)
+    gw = np.zeros((blocks * 4, c_in, kernel[0], kernel[1]), dtype=xl.dtype)
+    for task in prange(blocks * c_in):
+        k0, c = (task // c_in) * 4, task % c_in
+        acc = _lane_grad_task_wide(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, size,
+                                   dilation, kernel, lanes, k0, c)
+        _lane_grad_store(gw, acc, k0, c, min(4, k_held - k0))
     return gw
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import _numba_lane_kernels
 from . import _numba_tasks as tasks
-from ._numba_lane_kernels import LANE_SKEW, _lane_conv_nchw, _lane_weight_grad, _to_lanes
+from ._numba_lane_kernels import LANE_SKEW, _to_lanes
 
 # Output positions per image up to which lanes are used. Measured faster than the other paths
 # on LeNet's planes (784 and 100 positions) and on 16x16 and 8x8 planes with 32 and 64
@@ -40,6 +41,12 @@ def _has_avx512():
 # Whether the lane convolutions use explicit 512-bit vectors (on CPUs with 32 such registers);
 # elsewhere their 256-bit loops, whose sums do not fit the registers.
 WIDE_VECTORS = _has_avx512()
+
+
+def lane_kernel(name):
+    """The kernel ``name`` of ``_numba_lane_kernels``, or its ``_wide`` twin (explicit 512-bit
+    vectors) where ``WIDE_VECTORS``; only the one taken is ever compiled."""
+    return getattr(_numba_lane_kernels, name + "_wide" if WIDE_VECTORS else name)
 
 
 def lane_buffer(size, dtype):
@@ -138,9 +145,9 @@ def conv_forward_lanes(x, w, bias, pad, dilation, out_size):
     block = 4 * lane_pitch(out_size[1:], lanes)
     scratch = tasks.workspace("output", threads * block, x.dtype).reshape(threads, block)
     y = np.empty((n_b, k_out, 1, *out_size[1:]), dtype=x.dtype)
-    return _lane_conv_nchw(xl, plane, c_in, w4, b4, k_out, c_in, size, window,
-                           (dilation[1], dilation[2]), out_size[1:], lanes, WIDE_VECTORS,
-                           scratch, y)
+    return lane_kernel("_lane_conv_nchw")(xl, plane, c_in, w4, b4, k_out, c_in, size, window,
+                                          (dilation[1], dilation[2]), out_size[1:], lanes,
+                                          scratch, y)
 
 
 def conv_weight_grad_lanes(x, gy, pad, dilation, kernel):
@@ -156,6 +163,7 @@ def conv_weight_grad_lanes(x, gy, pad, dilation, kernel):
     held, g_plane = k_held(k_out), out_size[1] * out_size[2] * lanes
     gl = _to_lanes(gy, lanes, held, (0, 0), out_size[1:], g_plane, 0,
                    tasks.workspace("output", lanes_size(n_b, held, g_plane, lanes), x.dtype))
-    gw = _lane_weight_grad(xl, plane, c_in, gl, g_plane, held, _groups(n_b), c_in, size,
-                           (dilation[1], dilation[2]), kernel[1:], lanes, WIDE_VECTORS)
+    gw = lane_kernel("_lane_weight_grad")(xl, plane, c_in, gl, g_plane, held, _groups(n_b),
+                                          c_in, size, (dilation[1], dilation[2]), kernel[1:],
+                                          lanes)
     return np.ascontiguousarray(gw[:k_out]).reshape(k_out, c_in, *kernel)

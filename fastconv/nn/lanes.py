@@ -203,12 +203,10 @@ def conv_forward(x, weight, bias, options):
     out = (size[0] - dilation[0] * (kh - 1), size[1] - dilation[1] * (kw - 1))
     xl = _padded(x, pad, size, dilation[1])  # saved for the weight gradient
     w4, b4 = L.lane_weights(weight, bias)
-    yl = K._lane_conv(xl.data, xl.pitch, xl.c_held, w4, b4, L.k_held(k_out), x.groups, c_in,
-                      size,
-                      (pad[0], pad[0] + h, pad[1], pad[1] + w), dilation, out, x.lanes,
-                      slack(x.lanes), L.WIDE_VECTORS,
-                      L.lane_buffer(L.conv_out_size(n, k_out, out, x.lanes, slack(x.lanes)),
-                                    x.dtype))
+    yl = L.lane_kernel("_lane_conv")(
+        xl.data, xl.pitch, xl.c_held, w4, b4, L.k_held(k_out), x.groups, c_in, size,
+        (pad[0], pad[0] + h, pad[1], pad[1] + w), dilation, out, x.lanes, slack(x.lanes),
+        L.lane_buffer(L.conv_out_size(n, k_out, out, x.lanes, slack(x.lanes)), x.dtype))
     return canonical(yl, (n, k_out, *out), x.lanes), xl
 
 
@@ -220,9 +218,9 @@ def conv_backward(gy, xl, weight, options, in_shape, input_grad):
     k_out, c_in, kh, kw = weight.shape
     pad, dilation = _pair(options["padding"]), _pair(options["dilation"])
     size = xl.shape[2:]
-    gw = K._lane_weight_grad(xl.data, xl.pitch, xl.c_held, gy.data, gy.pitch, gy.c_held,
-                             gy.groups, c_in, size, dilation, (kh, kw), gy.lanes,
-                             L.WIDE_VECTORS)
+    gw = L.lane_kernel("_lane_weight_grad")(xl.data, xl.pitch, xl.c_held, gy.data, gy.pitch,
+                                            gy.c_held, gy.groups, c_in, size, dilation, (kh, kw),
+                                            gy.lanes)
     gw = np.ascontiguousarray(gw[:k_out])
     # the lanes multiply gy by the padding's zeros (0 * inf is NaN): where gw shows a NaN or
     # Inf and gy holds one, the in-bounds sums instead (see numba_cpu's weight gradient)
@@ -244,11 +242,11 @@ def conv_backward(gy, xl, weight, options, in_shape, input_grad):
     flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     window = (max(gpad[0], 0), min(gpad[0] + gy.shape[2], gsize[0]),
               max(gpad[1], 0), min(gpad[1] + gy.shape[3], gsize[1]))
-    gx = K._lane_conv(gl.data, gl.pitch, gl.c_held, *L.lane_weights(flipped),
-                      L.k_held(c_in), gy.groups, k_out, gsize, window, dilation, (h, w),
-                      gy.lanes, slack(gy.lanes), L.WIDE_VECTORS,
-                      L.lane_buffer(L.conv_out_size(gy.shape[0], c_in, (h, w), gy.lanes,
-                                                    slack(gy.lanes)), gy.dtype))
+    gx = L.lane_kernel("_lane_conv")(
+        gl.data, gl.pitch, gl.c_held, *L.lane_weights(flipped), L.k_held(c_in), gy.groups, k_out,
+        gsize, window, dilation, (h, w), gy.lanes, slack(gy.lanes),
+        L.lane_buffer(L.conv_out_size(gy.shape[0], c_in, (h, w), gy.lanes, slack(gy.lanes)),
+                      gy.dtype))
     return canonical(gx, in_shape, gy.lanes), gw, gb
 
 
