@@ -137,7 +137,9 @@ def load_fashion_mnist(data=None, limit=None):
     sl = slice(None if limit is None else int(limit))
 
     def images(role):
-        return (arrays[role][sl].astype(np.float32) / 255.0)[:, None]
+        # one pass, the same float32 quotients as astype then divide, which took 0.8 s of a
+        # first batch's wait (two 188 MB arrays touched for the first time) against 0.06 s
+        return np.divide(arrays[role][sl], np.float32(255), dtype=np.float32)[:, None]
 
     return (images("train_images"), arrays["train_labels"][sl].astype(np.int64),
             images("test_images"), arrays["test_labels"][sl].astype(np.int64))

@@ -78,6 +78,9 @@ def test_load_from_given_folder(tmp_path, rng, monkeypatch):
     assert x_train.shape == (7, 1, 28, 28) and x_train.dtype == np.float32
     assert 0 <= x_train.min() and x_train.max() <= 1
     assert y_train.dtype == np.int64 and x_test.shape == (5, 1, 28, 28) and len(y_test) == 5
+    # pixels / 255 rounded once in float32, as the textbook's ToTensor gives them
+    pixels = D.read_idx(tmp_path / "d" / D.FILES["train_images"][0])[:7]
+    np.testing.assert_array_equal(x_train[:, 0], pixels.astype(np.float32) / np.float32(255))
 
 
 def test_environment_folder_is_used_and_a_bad_one_is_an_error(tmp_path, rng, monkeypatch):
