@@ -157,6 +157,19 @@ def test_lane_vectors_same_bits(n, shape, kw, dtype, rng, monkeypatch):
         np.testing.assert_array_equal(wide, narrow)
 
 
+
+@pytest.mark.parametrize("wide", [True, False])
+def test_lane_kernel_picks_the_twin_of_the_vector_width(wide, monkeypatch):
+    """So that the test above compares two kernels, not one with itself."""
+    from fastconv.backends import _numba_lane_kernels as K
+
+    monkeypatch.setattr(_numba_lanes, "WIDE_VECTORS", wide)
+    for name in ("_lane_conv", "_lane_conv_nchw", "_lane_weight_grad"):
+        twin = getattr(K, name + "_wide")
+        assert (_numba_lanes.lane_kernel(name) is twin) == wide
+        assert (_numba_lanes.lane_kernel(name) is getattr(K, name)) != wide
+
+
 @st.composite
 def lane_cases(draw):
     nd = draw(st.integers(1, 2))
