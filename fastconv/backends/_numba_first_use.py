@@ -27,19 +27,13 @@ _I, _P2, _P4 = "int64", "UniTuple(int64, 2)", "UniTuple(int64, 4)"
 
 
 
-def _twin(name):
-    """The lane kernel ``name`` or its 512-bit twin, as this CPU's training step calls it."""
-    from ._numba_lanes import WIDE_VECTORS
-
-    return name + "_wide" if WIDE_VECTORS else name
-
-
-# (module, kernel, argument types) of LeNet's training step and prediction, float32
+# (module, kernel, argument types) of LeNet's training step and prediction, float32; a lane
+# kernel with a 512-bit twin by its own name (:func:`_kernel` takes the twin this CPU uses)
 LENET_TRAINING = (
     ("_numba_lane_kernels", "_to_lanes", (_F5, _I, _I, _P2, _P2, _I, _I, _F1)),
     ("_numba_lane_kernels", "_lanes_padded", (_F1, _I, _I, _P2, _P2, _P2, _I, _I, _F1)),
-    ("_numba_lane_kernels", _twin("_lane_conv"), (_F1, _I, _I, _F4, _F1, _I, _I, _I, _P2, _P4,
-                                                  _P2, _P2, _I, _I, _F1)),
+    ("_numba_lane_kernels", "_lane_conv", (_F1, _I, _I, _F4, _F1, _I, _I, _I, _P2, _P4, _P2,
+                                           _P2, _I, _I, _F1)),
     ("_numba_elementwise", "_sigmoid_forward_f32", (_F1, _F1)),
     ("_numba_lane_kernels", "_lane_avg_pool_forward", (_F1, _I, _I, _P2, _P2, _P2, _P2, _P2,
                                                        _F2, _I, _I, _I, _F1)),
@@ -47,8 +41,8 @@ LENET_TRAINING = (
     ("_numba_elementwise", "_sigmoid_backward", (_F1, _F1, _F1)),
     ("_numba_lane_kernels", "_lane_avg_pool_backward", (_F1, _I, _I, _P2, _P2, _P2, _P2, _P2,
                                                         _F2, _I, _I, _I, _F1, _F1)),
-    ("_numba_lane_kernels", _twin("_lane_weight_grad"), (_F1, _I, _I, _F1, _I, _I, _I, _I, _P2,
-                                                         _P2, _P2, _I)),
+    ("_numba_lane_kernels", "_lane_weight_grad", (_F1, _I, _I, _F1, _I, _I, _I, _I, _P2, _P2,
+                                                  _P2, _I)),
     ("_numba_lane_kernels", "_lane_channel_sums", (_F1, _I, _I, _I, _I, _I)),
 )
 
@@ -62,13 +56,25 @@ def _types(names):
     return tuple(eval(name, {"__builtins__": {}}, namespace) for name in names)
 
 
+def _kernel(module, name):
+    """The dispatcher of an entry: for a lane kernel with a ``_wide`` twin, the one this CPU's
+    training step calls (``_numba_lanes.lane_kernel``, imported here rather than with this
+    module, which ``fastconv.train`` imports)."""
+    kernels = importlib.import_module(f"{__package__}.{module}")
+    if module == "_numba_lane_kernels" and hasattr(kernels, name + "_wide"):
+        from ._numba_lanes import lane_kernel
+
+        return lane_kernel(name)
+    return getattr(kernels, name)
+
+
 def compile_all(entries):
     """Compile (or load from the cache) each ``(module, kernel, types)``; skip any that fails
     (a stale entry): returns how many compiled."""
     done = 0
     for module, name, names in entries:
         try:
-            kernel = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+            kernel = _kernel(module, name)
             kernel.compile(_types(names))
             done += 1
         except Exception:  # noqa: BLE001 - a stale entry only costs the time it saved
@@ -101,7 +107,7 @@ def cached(entries=LENET_TRAINING):
     not loaded): then a helper has nothing to do."""
     for module, name, names in entries:
         try:
-            kernel = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+            kernel = _kernel(module, name)
             sig = _types(names)
             if sig in kernel.overloads:
                 continue
@@ -125,7 +131,8 @@ def _record():
             depth[0] += 1
             if depth[0] == 1:
                 d = ev.data["dispatcher"]
-                seen.append((d.py_func.__module__.rsplit(".", 1)[1], d.py_func.__name__,
+                seen.append((d.py_func.__module__.rsplit(".", 1)[1],
+                             d.py_func.__name__.removesuffix("_wide"),
                              tuple(repr(t) for t in ev.data["args"])))
 
         def on_end(self, ev):

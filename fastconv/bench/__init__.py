@@ -162,7 +162,8 @@ def run(args):
                          f"available: {fastconv.available_backends()}")
     dtype = np.dtype(args.dtype)
     threads = _set_threads(args.threads)
-    _set_torch_tf32(args.tf32)
+    if "cupy" in backends:  # only PyTorch on CUDA has TF32
+        _set_torch_tf32(args.tf32)
     rng = np.random.default_rng(args.seed)
     rows, notes = [], []
     with threadpool_limits(threads, user_api="blas"):

@@ -14,28 +14,32 @@ from .lanes import LaneArray
 from .module import Module, Parameter, Window, check_input, saved
 
 
-def _conv_parameters(layer, nd, in_channels, out_channels, kernel_size, groups, transposed, bias,
-                     dtype, rng):
-    """A convolution's weight and bias (or None), initialised as PyTorch does: Kaiming-uniform
-    with ``a = sqrt(5)`` and a bias uniform in +-1/sqrt(fan_in), the fan-in taken from the
-    weight's dimension 1 times the kernel's size (for a transposed convolution too, as PyTorch
-    does)."""
-    kernel = P.int_tuple(layer, "kernel_size", kernel_size, nd, 1)
-    if in_channels % groups or out_channels % groups:
-        raise ValueError(f"{layer}: in_channels ({in_channels}) and out_channels "
-                         f"({out_channels}) must be divisible by groups ({groups})")
-    shape = ((in_channels, out_channels // groups, *kernel) if transposed
-             else (out_channels, in_channels // groups, *kernel))
-    weight = Parameter(kaiming_uniform(shape, a=math.sqrt(5), rng=rng, dtype=dtype))
-    fan_in = shape[1] * math.prod(kernel)
-    return weight, (Parameter(default_bias(fan_in, out_channels, rng, dtype)) if bias else None)
-
-
 class _Convolution(Module):
-    """What convolutions and transposed convolutions share: a weight and an optional bias."""
+    """What convolutions and transposed convolutions share: a weight and an optional bias,
+    initialised as PyTorch does (Kaiming-uniform with ``a = sqrt(5)``, a bias uniform in
+    +-1/sqrt(fan_in), the fan-in taken from the weight's dimension 1 times the kernel's size,
+    for a transposed convolution too), and the call's options."""
 
     nd = 2
+    transposed = False
     parameter_names = ("weight", "bias")
+
+    def __init__(self, in_channels, out_channels, kernel_size, groups, bias, dtype, rng,
+                 options):
+        super().__init__()
+        layer = self.layer_name
+        kernel = P.int_tuple(layer, "kernel_size", kernel_size, self.nd, 1)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{layer}: in_channels ({in_channels}) and out_channels "
+                             f"({out_channels}) must be divisible by groups ({groups})")
+        shape = ((in_channels, out_channels // groups, *kernel) if self.transposed
+                 else (out_channels, in_channels // groups, *kernel))
+        self.weight = Parameter(kaiming_uniform(shape, a=math.sqrt(5), rng=rng, dtype=dtype))
+        fan_in = shape[1] * math.prod(kernel)
+        self.bias = (Parameter(default_bias(fan_in, out_channels, rng, dtype)) if bias
+                     else None)
+        self.options = options
+        self._x = None
 
     def _accumulate(self, gw, gb):
         self.weight.accumulate(gw)
@@ -49,14 +53,10 @@ class _ConvNd(_Convolution):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", dtype=np.float32, rng=None):
-        super().__init__()
-        self.weight, self.bias = _conv_parameters(
-            self.layer_name, self.nd, in_channels, out_channels, kernel_size, groups, False, bias,
-            dtype, rng)
-        self.options = {"stride": stride, "padding": padding, "dilation": dilation,
-                        "groups": groups, "padding_mode": padding_mode}
+        super().__init__(in_channels, out_channels, kernel_size, groups, bias, dtype, rng,
+                         {"stride": stride, "padding": padding, "dilation": dilation,
+                          "groups": groups, "padding_mode": padding_mode})
         self.input_grad = True
-        self._x = None
 
     def forward(self, x):
         check_input(self.layer_name, x, self.nd + 2)
@@ -167,15 +167,13 @@ class _ConvTransposeNd(_Convolution):
     (in_channels, out_channels / groups, *kernel)), as ``torch.nn.ConvTranspose{nd}d``;
     arguments as for :func:`fastconv.conv_transpose2d`, initialised as PyTorch does."""
 
+    transposed = True
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, dtype=np.float32, rng=None):
-        super().__init__()
-        self.weight, self.bias = _conv_parameters(
-            self.layer_name, self.nd, in_channels, out_channels, kernel_size, groups, True, bias,
-            dtype, rng)
-        self.options = {"stride": stride, "padding": padding, "output_padding": output_padding,
-                        "groups": groups, "dilation": dilation}
-        self._x = None
+        super().__init__(in_channels, out_channels, kernel_size, groups, bias, dtype, rng,
+                         {"stride": stride, "padding": padding, "output_padding": output_padding,
+                          "groups": groups, "dilation": dilation})
 
     def forward(self, x):
         check_input(self.layer_name, x, self.nd + 2)
