@@ -10,6 +10,10 @@ import torch.nn.functional as F
 # (module attribute -> value); "winograd" and "lanes" take the cases that fit them.
 _NO_WINOGRAD = {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 10**9}
 _NO_BLOCKED = {"numba_cpu.BLOCKED": False}
+_ANY_KVECTOR = {**{f"numba_cpu.KVECTOR_MIN_{what}": 1
+                   for what in ("FILTERS", "DEPTH", "CHANNELS", "POSITIONS")},
+                "numba_cpu.KVECTOR_MAX_MACS": 10**18,
+                "numba_cpu.KVECTOR_POINTWISE_MAX_POSITIONS": 10**18, **_NO_WINOGRAD}
 NUMBA_WAYS = {
     "direct": {"_numba_gemm.GEMM_MIN_WORK": 10**9, **_NO_WINOGRAD, **_NO_BLOCKED},
     "gemm": {"_numba_gemm.GEMM_MIN_WORK": 0, "_numba_gemm.GEMM_MIN_CHANNELS": 0,
@@ -28,6 +32,11 @@ NUMBA_WAYS = {
     # the same with bands of a few rows and output channels in chunks of four
     "blocked_small_tasks": {"numba_cpu.BLOCKED_MAX_MACS": 10**18,
                             "numba_cpu.BLOCKED_BAND_ELEMS": 1, **_NO_WINOGRAD},
+    # vectors of output channels (CPUs with AVX-512): the forward and stride-1 transposed
+    "kvector": _ANY_KVECTOR,
+    # the same in chunks of one register block of positions, one input channel per block
+    "kvector_small_tasks": {**_ANY_KVECTOR, "numba_cpu.KVECTOR_CHUNK": 1,
+                            "numba_cpu.KVECTOR_WEIGHT_ELEMS": 1},
     # 2-D and 1-D stride-1 cases on batch lanes (a batch of 3 in a group of 16 lanes)
     "lanes": {"_numba_lanes.LANE_MIN_BATCH": 1},
     # the same on the 256-bit loops that CPUs without AVX-512 take (this one may take either)

@@ -253,6 +253,41 @@ def test_blocked_kernel(x_shape, w_shape, kw, tasks, dtype, rng, monkeypatch):
         assert_close(yt, transposed(x, wt, groups=groups), dtype, "transposed")
 
 
+KVECTOR_CASES = [*BLOCKED_CASES,
+                 ((2, 6, 7, 5), (70, 6, 3, 3), {"padding": 1}),  # a block and 6 filters more
+                 ((1, 8, 9, 9), (130, 4, 1, 1), {"groups": 2}),  # 65 per group, 1x1
+                 ((3, 5, 6), (33, 5, 1), {"stride": 2})]
+
+
+@pytest.mark.skipif(not _numba_lanes.WIDE_VECTORS, reason="kvector needs AVX-512")
+@pytest.mark.parametrize("tasks", ["kvector", "kvector_small_tasks"])
+@pytest.mark.parametrize("x_shape, w_shape, kw", KVECTOR_CASES)
+def test_kvector_kernel(x_shape, w_shape, kw, tasks, dtype, rng, monkeypatch):
+    """The direct kernels vectorised over output channels, forced: forward with a bias, weight
+    gradient, and the stride-1 transposed convolution (the kernel flipped, a crop here),
+    against the reference; tasks over the whole batch, or chunks of one register block with
+    one input channel at a time."""
+    force_numba_way(tasks, monkeypatch)
+    nd, groups = len(x_shape) - 2, kw.get("groups", 1)
+    x, w = randn(rng, x_shape, dtype), randn(rng, w_shape, dtype)
+    b = randn(rng, (w_shape[0],), dtype)
+    wt = randn(rng, (x_shape[1], 4, *w_shape[2:]), dtype)
+    conv, transposed = getattr(fc, f"conv{nd}d"), getattr(fc, f"conv_transpose{nd}d")
+    backward = getattr(fc, f"conv{nd}d_backward")
+    gy = randn(rng, fc.conv_output_shape(x_shape, w_shape, **kw), dtype)
+
+    def run():
+        return (conv(x, w, b, **kw), backward(gy, x, w, **kw)[1],
+                transposed(x, wt, groups=groups, padding=1))
+
+    with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+        got = run()
+    assert ways[0] == ways[-2] == ways[-1] == "kvector"  # forward, weight grad, transposed
+    with fc.use_backend("numpy"):
+        for a, e, what in zip(got, run(), ["forward", "grad_weight", "transposed"]):
+            assert_close(a, e, dtype, what)
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("size", [(5, 7), (30, 31)])  # channel ranges; position ranges
 def test_pointwise_one_image_in_tasks(size, groups, dtype, rng, monkeypatch):
@@ -277,7 +312,7 @@ def test_pointwise_one_image_in_tasks(size, groups, dtype, rng, monkeypatch):
             assert_close(got, e, dtype, what)
 
 
-@pytest.mark.parametrize("way", ["blocked", "winograd", "gemm", "direct"])
+@pytest.mark.parametrize("way", numba_cpu.WAYS)
 @pytest.mark.parametrize("nd, kw", CASES)
 def test_preferred_way_agrees_with_reference(way, nd, kw, dtype, rng):
     """``prefer_way`` (what ``fastconv bench --ways`` measures with): each way taken wherever
@@ -290,5 +325,6 @@ def test_preferred_way_agrees_with_reference(way, nd, kw, dtype, rng):
     for a, e, what in zip(got, expected, ["y", "gx", "gw", "gb", "yt", "gxt", "gwt", "gbt"]):
         assert_close(a, e, dtype, what)
     stride_one = all(s == 1 for s in np.atleast_1d(args[1].get("stride", 1)))
-    if way in ("blocked", "direct") or (way == "winograd" and k == 3 and stride_one):
+    if (way in ("blocked", "direct") or (way == "winograd" and k == 3 and stride_one)
+            or (way == "kvector" and _numba_lanes.WIDE_VECTORS)):
         assert way in ways  # the forward at least

@@ -5,6 +5,7 @@
 - :mod:`._numba_band`: the jit options, in-bounds ranges, the direct kernels' band copies;
 - :mod:`._numba_direct`: direct and register-blocked convolutions, the exact weight gradient,
   the bias gradient, the finiteness check;
+- :mod:`._numba_kvector`: the direct convolution vectorised over output channels;
 - :mod:`._numba_pooling`, :mod:`._numba_packing` (im2col / col2im),
   :mod:`._numba_winograd_kernels`, :mod:`._numba_lane_kernels`, :mod:`._numba_elementwise`.
 
@@ -36,6 +37,14 @@ from ._numba_direct import (  # noqa: F401
     _frame_finite,
 )
 from ._numba_elementwise import _sigmoid_backward, _sigmoid_forward_f32  # noqa: F401
+from ._numba_kvector import (  # noqa: F401
+    KVECTOR_POSITIONS,
+    _channels_last_padded,
+    _conv_forward_kvector,
+    _conv_weight_grad_kvector,
+    _grad_channels_last,
+    _weights_in_blocks,
+)
 from ._numba_lane_kernels import (  # noqa: F401
     _from_lanes,
     _lane_avg_pool_backward,

@@ -38,6 +38,7 @@ from . import _numba_lanes as lanes
 from . import _numba_tasks as tasks
 from . import _numba_winograd as winograd
 from . import reference
+from ._numba_simd import VECTOR_BYTES
 
 name = "numba"
 
@@ -66,6 +67,9 @@ def _direct_conv(x, w, bias, stride, pad, dilation, groups, out_size):
     return K._conv_forward(x, w, K._bias_array(bias, x.dtype), stride, pad, dilation, groups,
                            out_size, -(-kg // max(chunks, 1)), y)
 
+
+# Every way this backend has, in the order `fastconv bench --ways` lists them.
+WAYS = ("lanes", "blocked", "kvector", "winograd", "gemm", "direct")
 
 # Ways whose arithmetic mixes neighbouring values (Winograd's transforms): one NaN or Inf
 # operand spreads over a whole tile, or meets another as inf - inf, where PyTorch's sums give
@@ -130,6 +134,92 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
                                    out_size, band, k_chunk, y)
 
 
+# Where the direct kernels vectorised over output channels (`kvector`, :mod:`._numba_kvector`;
+# CPUs with AVX-512) are chosen, from the zoo suite's layers, each way forced and timed
+# interleaved (docs/benchmarks.md): forward, stride-1 transposed and weight gradient of calls of
+# at most KVECTOR_MAX_MACS multiply-adds, ahead of `blocked` and Winograd (ResNet-18's layer1
+# to layer3 at batch 1: 0.7-1.3 ms against 1.0-1.4 ms blocked; ResNet-50's 1x1 layers at
+# batch 1: 0.4-0.7 against 0.6-1.3 ms packing + BLAS; weight gradients 1.1-1.9 against
+# 1.2-3.0 ms), given
+# - at least KVECTOR_MIN_FILTERS filters per group (a block is 64 float32 filters: with fewer
+#   the zero filler is computed too; ResNeXt's 4-16 per group lost 2-10x) and
+#   KVECTOR_MIN_CHANNELS input channels per group (each channel is one step of the inner loop:
+#   a 3-channel stem lost 0.5x), and KVECTOR_MIN_DEPTH input channels x taps;
+# - at least KVECTOR_MIN_POSITIONS output positions in the batch: the weights are copied into
+#   blocks on every call, which a 7x7 image does not pay for (ResNet-18's 512-channel layer4
+#   at batch 1: 2.1 ms against 1.6 blocked);
+# - for 1x1 kernels, at most KVECTOR_POINTWISE_MAX_POSITIONS: BLAS needs no packing there, and
+#   the copies in and out of the channels-last layout cost more than its GEMM loses.
+# At training batches (above KVECTOR_MAX_MACS) it won on some layers and lost on as many
+# (ResNet-18's layer4 at batch 16 1.17x, U-Net's bottleneck 0.90x): packing + BLAS stays.
+KVECTOR = True
+KVECTOR_MAX_MACS = 1 << 28
+KVECTOR_MIN_FILTERS = 32
+KVECTOR_MIN_CHANNELS = 16
+KVECTOR_MIN_DEPTH = 64
+KVECTOR_MIN_POSITIONS = 128
+KVECTOR_POINTWISE_MAX_POSITIONS = 4096
+# Positions of one task's chunk (its sums buffer stays in the L2 cache), and weight elements of
+# one block of input channels (read from the L2 cache by every position of the chunk).
+KVECTOR_CHUNK = 240
+KVECTOR_WEIGHT_ELEMS = 1 << 16
+# Positions of the weight gradient's chunks (their gradient vectors stay in the L1 cache).
+KVECTOR_GRAD_CHUNK = 64
+
+
+def _kvector_conv(x, w, bias, stride, pad, dilation, groups, out_size):
+    """:func:`K._conv_forward_kvector` on a channels-last copy of ``x`` and ``w`` in blocks of
+    four vectors of filters, in chunks of positions that give every thread four tasks."""
+    n_b, c_in = x.shape[:2]
+    k_out, cg, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    kg, taps = k_out // groups, math.prod(kernel)
+    kb = 4 * VECTOR_BYTES // x.itemsize
+    kblocks = -(-kg // kb)
+    extent = [(o - 1) * s + (k - 1) * d + 1
+              for o, s, k, d in zip(out_size, stride, kernel, dilation)]
+    xp = K._channels_last_padded(x, pad, np.empty((n_b, *extent, c_in), x.dtype))
+    wb = K._weights_in_blocks(np.ascontiguousarray(w).reshape(k_out, cg, taps), groups,
+                              np.empty((groups, kblocks, taps, cg, kb), x.dtype))
+    bias_b = np.zeros((groups, kblocks * kb), x.dtype)
+    if bias is not None:
+        bias_b[:, :kg] = np.asarray(bias, dtype=x.dtype).reshape(groups, kg)
+    total = n_b * math.prod(out_size)
+    chunks = max(-(-4 * numba.get_num_threads() // (groups * kblocks)),
+                 -(-total // KVECTOR_CHUNK))
+    step = K.KVECTOR_POSITIONS
+    chunk = -(-total // chunks // step) * step  # a multiple of the register block
+    c_block = max(1, KVECTOR_WEIGHT_ELEMS // (taps * kb))
+    y = np.empty((n_b, k_out, *out_size), dtype=x.dtype)
+    return K._conv_forward_kvector(xp, wb, bias_b.reshape(-1), stride, dilation, kernel, kg,
+                                   out_size, chunk, c_block, y)
+
+
+def _kvector_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
+    """:func:`K._conv_weight_grad_kvector` on channels-last copies of ``x`` and ``gy``, the
+    input channels split in as many parts as give every thread four tasks."""
+    n_b, c_in = x.shape[:2]
+    k_out, out_size = gy.shape[1], gy.shape[2:]
+    cg, kg, taps = c_in // groups, k_out // groups, math.prod(kernel)
+    kb = 4 * VECTOR_BYTES // x.itemsize
+    kblocks = -(-kg // kb)
+    extent = [(o - 1) * s + (k - 1) * d + 1
+              for o, s, k, d in zip(out_size, stride, kernel, dilation)]
+    size = n_b * math.prod(extent) * c_in
+    # a block of six channels past a group's last reads (and drops) a few elements beyond
+    flat = np.empty(size + K.KVECTOR_POSITIONS, x.dtype)
+    flat[size:] = 0
+    xp = K._channels_last_padded(x, pad, flat[:size].reshape(n_b, *extent, c_in))
+    gyc = K._grad_channels_last(gy, groups, kblocks, kb,
+                                np.empty(n_b * math.prod(out_size) * groups * kblocks * kb,
+                                         x.dtype))
+    tasks = groups * kblocks * taps
+    parts = min(-(-cg // K.KVECTOR_POSITIONS), -(-4 * numba.get_num_threads() // tasks))
+    gw = np.empty((k_out, cg, taps), dtype=x.dtype)
+    K._conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, cg, kg, out_size,
+                                KVECTOR_GRAD_CHUNK, parts, gw)
+    return gw.reshape(k_out, cg, *kernel)
+
+
 def _all_true(kernel, calls):
     """Whether ``kernel(*args)`` holds for every ``args`` in ``calls``, run on the task pool
     (serial GIL-free checks: a parallel Numba kernel left its threads spinning into the BLAS
@@ -163,7 +253,9 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
                                 out_size)):
         ways.append("lanes")
     blocked = _blocked_fits(x_shape[0] * groups, cg, k_out // groups, kernel, out_size)
-    if blocked == "small":
+    if _kvector_fits(x_shape[0], groups, cg, k_out // groups, kernel, out_size):
+        ways.append("kvector")
+    elif blocked == "small":
         ways.append("blocked")
     if winograd.fits(kernel, stride, cg, k_out // groups, x_shape[0], out_size):
         ways.append("winograd")
@@ -171,8 +263,23 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
         ways.append("blocked")
     if gemm.gemm_worthwhile(k_out // groups, cg, kernel):
         ways.append("gemm")
-    return _listed(ways, ["blocked", *_winograd_capable(kernel, stride),
+    return _listed(ways, ["blocked", *_kvector_capable(), *_winograd_capable(kernel, stride),
                           *(["gemm"] if cg > 1 else [])])
+
+
+def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size):
+    """Whether ``kvector`` is the way, by the rules above."""
+    positions = n_batch * math.prod(out_size)
+    return (bool(_kvector_capable()) and kg >= KVECTOR_MIN_FILTERS
+            and positions * groups * kg * cg * math.prod(kernel) <= KVECTOR_MAX_MACS
+            and cg >= KVECTOR_MIN_CHANNELS and cg * math.prod(kernel) >= KVECTOR_MIN_DEPTH
+            and positions >= KVECTOR_MIN_POSITIONS
+            and (math.prod(kernel) > 1 or positions <= KVECTOR_POINTWISE_MAX_POSITIONS))
+
+
+def _kvector_capable():
+    """``kvector`` where its 512-bit register block fits the CPU's registers."""
+    return ["kvector"] if KVECTOR and lanes.WIDE_VECTORS else []
 
 
 def _winograd_capable(kernel, stride):
@@ -248,6 +355,8 @@ def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
         return winograd.conv_forward_winograd(x, w, bias, pad_lo, dilation, groups, out_size)
     if way == "blocked":
         return _blocked_conv(x, w, bias, stride, pad_lo, dilation, groups, out_size)
+    if way == "kvector":
+        return _kvector_conv(x, w, bias, stride, pad_lo, dilation, groups, out_size)
     if way == "gemm":
         return gemm.conv_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups, out_size)
     return _direct_conv(x, w, bias, stride, pad_lo, dilation, groups, out_size)
@@ -268,7 +377,10 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
     # at stride 1, a convolution of the flipped kernel: c_in // groups channels in, cog out
     blocked = stride_one and _blocked_fits(x_shape[0] * groups, c_in // groups, cog, kernel,
                                            out_size)
-    if blocked == "small":
+    if stride_one and _kvector_fits(x_shape[0], groups, c_in // groups, cog, kernel,
+                                    out_size):
+        ways.append("kvector")
+    elif blocked == "small":
         ways.append("blocked")
     if stride_one and winograd.fits(kernel, stride, cog, c_in // groups, x_shape[0], out_size):
         ways.append("winograd")
@@ -276,7 +388,8 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
         ways.append("blocked")
     if gemm.transposed_worthwhile(c_in // groups, cog, kernel):
         ways.append("gemm")
-    capable = (["blocked", *_winograd_capable(kernel, stride)] if stride_one else [])
+    capable = (["blocked", *_kvector_capable(), *_winograd_capable(kernel, stride)]
+               if stride_one else [])
     return _listed(ways, [*capable, *(["gemm"] if c_in // groups > 1 or cog > 1 else [])])
 
 
@@ -292,6 +405,9 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bia
         return winograd.conv_forward_winograd(x, w_c, b_c, pad_c, dilation, groups, out_size)
     if way == "blocked":
         return _blocked_conv(x, *_as_conv(w, bias, pad_lo, dilation, groups), dilation, groups,
+                             out_size)
+    if way == "kvector":
+        return _kvector_conv(x, *_as_conv(w, bias, pad_lo, dilation, groups), dilation, groups,
                              out_size)
     if way == "gemm":
         return gemm.conv_transpose_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups,
@@ -347,13 +463,16 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
     if lanes.lanes_fit(x_shape, gy_shape[1], kernel, stride, pad_lo, dilation, groups,
                        gy_shape[2:]):
         ways.append("lanes")
+    if _kvector_fits(x_shape[0], groups, cg, kg, kernel, gy_shape[2:]):
+        ways.append("kvector")
     if winograd.fits(kernel, stride, cg, kg, x_shape[0], gy_shape[2:]):
         ways.append("winograd")
     # the same rule as the forward: LeNet c1's weight gradient 3.4 ms direct vs 5.9 packed,
     # LeNet c2's 4.2 ms packed vs 21 direct
     if gemm.gemm_worthwhile(kg, cg, kernel):
         ways.append("gemm")
-    return _listed(ways, [*_winograd_capable(kernel, stride), *(["gemm"] if cg > 1 else [])])
+    return _listed(ways, [*_kvector_capable(), *_winograd_capable(kernel, stride),
+                          *(["gemm"] if cg > 1 else [])])
 
 
 @_serialised
@@ -384,6 +503,8 @@ def _weight_grad_by(way, x, gy, stride, pad_lo, dilation, groups, kernel):
         return lanes.conv_weight_grad_lanes(x, gy, pad_lo, dilation, kernel)
     if way == "winograd":
         return winograd.conv_weight_grad_winograd(x, gy, pad_lo, dilation, groups, kernel)
+    if way == "kvector":
+        return _kvector_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel)
     if way == "gemm":
         return gemm.conv_weight_grad_gemm(x, gy, stride, pad_lo, dilation, groups, kernel)
     return K._conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel)

@@ -131,7 +131,7 @@ def time_each_way(call, repeat):
         return run
 
     calls = {"chosen": call}
-    for way in ("lanes", "blocked", "winograd", "gemm", "direct"):
+    for way in numba_cpu.WAYS:
         with numba_cpu.prefer_way(way), numba_cpu.trace_ways() as taken:
             call()  # compiles it, outside the times
         if way in taken:

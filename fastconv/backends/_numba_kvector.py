@@ -1,0 +1,379 @@
+"""The direct convolution vectorised over output channels (``kvector``), the way oneDNN's and
+libxsmm's direct kernels work: the input copied channels last and padded, the weights in
+blocks of four vectors of output channels (64 float32 or 32 float64 filters), and a register
+block of six output positions x four vectors of output channels. Each step of the sum (one
+input channel at one tap) loads four weight vectors and six input values, each value
+broadcast into four fused multiply-adds: 24 of them, whose sums never leave the registers
+until every channel and tap of a block of input channels is done.
+
+Any stride, dilation, padding, group count and 1-D to 3-D shape is the same loop: an output
+position is an offset into the channels-last copy, a tap another offset. Positions are
+numbered across the whole batch, so six consecutive positions may span rows and images and
+only the very last block of a task computes a few spare positions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
+from ._numba_band import _jit
+from ._numba_simd import VECTOR_BYTES, _vfma, _vload, _vsplat, _vstore
+
+# Output positions held in registers per block (times four vectors of output channels: 24 of
+# the 32 vector registers; with twelve positions x two vectors, the twelve input addresses
+# did not fit the general-purpose registers and the loop spilled them)
+KVECTOR_POSITIONS = 6
+
+
+# Columns of one row per task of the channels-last copy: a 1-D signal is one long row.
+_COPY_COLUMNS = 256
+
+
+@njit(**_jit)
+def _channels_last_padded(x, pad, xp):
+    """``x`` ``(N, C, D, H, W)`` into ``xp`` ``(N, Dp, Hp, Wp, C)``: channels last, shifted by
+    ``pad`` along each spatial axis (zeros where that falls outside ``x``; a negative pad
+    crops)."""
+    n_b, c_n, d_n, h_n, w_n = x.shape
+    _, dp_n, hp_n, wp_n, _ = xp.shape
+    xf = x.reshape(x.size)
+    pieces = (wp_n + _COPY_COLUMNS - 1) // _COPY_COLUMNS
+    for task in prange(n_b * dp_n * hp_n * pieces):
+        w0 = (task % pieces) * _COPY_COLUMNS
+        hp = (task // pieces) % hp_n
+        dp = (task // (pieces * hp_n)) % dp_n
+        n = task // (pieces * hp_n * dp_n)
+        row = xp[n, dp, hp].reshape(wp_n * c_n)
+        d, h = dp - pad[0], hp - pad[1]
+        if not (0 <= d < d_n and 0 <= h < h_n):
+            row[w0 * c_n:min(wp_n, w0 + _COPY_COLUMNS) * c_n] = 0
+            continue
+        src = (((n * c_n) * d_n + d) * h_n + h) * w_n
+        for wp in range(w0, min(wp_n, w0 + _COPY_COLUMNS)):
+            w = wp - pad[2]
+            at = wp * c_n
+            if 0 <= w < w_n:
+                for c in range(c_n):
+                    row[np.uintp(at + c)] = xf[np.uintp(src + c * d_n * h_n * w_n + w)]
+            else:
+                row[at:at + c_n] = 0
+    return xp
+
+
+@njit(**_jit)
+def _weights_in_blocks(w, groups, wb):
+    """``w`` ``(K, cg, taps)`` into ``wb`` ``(groups, kblocks, taps, cg, kb)``: each group's
+    filters in blocks of ``kb``, zero filters past the group's last. Tiles of 16 (channel,
+    tap) columns x ``kb`` filters are read from the cache, not memory."""
+    k_out, cg, taps = w.shape
+    _, kblocks, _, _, kb = wb.shape
+    kg = k_out // groups
+    depth = cg * taps
+    wf = w.reshape(w.size)
+    for task in prange(groups * kblocks):
+        block = wb[task // kblocks, task % kblocks].reshape(taps * cg * kb)
+        k0 = (task // kblocks) * kg + (task % kblocks) * kb
+        filters = min(kb, (task // kblocks + 1) * kg - k0)
+        for j0 in range(0, depth, 16):
+            for j in range(j0, min(depth, j0 + 16)):
+                dst = ((j % taps) * cg + j // taps) * kb
+                for kk in range(filters):
+                    block[np.uintp(dst + kk)] = wf[np.uintp((k0 + kk) * depth + j)]
+                for kk in range(filters, kb):
+                    block[dst + kk] = 0
+    return wb
+
+
+@njit(cache=True, inline="always")
+def _position_start(p, channel, stride, out_size, shape):
+    """Where output position ``p`` (numbered across the batch) reads its first tap's input
+    channel ``channel`` in the channels-last copy of shape ``shape``."""
+    _, dp_n, hp_n, wp_n, c_n = shape
+    ow = p % out_size[2]
+    oh = (p // out_size[2]) % out_size[1]
+    od = (p // (out_size[2] * out_size[1])) % out_size[0]
+    n = p // (out_size[2] * out_size[1] * out_size[0])
+    return ((((n * dp_n + od * stride[0]) * hp_n + oh * stride[1]) * wp_n + ow * stride[2])
+            * c_n + channel)
+
+
+@njit(**_jit)
+def _conv_forward_kvector(xp, wb, bias, stride, dilation, kernel, kg, out_size, chunk,
+                          c_block, y):
+    """Convolution of the channels-last copy ``xp`` with the blocked weights ``wb`` (see
+    :func:`_channels_last_padded`, :func:`_weights_in_blocks`) into ``y`` ``(N, K, OD, OH,
+    OW)``; ``bias`` ``(groups * kblocks * kb,)`` as ``wb``'s filters.
+
+    A task is one group, one block of filters and ``chunk`` positions of the batch. Per output
+    element the sum starts at the bias and runs over taps, then input channels (fused
+    multiply-adds); input channels go in blocks of ``c_block`` whose weights stay in the cache
+    while every position of the chunk reads them, the sums kept in a buffer between blocks.
+    """
+    n_b = xp.shape[0]
+    groups, kblocks, taps, cg, kb = wb.shape
+    vec = kb // 4
+    positions = out_size[0] * out_size[1] * out_size[2]
+    total = n_b * positions
+    chunks = (total + chunk - 1) // chunk
+    k_out = groups * kg
+    xf, wf, yf = xp.reshape(xp.size), wb.reshape(wb.size), y.reshape(y.size)
+    _, _, hp_n, wp_n, c_n = xp.shape
+    for task in prange(groups * kblocks * chunks):
+        p_lo = (task % chunks) * chunk
+        kblock = (task // chunks) % kblocks
+        g = task // (chunks * kblocks)
+        p_hi = min(total, p_lo + chunk)
+        last = p_hi - 1
+        tap_at = np.empty(taps, dtype=np.int64)
+        for rd in range(kernel[0]):
+            for rh in range(kernel[1]):
+                for rw in range(kernel[2]):
+                    tap_at[(rd * kernel[1] + rh) * kernel[2] + rw] = (
+                        ((rd * dilation[0] * hp_n + rh * dilation[1]) * wp_n + rw * dilation[2])
+                        * c_n)
+        sums = np.empty((chunk + 6) * kb, dtype=y.dtype)
+        at = (g * kblocks + kblock) * kb
+        b0, b1 = _vload(bias, at), _vload(bias, at + vec)
+        b2, b3 = _vload(bias, at + 2 * vec), _vload(bias, at + 3 * vec)
+        w_task = (g * kblocks + kblock) * taps * cg * kb
+        # where each position of the chunk starts reading (the last repeated past the end)
+        starts = np.empty(p_hi - p_lo + KVECTOR_POSITIONS, dtype=np.int64)
+        for p in range(p_lo, p_lo + starts.size):
+            starts[p - p_lo] = _position_start(min(p, last), g * cg, stride, out_size,
+                                               xp.shape)
+        for c0 in range(0, cg, c_block):
+            for p0 in range(p_lo, p_hi, 6):
+                a = (p0 - p_lo) * kb
+                q0 = starts[p0 - p_lo + 0]
+                q1 = starts[p0 - p_lo + 1]
+                q2 = starts[p0 - p_lo + 2]
+                q3 = starts[p0 - p_lo + 3]
+                q4 = starts[p0 - p_lo + 4]
+                q5 = starts[p0 - p_lo + 5]
+                if c0 == 0:
+                    s00, s01, s02, s03 = b0, b1, b2, b3
+                    s10, s11, s12, s13 = b0, b1, b2, b3
+                    s20, s21, s22, s23 = b0, b1, b2, b3
+                    s30, s31, s32, s33 = b0, b1, b2, b3
+                    s40, s41, s42, s43 = b0, b1, b2, b3
+                    s50, s51, s52, s53 = b0, b1, b2, b3
+                else:
+                    s00, s01 = _vload(sums, a + 0 * vec), _vload(sums, a + 1 * vec)
+                    s02, s03 = _vload(sums, a + 2 * vec), _vload(sums, a + 3 * vec)
+                    s10, s11 = _vload(sums, a + 4 * vec), _vload(sums, a + 5 * vec)
+                    s12, s13 = _vload(sums, a + 6 * vec), _vload(sums, a + 7 * vec)
+                    s20, s21 = _vload(sums, a + 8 * vec), _vload(sums, a + 9 * vec)
+                    s22, s23 = _vload(sums, a + 10 * vec), _vload(sums, a + 11 * vec)
+                    s30, s31 = _vload(sums, a + 12 * vec), _vload(sums, a + 13 * vec)
+                    s32, s33 = _vload(sums, a + 14 * vec), _vload(sums, a + 15 * vec)
+                    s40, s41 = _vload(sums, a + 16 * vec), _vload(sums, a + 17 * vec)
+                    s42, s43 = _vload(sums, a + 18 * vec), _vload(sums, a + 19 * vec)
+                    s50, s51 = _vload(sums, a + 20 * vec), _vload(sums, a + 21 * vec)
+                    s52, s53 = _vload(sums, a + 22 * vec), _vload(sums, a + 23 * vec)
+                for tap in range(taps):
+                    w_tap = w_task + tap * cg * kb
+                    for c in range(c0, min(cg, c0 + c_block)):
+                        o = tap_at[tap] + c
+                        wi = w_tap + c * kb
+                        w0, w1 = _vload(wf, wi), _vload(wf, wi + vec)
+                        w2, w3 = _vload(wf, wi + 2 * vec), _vload(wf, wi + 3 * vec)
+                        x = xf[np.uintp(q0 + o)]
+                        s00, s01 = _vfma(x, w0, s00), _vfma(x, w1, s01)
+                        s02, s03 = _vfma(x, w2, s02), _vfma(x, w3, s03)
+                        x = xf[np.uintp(q1 + o)]
+                        s10, s11 = _vfma(x, w0, s10), _vfma(x, w1, s11)
+                        s12, s13 = _vfma(x, w2, s12), _vfma(x, w3, s13)
+                        x = xf[np.uintp(q2 + o)]
+                        s20, s21 = _vfma(x, w0, s20), _vfma(x, w1, s21)
+                        s22, s23 = _vfma(x, w2, s22), _vfma(x, w3, s23)
+                        x = xf[np.uintp(q3 + o)]
+                        s30, s31 = _vfma(x, w0, s30), _vfma(x, w1, s31)
+                        s32, s33 = _vfma(x, w2, s32), _vfma(x, w3, s33)
+                        x = xf[np.uintp(q4 + o)]
+                        s40, s41 = _vfma(x, w0, s40), _vfma(x, w1, s41)
+                        s42, s43 = _vfma(x, w2, s42), _vfma(x, w3, s43)
+                        x = xf[np.uintp(q5 + o)]
+                        s50, s51 = _vfma(x, w0, s50), _vfma(x, w1, s51)
+                        s52, s53 = _vfma(x, w2, s52), _vfma(x, w3, s53)
+                _vstore(sums, a + 0 * vec, s00)
+                _vstore(sums, a + 1 * vec, s01)
+                _vstore(sums, a + 2 * vec, s02)
+                _vstore(sums, a + 3 * vec, s03)
+                _vstore(sums, a + 4 * vec, s10)
+                _vstore(sums, a + 5 * vec, s11)
+                _vstore(sums, a + 6 * vec, s12)
+                _vstore(sums, a + 7 * vec, s13)
+                _vstore(sums, a + 8 * vec, s20)
+                _vstore(sums, a + 9 * vec, s21)
+                _vstore(sums, a + 10 * vec, s22)
+                _vstore(sums, a + 11 * vec, s23)
+                _vstore(sums, a + 12 * vec, s30)
+                _vstore(sums, a + 13 * vec, s31)
+                _vstore(sums, a + 14 * vec, s32)
+                _vstore(sums, a + 15 * vec, s33)
+                _vstore(sums, a + 16 * vec, s40)
+                _vstore(sums, a + 17 * vec, s41)
+                _vstore(sums, a + 18 * vec, s42)
+                _vstore(sums, a + 19 * vec, s43)
+                _vstore(sums, a + 20 * vec, s50)
+                _vstore(sums, a + 21 * vec, s51)
+                _vstore(sums, a + 22 * vec, s52)
+                _vstore(sums, a + 23 * vec, s53)
+        # out filter by filter (contiguous rows of each output plane), image by image
+        k0 = g * kg + kblock * kb
+        p = p_lo
+        while p < p_hi:
+            n = p // positions
+            end = min(p_hi, (n + 1) * positions)
+            for kk in range(min(kb, (g + 1) * kg - k0)):
+                dst = (n * k_out + k0 + kk) * positions - n * positions
+                for q in range(p, end):
+                    yf[np.uintp(dst + q)] = sums[np.uintp((q - p_lo) * kb + kk)]
+            p = end
+    return y
+
+
+
+@njit(**_jit)
+def _grad_channels_last(gy, groups, kblocks, kb, gyc):
+    """``gy`` ``(N, K, OD, OH, OW)`` into ``gyc`` ``(N * positions, groups * kblocks * kb)``:
+    per position, each group's filters in blocks of ``kb``, zeros past the group's last."""
+    n_b, k_out = gy.shape[:2]
+    positions = gy.size // max(1, n_b * k_out)
+    kg = k_out // groups
+    gf = gy.reshape(gy.size)
+    width = groups * kblocks * kb
+    for task in prange(n_b * groups):
+        n, g = task // groups, task % groups
+        for p in range(positions):
+            row = (n * positions + p) * width + g * kblocks * kb
+            for kk in range(kg, kblocks * kb):
+                gyc[row + kk] = 0
+        for kk in range(kg):
+            src = (n * k_out + g * kg + kk) * positions
+            dst = n * positions * width + g * kblocks * kb + kk
+            for p in range(positions):
+                gyc[np.uintp(dst + p * width)] = gf[np.uintp(src + p)]
+    return gyc
+
+
+@njit(**_jit)
+def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, cg, kg, out_size,
+                              chunk, parts, gw):
+    """The weight gradient ``gw`` ``(K, cg, taps)`` from the channels-last copy ``xp`` of the
+    input (see :func:`_channels_last_padded`; at least ``KVECTOR_POSITIONS`` readable elements
+    past its last) and ``gyc`` (:func:`_grad_channels_last`).
+
+    A task is one group, one block of filters, one tap and one of ``parts`` ranges of input
+    channels: its sums (six input channels x four vectors of filters in registers) run over
+    every position of the batch in order, in chunks of ``chunk`` positions whose gradient
+    vectors stay in the L1 cache while every block of six channels reads them.
+    """
+    n_b = xp.shape[0]
+    _, _, hp_n, wp_n, c_n = xp.shape
+    taps = kernel[0] * kernel[1] * kernel[2]
+    width = gyc.size // max(1, n_b * out_size[0] * out_size[1] * out_size[2])
+    kb = 4 * (VECTOR_BYTES // xp.itemsize)
+    vec = kb // 4
+    kblocks = width // (groups * kb)
+    total = n_b * out_size[0] * out_size[1] * out_size[2]
+    cblocks = (cg + KVECTOR_POSITIONS - 1) // KVECTOR_POSITIONS
+    xf = xp.reshape(xp.size)
+    gwf = gw.reshape(gw.size)
+    per_part = (cblocks + parts - 1) // parts
+    for task in prange(groups * kblocks * taps * parts):
+        part = task % parts
+        tap = (task // parts) % taps
+        kblock = (task // (parts * taps)) % kblocks
+        g = task // (parts * taps * kblocks)
+        rw = tap % kernel[2]
+        rh = (tap // kernel[2]) % kernel[1]
+        rd = tap // (kernel[2] * kernel[1])
+        tap_at = (((rd * dilation[0] * hp_n + rh * dilation[1]) * wp_n + rw * dilation[2])
+                  * c_n + g * cg)
+        starts = np.empty(chunk, dtype=np.int64)
+        sums = np.zeros(cblocks * KVECTOR_POSITIONS * kb, dtype=xp.dtype)
+        z = _vsplat(0, xp)
+        g_at = (g * kblocks + kblock) * kb
+        for q0 in range(0, total, chunk):
+            q1 = min(total, q0 + chunk)
+            for q in range(q0, q1):
+                starts[q - q0] = _position_start(q, tap_at, stride, out_size, xp.shape)
+            for cblock in range(part * per_part, min(cblocks, (part + 1) * per_part)):
+                c0 = cblock * KVECTOR_POSITIONS
+                a = cblock * KVECTOR_POSITIONS * kb
+                if q0 == 0:
+                    s00, s01, s02, s03 = z, z, z, z
+                    s10, s11, s12, s13 = z, z, z, z
+                    s20, s21, s22, s23 = z, z, z, z
+                    s30, s31, s32, s33 = z, z, z, z
+                    s40, s41, s42, s43 = z, z, z, z
+                    s50, s51, s52, s53 = z, z, z, z
+                else:
+                    s00, s01 = _vload(sums, a + 0 * vec), _vload(sums, a + 1 * vec)
+                    s02, s03 = _vload(sums, a + 2 * vec), _vload(sums, a + 3 * vec)
+                    s10, s11 = _vload(sums, a + 4 * vec), _vload(sums, a + 5 * vec)
+                    s12, s13 = _vload(sums, a + 6 * vec), _vload(sums, a + 7 * vec)
+                    s20, s21 = _vload(sums, a + 8 * vec), _vload(sums, a + 9 * vec)
+                    s22, s23 = _vload(sums, a + 10 * vec), _vload(sums, a + 11 * vec)
+                    s30, s31 = _vload(sums, a + 12 * vec), _vload(sums, a + 13 * vec)
+                    s32, s33 = _vload(sums, a + 14 * vec), _vload(sums, a + 15 * vec)
+                    s40, s41 = _vload(sums, a + 16 * vec), _vload(sums, a + 17 * vec)
+                    s42, s43 = _vload(sums, a + 18 * vec), _vload(sums, a + 19 * vec)
+                    s50, s51 = _vload(sums, a + 20 * vec), _vload(sums, a + 21 * vec)
+                    s52, s53 = _vload(sums, a + 22 * vec), _vload(sums, a + 23 * vec)
+                for q in range(q0, q1):
+                    o = starts[q - q0] + c0
+                    gi = q * width + g_at
+                    g0, g1 = _vload(gyc, gi), _vload(gyc, gi + vec)
+                    g2, g3 = _vload(gyc, gi + 2 * vec), _vload(gyc, gi + 3 * vec)
+                    x = xf[np.uintp(o + 0)]
+                    s00, s01 = _vfma(x, g0, s00), _vfma(x, g1, s01)
+                    s02, s03 = _vfma(x, g2, s02), _vfma(x, g3, s03)
+                    x = xf[np.uintp(o + 1)]
+                    s10, s11 = _vfma(x, g0, s10), _vfma(x, g1, s11)
+                    s12, s13 = _vfma(x, g2, s12), _vfma(x, g3, s13)
+                    x = xf[np.uintp(o + 2)]
+                    s20, s21 = _vfma(x, g0, s20), _vfma(x, g1, s21)
+                    s22, s23 = _vfma(x, g2, s22), _vfma(x, g3, s23)
+                    x = xf[np.uintp(o + 3)]
+                    s30, s31 = _vfma(x, g0, s30), _vfma(x, g1, s31)
+                    s32, s33 = _vfma(x, g2, s32), _vfma(x, g3, s33)
+                    x = xf[np.uintp(o + 4)]
+                    s40, s41 = _vfma(x, g0, s40), _vfma(x, g1, s41)
+                    s42, s43 = _vfma(x, g2, s42), _vfma(x, g3, s43)
+                    x = xf[np.uintp(o + 5)]
+                    s50, s51 = _vfma(x, g0, s50), _vfma(x, g1, s51)
+                    s52, s53 = _vfma(x, g2, s52), _vfma(x, g3, s53)
+                _vstore(sums, a + 0 * vec, s00)
+                _vstore(sums, a + 1 * vec, s01)
+                _vstore(sums, a + 2 * vec, s02)
+                _vstore(sums, a + 3 * vec, s03)
+                _vstore(sums, a + 4 * vec, s10)
+                _vstore(sums, a + 5 * vec, s11)
+                _vstore(sums, a + 6 * vec, s12)
+                _vstore(sums, a + 7 * vec, s13)
+                _vstore(sums, a + 8 * vec, s20)
+                _vstore(sums, a + 9 * vec, s21)
+                _vstore(sums, a + 10 * vec, s22)
+                _vstore(sums, a + 11 * vec, s23)
+                _vstore(sums, a + 12 * vec, s30)
+                _vstore(sums, a + 13 * vec, s31)
+                _vstore(sums, a + 14 * vec, s32)
+                _vstore(sums, a + 15 * vec, s33)
+                _vstore(sums, a + 16 * vec, s40)
+                _vstore(sums, a + 17 * vec, s41)
+                _vstore(sums, a + 18 * vec, s42)
+                _vstore(sums, a + 19 * vec, s43)
+                _vstore(sums, a + 20 * vec, s50)
+                _vstore(sums, a + 21 * vec, s51)
+                _vstore(sums, a + 22 * vec, s52)
+                _vstore(sums, a + 23 * vec, s53)
+        k0 = g * kg + kblock * kb
+        for kk in range(min(kb, (g + 1) * kg - k0)):
+            for c in range(part * per_part * KVECTOR_POSITIONS,
+                           min(cg, (part + 1) * per_part * KVECTOR_POSITIONS)):
+                gwf[((k0 + kk) * cg + c) * taps + tap] = sums[c * kb + kk]
+    return gw
