@@ -10,10 +10,11 @@ import torch.nn.functional as F
 # (module attribute -> value); "winograd" and "lanes" take the cases that fit them.
 _NO_WINOGRAD = {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 10**9}
 _NO_BLOCKED = {"numba_cpu.BLOCKED": False}
-_ANY_KVECTOR = {**{f"numba_cpu.KVECTOR_MIN_{what}": 1
-                   for what in ("FILTERS", "DEPTH", "CHANNELS", "POSITIONS")},
+# the direct kernels vectorised over output channels wherever they can compute
+_ANY_KVECTOR = {"numba_cpu.KVECTOR_MIN_BLOCKS": 0, "numba_cpu.KVECTOR_MIN_DEPTH": 1,
+                "numba_cpu.KVECTOR_MIN_CHANNELS": 1, "numba_cpu.KVECTOR_MIN_POSITIONS": 1,
                 "numba_cpu.KVECTOR_MAX_MACS": 10**18,
-                "numba_cpu.KVECTOR_POINTWISE_MAX_POSITIONS": 10**18, **_NO_WINOGRAD}
+                "numba_cpu.KVECTOR_POINTWISE_MAX_MACS": 10**18, **_NO_WINOGRAD}
 NUMBA_WAYS = {
     "direct": {"_numba_gemm.GEMM_MIN_WORK": 10**9, **_NO_WINOGRAD, **_NO_BLOCKED},
     "gemm": {"_numba_gemm.GEMM_MIN_WORK": 0, "_numba_gemm.GEMM_MIN_CHANNELS": 0,

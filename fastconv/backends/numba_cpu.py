@@ -1,12 +1,16 @@
 """Numba CPU backend: the eight primitives of the reference backend, fast.
 
-Five ways to convolve, chosen per call (each primitive's ``*_ways`` lists them in the order
+Six ways to convolve, chosen per call (each primitive's ``*_ways`` lists them in the order
 its rules prefer; the first that is exact for the operands' NaN and Inf is taken):
 
 - batch lanes for many small images with few channels at stride 1 (:mod:`._numba_lanes`);
 - the register-blocked direct kernel (``blocked``: four output channels x four vectors of
   positions in registers) for small calls and for few channels per group, forward and
   stride-1 transposed (:func:`_blocked_conv`);
+- the direct kernels vectorised over output channels (``kvector``: six positions x 64
+  float32 filters in registers, on a channels-last copy) for calls of a few hundred million
+  multiply-adds with enough filters, forward, stride-1 transposed and weight gradient
+  (:mod:`._numba_kvector`);
 - Winograd (F(4x4, 3x3) forward, F(2x2, 3x3) weight gradient) for 3x3 kernels at stride 1
   with enough channels and tiles (:mod:`._numba_winograd`);
 - packing (im2col / col2im) plus BLAS for the other GEMM-shaped convolutions
@@ -141,24 +145,25 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 # to layer3 at batch 1: 0.7-1.3 ms against 1.0-1.4 ms blocked; ResNet-50's 1x1 layers at
 # batch 1: 0.4-0.7 against 0.6-1.3 ms packing + BLAS; weight gradients 1.1-1.9 against
 # 1.2-3.0 ms), given
-# - at least KVECTOR_MIN_FILTERS filters per group (a block is 64 float32 filters: with fewer
-#   the zero filler is computed too; ResNeXt's 4-16 per group lost 2-10x) and
+# - a whole block of filters per group (64 float32, 32 float64: with fewer the zero filler is
+#   computed too; ResNeXt's 4-32 per group lost 1.1-10x) and
 #   KVECTOR_MIN_CHANNELS input channels per group (each channel is one step of the inner loop:
 #   a 3-channel stem lost 0.5x), and KVECTOR_MIN_DEPTH input channels x taps;
 # - at least KVECTOR_MIN_POSITIONS output positions in the batch: the weights are copied into
 #   blocks on every call, which a 7x7 image does not pay for (ResNet-18's 512-channel layer4
 #   at batch 1: 2.1 ms against 1.6 blocked);
-# - for 1x1 kernels, at most KVECTOR_POINTWISE_MAX_POSITIONS: BLAS needs no packing there, and
-#   the copies in and out of the channels-last layout cost more than its GEMM loses.
+# - for 1x1 kernels, at most KVECTOR_POINTWISE_MAX_MACS: BLAS needs no packing there, and at
+#   larger sizes the copies in and out of the channels-last layout cost more than its GEMM
+#   loses (MobileNetV2's 576 -> 96 projection at batch 16: 10.9 ms against 8.5).
 # At training batches (above KVECTOR_MAX_MACS) it won on some layers and lost on as many
 # (ResNet-18's layer4 at batch 16 1.17x, U-Net's bottleneck 0.90x): packing + BLAS stays.
 KVECTOR = True
 KVECTOR_MAX_MACS = 1 << 28
-KVECTOR_MIN_FILTERS = 32
+KVECTOR_MIN_BLOCKS = 1
 KVECTOR_MIN_CHANNELS = 16
 KVECTOR_MIN_DEPTH = 64
 KVECTOR_MIN_POSITIONS = 128
-KVECTOR_POINTWISE_MAX_POSITIONS = 4096
+KVECTOR_POINTWISE_MAX_MACS = 1 << 26
 # Positions of one task's chunk (its sums buffer stays in the L2 cache), and weight elements of
 # one block of input channels (read from the L2 cache by every position of the chunk).
 KVECTOR_CHUNK = 240
@@ -240,7 +245,8 @@ def _all_finite(*arrays):
                                      for lo, hi in tasks.split(f.size, 0, threads)])
 
 
-def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_size):
+def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_size,
+                      itemsize):
     """The ways to compute this convolution, in the order the rules prefer them: some of
     ``lanes``, ``blocked``, ``winograd``, ``gemm``, then always ``direct``."""
     k_out, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
@@ -253,7 +259,8 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
                                 out_size)):
         ways.append("lanes")
     blocked = _blocked_fits(x_shape[0] * groups, cg, k_out // groups, kernel, out_size)
-    if _kvector_fits(x_shape[0], groups, cg, k_out // groups, kernel, out_size):
+    if _kvector_fits(x_shape[0], groups, cg, k_out // groups, kernel, out_size,
+                     itemsize):
         ways.append("kvector")
     elif blocked == "small":
         ways.append("blocked")
@@ -267,14 +274,15 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
                           *(["gemm"] if cg > 1 else [])])
 
 
-def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size):
+def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize):
     """Whether ``kvector`` is the way, by the rules above."""
     positions = n_batch * math.prod(out_size)
-    return (bool(_kvector_capable()) and kg >= KVECTOR_MIN_FILTERS
-            and positions * groups * kg * cg * math.prod(kernel) <= KVECTOR_MAX_MACS
+    macs = positions * groups * kg * cg * math.prod(kernel)
+    return (bool(_kvector_capable()) and kg >= KVECTOR_MIN_BLOCKS * 4 * VECTOR_BYTES // itemsize
+            and macs <= (KVECTOR_MAX_MACS if math.prod(kernel) > 1
+                         else KVECTOR_POINTWISE_MAX_MACS)
             and cg >= KVECTOR_MIN_CHANNELS and cg * math.prod(kernel) >= KVECTOR_MIN_DEPTH
-            and positions >= KVECTOR_MIN_POSITIONS
-            and (math.prod(kernel) > 1 or positions <= KVECTOR_POINTWISE_MAX_POSITIONS))
+            and positions >= KVECTOR_MIN_POSITIONS)
 
 
 def _kvector_capable():
@@ -348,7 +356,7 @@ def _first_way(ways, *operands):
 @_serialised
 def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
     way = _first_way(conv_forward_ways(x.shape, w.shape, stride, pad_lo, dilation, groups,
-                                       out_size), x, w)
+                                       out_size, x.itemsize), x, w)
     if way == "lanes":
         return lanes.conv_forward_lanes(x, w, bias, pad_lo, dilation, out_size)
     if way == "winograd":
@@ -362,7 +370,8 @@ def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
     return _direct_conv(x, w, bias, stride, pad_lo, dilation, groups, out_size)
 
 
-def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_size):
+def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_size,
+                                itemsize):
     """The ways to compute this transposed convolution (a convolution's input gradient), in
     the order the rules prefer them: ``lanes``, ``blocked`` and ``winograd`` (stride 1, as a
     convolution with the kernel flipped), ``gemm``, then ``direct``."""
@@ -378,7 +387,7 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
     blocked = stride_one and _blocked_fits(x_shape[0] * groups, c_in // groups, cog, kernel,
                                            out_size)
     if stride_one and _kvector_fits(x_shape[0], groups, c_in // groups, cog, kernel,
-                                    out_size):
+                                    out_size, itemsize):
         ways.append("kvector")
     elif blocked == "small":
         ways.append("blocked")
@@ -396,7 +405,7 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
 @_serialised
 def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
     way = _first_way(conv_transpose_forward_ways(x.shape, w.shape, stride, pad_lo, dilation,
-                                                 groups, out_size), x, w)
+                                                 groups, out_size, x.itemsize), x, w)
     if way == "lanes":
         w_c, b_c, _, pad_c = _as_conv(w, bias, pad_lo, dilation, groups)
         return lanes.conv_forward_lanes(x, w_c, b_c, pad_c, dilation, out_size)
@@ -454,7 +463,8 @@ def _frame_finite(gy, in_size, stride, pad_lo, dilation, kernel):
                                        for p0, p1 in ranges])
 
 
-def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, kernel):
+def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, kernel,
+                          itemsize):
     """The ways to compute this weight gradient, in the order the rules prefer them:
     ``lanes``, ``winograd``, ``gemm``, then ``direct``. (``exact`` serves a ``gy`` with NaN
     or Inf, whatever the shapes.)"""
@@ -463,7 +473,7 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
     if lanes.lanes_fit(x_shape, gy_shape[1], kernel, stride, pad_lo, dilation, groups,
                        gy_shape[2:]):
         ways.append("lanes")
-    if _kvector_fits(x_shape[0], groups, cg, kg, kernel, gy_shape[2:]):
+    if _kvector_fits(x_shape[0], groups, cg, kg, kernel, gy_shape[2:], itemsize):
         ways.append("kvector")
     if winograd.fits(kernel, stride, cg, kg, x_shape[0], gy_shape[2:]):
         ways.append("winograd")
@@ -478,7 +488,7 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
 @_serialised
 def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
     ways = _ordered(conv_weight_grad_ways(x.shape, gy.shape, stride, pad_lo, dilation, groups,
-                                          kernel))
+                                          kernel, x.itemsize))
     gw = _weight_grad_by(ways[0], x, gy, stride, pad_lo, dilation, groups, kernel)
     # Checked after the fact, on the weight-sized result: a NaN or Inf in x or gy always
     # leaves one in gw (inf times a finite number or zero, inf - inf, NaN), so a finite gw
