@@ -107,8 +107,8 @@ def _conv_forward_kvector(xp, wb, bias, stride, dilation, kernel, kg, out_size, 
     OW)``; ``bias`` ``(groups * kblocks * kb,)`` as ``wb``'s filters.
 
     A task is one group, one block of filters and ``chunk`` positions of the batch. Per output
-    element the sum starts at the bias and runs over taps, then input channels (fused
-    multiply-adds); input channels go in blocks of ``c_block`` whose weights stay in the cache
+    element the sum starts at the bias and runs over blocks of ``c_block`` input channels, in
+    each over taps, then channels (fused multiply-adds); a block's weights stay in the cache
     while every position of the chunk reads them, the sums kept in a buffer between blocks.
     """
     n_b = xp.shape[0]
