@@ -45,6 +45,17 @@ def transposed_worthwhile(c_in_per_group, c_out_per_group, kernel):
             or c_in_per_group >= GEMM_MIN_CHANNELS)
 
 
+def weight_grad_worthwhile(k_per_group, c_per_group, kernel):
+    """Whether packing + BLAS beats the direct kernels for a weight gradient. Its GEMM sums
+    over the output positions into filters x (channels x taps), so many filters and taps make
+    it wide even for one input channel: M5's one-channel 80-tap audio stem (128 filters) at
+    batch 64 took 275 ms direct."""
+    return (gemm_worthwhile(k_per_group, c_per_group, kernel)
+            or (k_per_group >= GEMM_MIN_CHANNELS
+                and k_per_group * c_per_group * math.prod(kernel) >= GEMM_MIN_WORK
+                and c_per_group * math.prod(kernel) >= GEMM_MIN_CHANNELS))
+
+
 def is_pointwise(kernel, stride, pad):
     """A 1x1 kernel at stride 1 without padding: each image's (C, positions) block is already
     the GEMM operand, so nothing needs packing."""

@@ -479,10 +479,10 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
         ways.append("winograd")
     # the same rule as the forward: LeNet c1's weight gradient 3.4 ms direct vs 5.9 packed,
     # LeNet c2's 4.2 ms packed vs 21 direct
-    if gemm.gemm_worthwhile(kg, cg, kernel):
+    if gemm.weight_grad_worthwhile(kg, cg, kernel):
         ways.append("gemm")
     return _listed(ways, [*_kvector_capable(), *_winograd_capable(kernel, stride),
-                          *(["gemm"] if cg > 1 else [])])
+                          "gemm"])
 
 
 @_serialised
