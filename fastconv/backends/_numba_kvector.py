@@ -25,6 +25,13 @@ from ._numba_simd import VECTOR_BYTES, _vfma, _vload, _vsplat, _vstore
 # the 32 vector registers; with twelve positions x two vectors, the twelve input addresses
 # did not fit the general-purpose registers and the loop spilled them)
 KVECTOR_POSITIONS = 6
+# Vectors of filters per block (the other side of the register block).
+KVECTOR_VECTORS = 4
+
+
+def block_filters(itemsize):
+    """Filters per block (and per weight-gradient block): four 512-bit vectors' worth."""
+    return KVECTOR_VECTORS * VECTOR_BYTES // itemsize
 
 
 # Columns of one row per task of the channels-last copy: a 1-D signal is one long row.
@@ -99,6 +106,17 @@ def _position_start(p, channel, stride, out_size, shape):
             * c_n + channel)
 
 
+@njit(cache=True, inline="always")
+def _tap_offset(tap, kernel, dilation, shape):
+    """How far tap ``tap`` (raster order over ``kernel``) reads from a position's first tap in
+    the channels-last copy of shape ``shape``."""
+    _, _, hp_n, wp_n, c_n = shape
+    rw = tap % kernel[2]
+    rh = (tap // kernel[2]) % kernel[1]
+    rd = tap // (kernel[2] * kernel[1])
+    return ((rd * dilation[0] * hp_n + rh * dilation[1]) * wp_n + rw * dilation[2]) * c_n
+
+
 @njit(**_jit)
 def _conv_forward_kvector(xp, wb, bias, stride, dilation, kernel, kg, out_size, chunk,
                           c_block, y):
@@ -113,13 +131,12 @@ def _conv_forward_kvector(xp, wb, bias, stride, dilation, kernel, kg, out_size, 
     """
     n_b = xp.shape[0]
     groups, kblocks, taps, cg, kb = wb.shape
-    vec = kb // 4
+    vec = kb // KVECTOR_VECTORS
     positions = out_size[0] * out_size[1] * out_size[2]
     total = n_b * positions
     chunks = (total + chunk - 1) // chunk
     k_out = groups * kg
     xf, wf, yf = xp.reshape(xp.size), wb.reshape(wb.size), y.reshape(y.size)
-    _, _, hp_n, wp_n, c_n = xp.shape
     for task in prange(groups * kblocks * chunks):
         p_lo = (task % chunks) * chunk
         kblock = (task // chunks) % kblocks
@@ -127,13 +144,9 @@ def _conv_forward_kvector(xp, wb, bias, stride, dilation, kernel, kg, out_size, 
         p_hi = min(total, p_lo + chunk)
         last = p_hi - 1
         tap_at = np.empty(taps, dtype=np.int64)
-        for rd in range(kernel[0]):
-            for rh in range(kernel[1]):
-                for rw in range(kernel[2]):
-                    tap_at[(rd * kernel[1] + rh) * kernel[2] + rw] = (
-                        ((rd * dilation[0] * hp_n + rh * dilation[1]) * wp_n + rw * dilation[2])
-                        * c_n)
-        sums = np.empty((chunk + 6) * kb, dtype=y.dtype)
+        for tap in range(taps):
+            tap_at[tap] = _tap_offset(tap, kernel, dilation, xp.shape)
+        sums = np.empty((chunk + KVECTOR_POSITIONS) * kb, dtype=y.dtype)
         at = (g * kblocks + kblock) * kb
         b0, b1 = _vload(bias, at), _vload(bias, at + vec)
         b2, b3 = _vload(bias, at + 2 * vec), _vload(bias, at + 3 * vec)
@@ -260,8 +273,8 @@ def _grad_channels_last(gy, groups, kblocks, kb, gyc):
 
 
 @njit(**_jit)
-def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, cg, kg, out_size,
-                              chunk, parts, gw):
+def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks, cg, kg,
+                              out_size, chunk, parts, gw):
     """The weight gradient ``gw`` ``(K, cg, taps)`` from the channels-last copy ``xp`` of the
     input (see :func:`_channels_last_padded`; at least ``KVECTOR_POSITIONS`` readable elements
     past its last) and ``gyc`` (:func:`_grad_channels_last`).
@@ -271,14 +284,11 @@ def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, cg, kg,
     every position of the batch in order, in chunks of ``chunk`` positions whose gradient
     vectors stay in the L1 cache while every block of six channels reads them.
     """
-    n_b = xp.shape[0]
-    _, _, hp_n, wp_n, c_n = xp.shape
     taps = kernel[0] * kernel[1] * kernel[2]
-    width = gyc.size // max(1, n_b * out_size[0] * out_size[1] * out_size[2])
-    kb = 4 * (VECTOR_BYTES // xp.itemsize)
-    vec = kb // 4
-    kblocks = width // (groups * kb)
-    total = n_b * out_size[0] * out_size[1] * out_size[2]
+    total = xp.shape[0] * out_size[0] * out_size[1] * out_size[2]
+    width = gyc.size // max(1, total)
+    kb = width // (groups * kblocks)
+    vec = kb // KVECTOR_VECTORS
     cblocks = (cg + KVECTOR_POSITIONS - 1) // KVECTOR_POSITIONS
     xf = xp.reshape(xp.size)
     gwf = gw.reshape(gw.size)
@@ -288,11 +298,7 @@ def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, cg, kg,
         tap = (task // parts) % taps
         kblock = (task // (parts * taps)) % kblocks
         g = task // (parts * taps * kblocks)
-        rw = tap % kernel[2]
-        rh = (tap // kernel[2]) % kernel[1]
-        rd = tap // (kernel[2] * kernel[1])
-        tap_at = (((rd * dilation[0] * hp_n + rh * dilation[1]) * wp_n + rw * dilation[2])
-                  * c_n + g * cg)
+        tap_at = _tap_offset(tap, kernel, dilation, xp.shape) + g * cg
         starts = np.empty(chunk, dtype=np.int64)
         sums = np.zeros(cblocks * KVECTOR_POSITIONS * kb, dtype=xp.dtype)
         z = _vsplat(0, xp)

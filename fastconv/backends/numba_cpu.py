@@ -42,7 +42,6 @@ from . import _numba_lanes as lanes
 from . import _numba_tasks as tasks
 from . import _numba_winograd as winograd
 from . import reference
-from ._numba_simd import VECTOR_BYTES
 
 name = "numba"
 
@@ -172,17 +171,28 @@ KVECTOR_WEIGHT_ELEMS = 1 << 16
 KVECTOR_GRAD_CHUNK = 64
 
 
+def _kvector_input(x, pad, stride, dilation, kernel, out_size):
+    """``x`` copied channels last, padded to what ``out_size`` positions read, with
+    ``KVECTOR_POSITIONS`` zeros past its end (a block of six channels past a group's last, in
+    the weight gradient, reads and drops them)."""
+    n_b, c_in = x.shape[:2]
+    extent = [(o - 1) * s + (k - 1) * d + 1
+              for o, s, k, d in zip(out_size, stride, kernel, dilation)]
+    size = n_b * math.prod(extent) * c_in
+    flat = np.empty(size + K.KVECTOR_POSITIONS, x.dtype)
+    flat[size:] = 0
+    return K._channels_last_padded(x, pad, flat[:size].reshape(n_b, *extent, c_in))
+
+
 def _kvector_conv(x, w, bias, stride, pad, dilation, groups, out_size):
     """:func:`K._conv_forward_kvector` on a channels-last copy of ``x`` and ``w`` in blocks of
     four vectors of filters, in chunks of positions that give every thread four tasks."""
-    n_b, c_in = x.shape[:2]
+    n_b = x.shape[0]
     k_out, cg, kernel = w.shape[0], w.shape[1], w.shape[2:]
     kg, taps = k_out // groups, math.prod(kernel)
-    kb = 4 * VECTOR_BYTES // x.itemsize
+    kb = K.block_filters(x.itemsize)
     kblocks = -(-kg // kb)
-    extent = [(o - 1) * s + (k - 1) * d + 1
-              for o, s, k, d in zip(out_size, stride, kernel, dilation)]
-    xp = K._channels_last_padded(x, pad, np.empty((n_b, *extent, c_in), x.dtype))
+    xp = _kvector_input(x, pad, stride, dilation, kernel, out_size)
     wb = K._weights_in_blocks(np.ascontiguousarray(w).reshape(k_out, cg, taps), groups,
                               np.empty((groups, kblocks, taps, cg, kb), x.dtype))
     bias_b = np.zeros((groups, kblocks * kb), x.dtype)
@@ -205,23 +215,17 @@ def _kvector_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
     n_b, c_in = x.shape[:2]
     k_out, out_size = gy.shape[1], gy.shape[2:]
     cg, kg, taps = c_in // groups, k_out // groups, math.prod(kernel)
-    kb = 4 * VECTOR_BYTES // x.itemsize
+    kb = K.block_filters(x.itemsize)
     kblocks = -(-kg // kb)
-    extent = [(o - 1) * s + (k - 1) * d + 1
-              for o, s, k, d in zip(out_size, stride, kernel, dilation)]
-    size = n_b * math.prod(extent) * c_in
-    # a block of six channels past a group's last reads (and drops) a few elements beyond
-    flat = np.empty(size + K.KVECTOR_POSITIONS, x.dtype)
-    flat[size:] = 0
-    xp = K._channels_last_padded(x, pad, flat[:size].reshape(n_b, *extent, c_in))
+    xp = _kvector_input(x, pad, stride, dilation, kernel, out_size)
     gyc = K._grad_channels_last(gy, groups, kblocks, kb,
                                 np.empty(n_b * math.prod(out_size) * groups * kblocks * kb,
                                          x.dtype))
     tasks = groups * kblocks * taps
     parts = min(-(-cg // K.KVECTOR_POSITIONS), -(-4 * numba.get_num_threads() // tasks))
     gw = np.empty((k_out, cg, taps), dtype=x.dtype)
-    K._conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, cg, kg, out_size,
-                                KVECTOR_GRAD_CHUNK, parts, gw)
+    K._conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks, cg, kg,
+                                out_size, KVECTOR_GRAD_CHUNK, parts, gw)
     return gw.reshape(k_out, cg, *kernel)
 
 
@@ -276,18 +280,21 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
 
 def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize):
     """Whether ``kvector`` is the way, by the rules above."""
-    positions = n_batch * math.prod(out_size)
-    macs = positions * groups * kg * cg * math.prod(kernel)
-    return (bool(_kvector_capable()) and kg >= KVECTOR_MIN_BLOCKS * 4 * VECTOR_BYTES // itemsize
-            and macs <= (KVECTOR_MAX_MACS if math.prod(kernel) > 1
-                         else KVECTOR_POINTWISE_MAX_MACS)
-            and cg >= KVECTOR_MIN_CHANNELS and cg * math.prod(kernel) >= KVECTOR_MIN_DEPTH
+    positions, taps = n_batch * math.prod(out_size), math.prod(kernel)
+    macs = positions * groups * kg * cg * taps
+    return (_kvector_available() and kg >= KVECTOR_MIN_BLOCKS * K.block_filters(itemsize)
+            and macs <= (KVECTOR_MAX_MACS if taps > 1 else KVECTOR_POINTWISE_MAX_MACS)
+            and cg >= KVECTOR_MIN_CHANNELS and cg * taps >= KVECTOR_MIN_DEPTH
             and positions >= KVECTOR_MIN_POSITIONS)
 
 
+def _kvector_available():
+    """Whether this CPU runs ``kvector``: its 512-bit register block needs 32 such registers."""
+    return KVECTOR and lanes.WIDE_VECTORS
+
+
 def _kvector_capable():
-    """``kvector`` where its 512-bit register block fits the CPU's registers."""
-    return ["kvector"] if KVECTOR and lanes.WIDE_VECTORS else []
+    return ["kvector"] if _kvector_available() else []
 
 
 def _winograd_capable(kernel, stride):
