@@ -35,6 +35,7 @@ from ._numba_direct import (  # noqa: F401
     _conv_weight_grad,
     _conv_weight_grad_exact,
     _frame_finite,
+    _transposed_as_conv_weights,
 )
 from ._numba_elementwise import _sigmoid_backward, _sigmoid_forward_f32  # noqa: F401
 from ._numba_kvector import (  # noqa: F401

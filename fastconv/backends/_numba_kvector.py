@@ -70,26 +70,39 @@ def _channels_last_padded(x, pad, xp):
 
 
 @njit(**_jit)
-def _weights_in_blocks(w, groups, wb):
-    """``w`` ``(K, cg, taps)`` into ``wb`` ``(groups, kblocks, taps, cg, kb)``: each group's
-    filters in blocks of ``kb``, zero filters past the group's last. Tiles of 16 (channel,
-    tap) columns x ``kb`` filters are read from the cache, not memory."""
-    k_out, cg, taps = w.shape
-    _, kblocks, _, _, kb = wb.shape
-    kg = k_out // groups
+def _weights_in_blocks(w, groups, transposed, wb):
+    """The convolution's weights into ``wb`` ``(groups, kblocks, taps, cg, kb)``: each group's
+    filters in blocks of ``kb``, zero filters past the group's last.
+
+    ``w`` is a convolution's ``(K, cg, taps)``, or with ``transposed`` a transposed
+    convolution's ``(groups * cg, kg, taps)``, read as the convolution it is at stride 1: the
+    kernel flipped and the two channel axes swapped per group (one pass, not a flipped copy
+    first). Tiles of 16 (channel, tap) columns x ``kb`` filters are read from the cache, not
+    memory, each read along its contiguous axis: reading a convolution's filters one column
+    at a time touched ``kb`` pages per column (512 x 512 x 3x3x3: 7.0 -> ms)."""
+    _, kblocks, taps, cg, kb = wb.shape
+    kg = w.shape[1] if transposed else w.shape[0] // groups
     depth = cg * taps
+    # where filter k, channel c, tap t of group g is: g * group_step + k * k_step
+    # + c * c_step + t (or taps - 1 - t, flipped)
+    k_step, c_step = (taps, kg * taps) if transposed else (depth, taps)
+    group_step = kg * depth
     wf = w.reshape(w.size)
     for task in prange(groups * kblocks):
-        block = wb[task // kblocks, task % kblocks].reshape(taps * cg * kb)
-        k0 = (task // kblocks) * kg + (task % kblocks) * kb
-        filters = min(kb, (task // kblocks + 1) * kg - k0)
-        for j0 in range(0, depth, 16):
-            for j in range(j0, min(depth, j0 + 16)):
-                dst = ((j % taps) * cg + j // taps) * kb
-                for kk in range(filters):
-                    block[np.uintp(dst + kk)] = wf[np.uintp((k0 + kk) * depth + j)]
-                for kk in range(filters, kb):
-                    block[dst + kk] = 0
+        g, kblock = task // kblocks, task % kblocks
+        block = wb[g, kblock].reshape(taps * cg * kb)
+        k0 = kblock * kb
+        filters = min(kb, kg - k0)
+        base = g * group_step + k0 * k_step
+        for c0 in range(0, cg, 16):
+            for t in range(taps):
+                tap = taps - 1 - t if transposed else t
+                for c in range(c0, min(cg, c0 + 16)):
+                    dst = (t * cg + c) * kb
+                    src = base + c * c_step + tap
+                    for kk in range(filters):
+                        block[np.uintp(dst + kk)] = wf[np.uintp(src + kk * k_step)]
+                    block[dst + filters:dst + kb] = 0
     return wb
 
 

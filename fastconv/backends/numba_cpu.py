@@ -184,16 +184,21 @@ def _kvector_input(x, pad, stride, dilation, kernel, out_size):
     return K._channels_last_padded(x, pad, flat[:size].reshape(n_b, *extent, c_in))
 
 
-def _kvector_conv(x, w, bias, stride, pad, dilation, groups, out_size):
+def _kvector_conv(x, w, bias, stride, pad, dilation, groups, out_size, transposed=False):
     """:func:`K._conv_forward_kvector` on a channels-last copy of ``x`` and ``w`` in blocks of
-    four vectors of filters, in chunks of positions that give every thread four tasks."""
+    four vectors of filters, in chunks of positions that give every thread four tasks. With
+    ``transposed``, ``w`` is a transposed convolution's weights, computed at stride 1 as a
+    convolution (:func:`_as_conv`) whose flipped kernel the copy into blocks makes."""
     n_b = x.shape[0]
-    k_out, cg, kernel = w.shape[0], w.shape[1], w.shape[2:]
-    kg, taps = k_out // groups, math.prod(kernel)
+    kernel = w.shape[2:]
+    cg, kg = (w.shape[0] // groups, w.shape[1]) if transposed else (w.shape[1],
+                                                                     w.shape[0] // groups)
+    k_out, taps = kg * groups, math.prod(kernel)
     kb = K.block_filters(x.itemsize)
     kblocks = -(-kg // kb)
     xp = _kvector_input(x, pad, stride, dilation, kernel, out_size)
-    wb = K._weights_in_blocks(np.ascontiguousarray(w).reshape(k_out, cg, taps), groups,
+    wb = K._weights_in_blocks(np.ascontiguousarray(w).reshape(w.shape[0], w.shape[1], taps),
+                              groups, transposed,
                               np.empty((groups, kblocks, taps, cg, kb), x.dtype))
     bias_b = np.zeros((groups, kblocks * kb), x.dtype)
     if bias is not None:
@@ -423,8 +428,9 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bia
         return _blocked_conv(x, *_as_conv(w, bias, pad_lo, dilation, groups), dilation, groups,
                              out_size)
     if way == "kvector":
-        return _kvector_conv(x, *_as_conv(w, bias, pad_lo, dilation, groups), dilation, groups,
-                             out_size)
+        return _kvector_conv(x, w, bias, (1, 1, 1), _as_conv_padding(w.shape[2:], pad_lo,
+                                                                     dilation),
+                             dilation, groups, out_size, transposed=True)
     if way == "gemm":
         return gemm.conv_transpose_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups,
                                                 out_size)
@@ -442,10 +448,11 @@ def _as_conv(w, bias, pad_lo, dilation, groups):
     Returns ``(weight, bias, stride, padding)`` for :func:`_conv_forward`, whose banded kernel
     outruns the scatter kernel (depthwise input gradient 23 -> 19 ms)."""
     c_in, cog, kernel = w.shape[0], w.shape[1], w.shape[2:]
-    cig = c_in // groups
-    flipped = w.reshape(groups, cig, cog, *kernel)[..., ::-1, ::-1, ::-1]
-    weight = np.ascontiguousarray(flipped.transpose(0, 2, 1, 3, 4, 5))
-    return (weight.reshape(groups * cog, cig, *kernel), bias, (1, 1, 1),
+    taps = math.prod(kernel)
+    weight = K._transposed_as_conv_weights(
+        np.ascontiguousarray(w).reshape(c_in, cog, taps), groups,
+        np.empty((groups * cog, c_in // groups, taps), w.dtype))
+    return (weight.reshape(groups * cog, c_in // groups, *kernel), bias, (1, 1, 1),
             _as_conv_padding(kernel, pad_lo, dilation))
 
 
