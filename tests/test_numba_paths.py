@@ -288,6 +288,38 @@ def test_kvector_kernel(x_shape, w_shape, kw, tasks, dtype, rng, monkeypatch):
             assert_close(a, e, dtype, what)
 
 
+# Zoo layers at their training batch and the ways the rules give them (forward, input
+# gradient, weight gradient), as measured per primitive (numba_cpu, beside KVECTOR_MAX_MACS)
+TRAINING_CHOICES = [
+    ((16, 512, 1, 7, 7), (512, 512, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
+    ((16, 256, 1, 14, 14), (256, 256, 1, 3, 3), 1, ("kvector", "kvector", "gemm")),
+    ((16, 64, 1, 56, 56), (64, 64, 1, 3, 3), 1, ("winograd", "winograd", "gemm")),
+    ((16, 64, 1, 56, 56), (128, 64, 1, 3, 3), 2, ("gemm", "gemm", "gemm")),
+    ((2, 128, 8, 28, 28), (256, 128, 3, 3, 3), 1, ("kvector", "kvector", "gemm")),
+    ((16, 512, 1, 7, 7), (2048, 512, 1, 1, 1), 1, ("kvector", "kvector", "gemm")),
+    ((16, 1024, 1, 14, 14), (256, 1024, 1, 1, 1), 1, ("gemm", "gemm", "gemm")),
+]
+
+
+@pytest.mark.skipif(not _numba_lanes.WIDE_VECTORS, reason="kvector needs AVX-512")
+@pytest.mark.parametrize("x_shape, w_shape, stride, expected", TRAINING_CHOICES)
+def test_training_batch_choices(x_shape, w_shape, stride, expected):
+    """The rules for large calls: kvector at stride 1 where Winograd does not take the call
+    (and ahead of it for 3-D kernels), 1x1 kernels on 7x7 images, weight gradients of few
+    positions; Winograd for 2-D kernels on large images; packing + BLAS otherwise."""
+    pad = tuple((k - 1) // 2 for k in w_shape[2:])
+    strides = (1, stride, stride)
+    y_shape = fc.conv_output_shape(x_shape, w_shape, stride=strides, padding=pad)
+    one = (1, 1, 1)
+    got = (numba_cpu.conv_forward_ways(x_shape, w_shape, strides, pad, one, 1, y_shape[2:],
+                                       4)[0],
+           numba_cpu.conv_transpose_forward_ways(y_shape, w_shape, strides, pad, one, 1,
+                                                 x_shape[2:], 4)[0],
+           numba_cpu.conv_weight_grad_ways(x_shape, y_shape, strides, pad, one, 1,
+                                           w_shape[2:], 4)[0])
+    assert got == expected
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("size", [(5, 7), (30, 31)])  # channel ranges; position ranges
 def test_pointwise_one_image_in_tasks(size, groups, dtype, rng, monkeypatch):

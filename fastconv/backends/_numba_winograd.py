@@ -1,10 +1,10 @@
 """Winograd convolution for the ``numba`` backend: 3x3 convolutions at stride 1 (any dilation,
-any kernel depth), their input gradients (as convolutions) and their weight gradients.
+any kernel depth) and their input gradients (as convolutions).
 
-The forward pass (and so the input gradient) is F(4x4, 3x3) on channels-last copies of the
-input: 36 GEMMs per task. The weight gradient is the transpose
-of F(2x2, 3x3) on sub-lattices (:mod:`._numba_winograd_kernels`): 16 GEMMs per task. Both run their
-GEMMs on BLAS in the task pool (:mod:`._numba_tasks`).
+F(4x4, 3x3) on channels-last copies of the input (:mod:`._numba_winograd_kernels`): 36 GEMMs
+per task, on BLAS in the task pool (:mod:`._numba_tasks`). (A weight gradient by F(2x2, 3x3)
+existed until measured on the zoo suite: packing + BLAS or ``kvector`` beat it on every layer
+it took, by 1.02-1.34x.)
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from ._numba_winograd_kernels import (
     _channels_last,
     _winograd43_input,
     _winograd43_output,
-    _winograd_grad_tiles,
-    _winograd_input,
 )
 
 # Winograd pays once a GEMM has enough channels on both sides (ResNeXt's 16 channels per
@@ -33,9 +31,6 @@ WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_TILES_PER_CHANNEL = 2
 # output depth slices per task of a 3-D Winograd convolution (they share input transforms)
 WINOGRAD_DEPTH_BLOCK = 8
-# F(2x2, 3x3)'s kernel transform, for the weight gradient (its other transforms are written out
-# in kernels)
-WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 
 def computes(kernel, stride):
@@ -50,26 +45,6 @@ def fits(kernel, stride, c_per_group, k_per_group, n_batch, out_size):
     return (computes(kernel, stride)
             and min(c_per_group, k_per_group) >= WINOGRAD_MIN_CHANNELS
             and tiles >= WINOGRAD_TILES_PER_CHANNEL * max(c_per_group, k_per_group))
-
-
-def _sub_lattices(in_size, out_size, pad, dilation):
-    """The undilated problems a dilated convolution splits into, per axis: for each class
-    ``a`` of output positions modulo the dilation, ``(out offset, out size, in offset,
-    in size, padding)``: output ``a + d*u`` reads input ``b + d*(u - pad' + r)``."""
-    axes = []
-    for size, o_n, p, d in zip(in_size, out_size, pad, dilation):
-        classes = []
-        for a in range(min(d, o_n)):
-            b = (a - p) % d
-            classes.append((a, len(range(a, o_n, d)), b, len(range(b, size, d)),
-                            -((a - p - b) // d)))
-        axes.append(classes)
-    return [(h, w) for h in axes[0] for w in axes[1]]
-
-
-def _tiles(size):
-    """2x2 output tiles along an axis of ``size`` outputs."""
-    return -(-size // 2)
 
 
 def _sparse_rows(mat, terms):
@@ -170,86 +145,3 @@ def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
     tasks.run([(n, od0, min(od0 + od_block, out_size[0]), rows) for n in range(n_b)
                for od0 in range(0, out_size[0], od_block) for rows in row_blocks], work)
     return y
-
-
-def conv_weight_grad_winograd(x, gy, pad, dilation, groups, kernel):
-    """The weight gradient of a Winograd-shaped convolution, by the transpose of F(2x2, 3x3):
-    per transformed position a GEMM of gradient tiles (``A g A^T``) against input tiles
-    (``B^T d B``), summed over all tiles, then ``G^T M G``."""
-    n_b, c_in = x.shape[:2]
-    k_out, out_size = gy.shape[1], gy.shape[2:]
-    kd = kernel[0]
-    cg, kg = c_in // groups, k_out // groups
-    partial = np.zeros((numba.get_num_threads(), groups, 16, kg, kd * cg), dtype=x.dtype)
-
-    def work(slot, n, od0, od1, lattice, th0, th1):
-        (a_h, o_h, *_), (a_w, o_w, *_) = lattice
-        for g, od, taps, wt in _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups,
-                                               kg, pad, dilation, slot):
-            _winograd_grad_tiles(gy, n, g * kg, od, th0, th1, _tiles(o_w), wt, dilation[1:],
-                                 (a_h, a_w), (o_h, o_w))
-            partial[slot, g] += wt @ taps.transpose(0, 2, 1)
-
-    used = tasks.run(_winograd_tasks(x.shape[2:], out_size, pad, dilation, n_b, kd, cg, kg,
-                                     x.itemsize), work)
-    m = tasks.sum_slots(partial, used)  # (groups, 16, kg, kd * cg)
-    g_mat = WINOGRAD_G.astype(x.dtype)
-    m = m.reshape(groups, 4, 4, kg, kd, cg)
-    with tasks.one_blas_thread():  # see tasks.run: no BLAS threads left spinning after it
-        gw = np.einsum("ia,gijkrc,jb->gkcrab", g_mat, m, g_mat, optimize=True)
-    return np.ascontiguousarray(gw.reshape(k_out, cg, kd, 3, 3))
-
-
-def _winograd_steps(x, n, od0, od1, lattice, th0, th1, kd, groups, kg, pad, dilation, slot):
-    """One task's steps: per group and output depth slice ``od``, ``(g, od, taps, out)`` with
-    ``taps`` the transformed input tiles ``od`` needs, ``(16, kd * cg, tiles)``, and ``out`` a
-    ``(16, kg, tiles)`` buffer (both workspaces of thread ``slot``).
-
-    Input slice ``s`` (a block of ``cg`` rows) is depth ``od0 - pad + s * dilation``, so
-    consecutive output slices share it; with a depth dilation a task has one output slice.
-    """
-    cg = x.shape[1] // groups
-    span = (th1 - th0) * _tiles(lattice[1][1])
-    slices = (od1 - od0 - 1) + kd
-    v = tasks.buffer("winograd-grad-v", slot, (16, slices * cg, span), x.dtype)
-    out = tasks.buffer("winograd-grad-g", slot, (16, kg, span), x.dtype)
-    for g in range(groups):
-        _winograd_input_slices(x, n, g * cg, cg, od0, slices, pad, dilation, lattice, th0, th1,
-                               v)
-        for od in range(od0, od1):
-            lo = (od - od0) * cg
-            yield g, od, v[:, lo:lo + kd * cg], out
-
-
-def _winograd_input_slices(x, n, c0, cg, od0, slices, pad, dilation, lattice, th0, th1, v):
-    """Input tiles of the depth slices ``od0 - pad + s * dilation``: slice ``s`` fills rows
-    ``s * cg:(s + 1) * cg`` of ``v`` (zeros in the depth padding)."""
-    (_, _, b_h, i_h, p_h), (_, o_w, b_w, i_w, p_w) = lattice
-    for s_i in range(slices):
-        i_d = od0 - pad[0] + s_i * dilation[0]
-        if 0 <= i_d < x.shape[2]:
-            _winograd_input(x, n, c0, cg, i_d, p_h, p_w, th0, th1, _tiles(o_w), v, s_i * cg,
-                            dilation[1:], (b_h, b_w), (i_h, i_w))
-        else:
-            v[:, s_i * cg:(s_i + 1) * cg] = 0
-
-
-def _winograd_tasks(in_size, out_size, pad, dilation, n_b, kd, cg, kg, itemsize):
-    """Tasks ``(n, od0, od1, lattice, th0, th1)`` of a Winograd convolution: a block of output
-    depth slices (consecutive slices share the transforms of the input slices they overlap on;
-    one slice with a depth dilation) and tile rows of one sub-lattice, each within
-    ``TASK_BYTES`` of transformed tiles where a tile row allows."""
-    od_block = WINOGRAD_DEPTH_BLOCK if dilation[0] == 1 else 1
-    lattices = _sub_lattices(in_size[1:], out_size[1:], pad[1:], dilation[1:])
-    # enough blocks of tile rows for every thread when images and depth blocks are fewer
-    per_lattice = -(-numba.get_num_threads()
-                    // (n_b * -(-out_size[0] // od_block) * len(lattices)))
-    found = []
-    for lattice in lattices:
-        (_, o_h, *_), (_, o_w, *_) = lattice
-        row_bytes = 16 * max((od_block + kd - 1) * cg, kg) * _tiles(o_w) * itemsize
-        blocks = tasks.split(_tiles(o_h), row_bytes, per_lattice)
-        found += [(n, od0, min(od0 + od_block, out_size[0]), lattice, th0, th1)
-                  for n in range(n_b) for od0 in range(0, out_size[0], od_block)
-                  for th0, th1 in blocks]
-    return found

@@ -8,11 +8,11 @@ its rules prefer; the first that is exact for the operands' NaN and Inf is taken
   positions in registers) for small calls and for few channels per group, forward and
   stride-1 transposed (:func:`_blocked_conv`);
 - the direct kernels vectorised over output channels (``kvector``: six positions x 64
-  float32 filters in registers, on a channels-last copy) for calls of a few hundred million
-  multiply-adds with enough filters, forward, stride-1 transposed and weight gradient
-  (:mod:`._numba_kvector`);
-- Winograd (F(4x4, 3x3) forward, F(2x2, 3x3) weight gradient) for 3x3 kernels at stride 1
-  with enough channels and tiles (:mod:`._numba_winograd`);
+  float32 filters in registers, on a channels-last copy) with enough filters: forward and
+  stride-1 transposed at stride 1 (above a few hundred million multiply-adds, where Winograd
+  does not take them), weight gradients of few positions (:mod:`._numba_kvector`);
+- Winograd F(4x4, 3x3) for 3x3 kernels at stride 1 with enough channels and tiles, forward
+  and stride-1 transposed (:mod:`._numba_winograd`);
 - packing (im2col / col2im) plus BLAS for the other GEMM-shaped convolutions
   (:mod:`._numba_gemm`);
 - direct ``prange`` kernels for the rest (depthwise convolutions; one input channel per group
@@ -153,11 +153,28 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 #   at batch 1: 2.1 ms against 1.6 blocked);
 # - for 1x1 kernels, at most KVECTOR_POINTWISE_MAX_MACS: BLAS needs no packing there, and at
 #   larger sizes the copies in and out of the channels-last layout cost more than its GEMM
-#   loses (MobileNetV2's 576 -> 96 projection at batch 16: 10.9 ms against 8.5).
-# At training batches (above KVECTOR_MAX_MACS) it won on some layers and lost on as many
-# (ResNet-18's layer4 at batch 16 1.17x, U-Net's bottleneck 0.90x): packing + BLAS stays.
+#   loses (MobileNetV2's 576 -> 96 projection at batch 16: 10.9 ms against 8.5), except on
+#   images of at most KVECTOR_THIN_IMAGE positions, whose per-image GEMMs are too thin for
+#   BLAS (ResNet-50's 512 -> 2048 at 7x7, batch 16: forward 7.2 against 9.2 ms, input
+#   gradient 6.9 against 9.9; at 14x14, 1024 -> 256: 8.1 against 7.1).
+# Larger calls (training batches), once the transposed kernel's flip went into the copy of the
+# weights, each way forced and timed per primitive on the zoo suite:
+# - forward and input gradient at stride 1 where Winograd does not take the call: ResNet-18's
+#   layer4 at batch 16 15.1 and 15.2 ms against 16.3 and 20.7 packing + BLAS, VGG's conv5_1
+#   13.2 / 12.8 against 14.9 / 15.2, U-Net's bottleneck 35.4 / 36.2 against 37.8 / 37.8,
+#   AlexNet's 5x5 24.5 / 27.9 against 33.5 / 30.1; ahead of Winograd for 3-D kernels (C3D's
+#   conv3a: 73.1 / 77.0 against 87.0 / 83.0 Winograd). Winograd stays ahead for 2-D kernels
+#   on large images (ResNet-18's layer1 at batch 16: 12.3 against 15.1 ms), packing + BLAS
+#   at stride 2 (ResNet-50's layer2.0.conv2 at batch 16: 18.6 against 22.9 ms);
+# - weight gradients of at most KVECTOR_GRAD_MAX_POSITIONS output positions with more than
+#   one tap: ResNet-18's layer4 at batch 16 (784 positions) 18.3 against 21.1 ms, U-Net's
+#   bottleneck (1024) 56.8 against 63.7, C3D's conv5a (196) 29.7 against 35.8; with more
+#   positions packing + BLAS wins (ResNet-18's layer3, 3136: 17.7 against 19.5 ms; its
+#   layer2.0, 12544: 11.3 against 17.2).
 KVECTOR = True
 KVECTOR_MAX_MACS = 1 << 28
+KVECTOR_THIN_IMAGE = 64
+KVECTOR_GRAD_MAX_POSITIONS = 2048
 KVECTOR_MIN_BLOCKS = 1
 KVECTOR_MIN_CHANNELS = 16
 KVECTOR_MIN_DEPTH = 64
@@ -268,12 +285,13 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
                                 out_size)):
         ways.append("lanes")
     blocked = _blocked_fits(x_shape[0] * groups, cg, k_out // groups, kernel, out_size)
-    if _kvector_fits(x_shape[0], groups, cg, k_out // groups, kernel, out_size,
-                     itemsize):
+    winograd_fits = winograd.fits(kernel, stride, cg, k_out // groups, x_shape[0], out_size)
+    if _kvector_fits(x_shape[0], groups, cg, k_out // groups, kernel, out_size, itemsize,
+                     _kvector_large(kernel, stride, out_size, winograd_fits)):
         ways.append("kvector")
     elif blocked == "small":
         ways.append("blocked")
-    if winograd.fits(kernel, stride, cg, k_out // groups, x_shape[0], out_size):
+    if winograd_fits:
         ways.append("winograd")
     if blocked == "thin":
         ways.append("blocked")
@@ -283,14 +301,25 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
                           *(["gemm"] if cg > 1 else [])])
 
 
-def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize):
-    """Whether ``kvector`` is the way, by the rules above."""
+def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize, large):
+    """Whether ``kvector`` is the way, by the rules above; ``large``: whether it is for a call
+    above KVECTOR_MAX_MACS (or KVECTOR_POINTWISE_MAX_MACS)."""
     positions, taps = n_batch * math.prod(out_size), math.prod(kernel)
     macs = positions * groups * kg * cg * taps
     return (_kvector_available() and kg >= KVECTOR_MIN_BLOCKS * K.block_filters(itemsize)
-            and macs <= (KVECTOR_MAX_MACS if taps > 1 else KVECTOR_POINTWISE_MAX_MACS)
+            and (large
+                 or macs <= (KVECTOR_MAX_MACS if taps > 1 else KVECTOR_POINTWISE_MAX_MACS))
             and cg >= KVECTOR_MIN_CHANNELS and cg * taps >= KVECTOR_MIN_DEPTH
             and positions >= KVECTOR_MIN_POSITIONS)
+
+
+def _kvector_large(kernel, stride, out_size, winograd_fits):
+    """Whether ``kvector`` takes a convolution (forward, or stride-1 transposed) of any size:
+    at stride 1 where Winograd does not take it or the kernel is 3-D, or 1x1 on thin
+    images."""
+    if math.prod(kernel) == 1:
+        return math.prod(out_size) <= KVECTOR_THIN_IMAGE
+    return all(s == 1 for s in stride) and (not winograd_fits or kernel[0] > 1)
 
 
 def _kvector_available():
@@ -398,12 +427,15 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
     # at stride 1, a convolution of the flipped kernel: c_in // groups channels in, cog out
     blocked = stride_one and _blocked_fits(x_shape[0] * groups, c_in // groups, cog, kernel,
                                            out_size)
+    winograd_fits = stride_one and winograd.fits(kernel, stride, cog, c_in // groups,
+                                                 x_shape[0], out_size)
     if stride_one and _kvector_fits(x_shape[0], groups, c_in // groups, cog, kernel,
-                                    out_size, itemsize):
+                                    out_size, itemsize,
+                                    _kvector_large(kernel, stride, out_size, winograd_fits)):
         ways.append("kvector")
     elif blocked == "small":
         ways.append("blocked")
-    if stride_one and winograd.fits(kernel, stride, cog, c_in // groups, x_shape[0], out_size):
+    if winograd_fits:
         ways.append("winograd")
     if blocked == "thin":
         ways.append("blocked")
@@ -480,23 +512,22 @@ def _frame_finite(gy, in_size, stride, pad_lo, dilation, kernel):
 def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, kernel,
                           itemsize):
     """The ways to compute this weight gradient, in the order the rules prefer them:
-    ``lanes``, ``winograd``, ``gemm``, then ``direct``. (``exact`` serves a ``gy`` with NaN
+    ``lanes``, ``kvector``, ``gemm``, then ``direct``. (``exact`` serves a ``gy`` with NaN
     or Inf, whatever the shapes.)"""
     cg, kg = x_shape[1] // groups, gy_shape[1] // groups
     ways = []
     if lanes.lanes_fit(x_shape, gy_shape[1], kernel, stride, pad_lo, dilation, groups,
                        gy_shape[2:]):
         ways.append("lanes")
-    if _kvector_fits(x_shape[0], groups, cg, kg, kernel, gy_shape[2:], itemsize):
+    positions = x_shape[0] * math.prod(gy_shape[2:])
+    if _kvector_fits(x_shape[0], groups, cg, kg, kernel, gy_shape[2:], itemsize,
+                     math.prod(kernel) > 1 and positions <= KVECTOR_GRAD_MAX_POSITIONS):
         ways.append("kvector")
-    if winograd.fits(kernel, stride, cg, kg, x_shape[0], gy_shape[2:]):
-        ways.append("winograd")
     # the same rule as the forward: LeNet c1's weight gradient 3.4 ms direct vs 5.9 packed,
     # LeNet c2's 4.2 ms packed vs 21 direct
     if gemm.weight_grad_worthwhile(kg, cg, kernel):
         ways.append("gemm")
-    return _listed(ways, [*_kvector_capable(), *_winograd_capable(kernel, stride),
-                          "gemm"])
+    return _listed(ways, [*_kvector_capable(), "gemm"])
 
 
 @_serialised
@@ -510,14 +541,11 @@ def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
     if np.isfinite(gw).all():
         _taken(ways[0])
         return gw
-    # every way but `exact` multiplies gy by the padding's zeros (0 * inf is NaN), and
-    # Winograd mixes neighbours; a NaN or Inf in x meets only gy's finite values there
+    # every way but `exact` multiplies gy by the padding's zeros (0 * inf is NaN); a NaN or
+    # Inf in x meets only gy's finite values there
     if not _frame_finite(gy, x.shape[2:], stride, pad_lo, dilation, kernel):
         _taken("exact")
         return K._conv_weight_grad_exact(x, gy, stride, pad_lo, dilation, groups, kernel)
-    if ways[0] in MIXING:
-        way = _first_way([w for w in ways if w not in MIXING])
-        return _weight_grad_by(way, x, gy, stride, pad_lo, dilation, groups, kernel)
     _taken(ways[0])
     return gw
 
@@ -525,8 +553,6 @@ def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
 def _weight_grad_by(way, x, gy, stride, pad_lo, dilation, groups, kernel):
     if way == "lanes":
         return lanes.conv_weight_grad_lanes(x, gy, pad_lo, dilation, kernel)
-    if way == "winograd":
-        return winograd.conv_weight_grad_winograd(x, gy, pad_lo, dilation, groups, kernel)
     if way == "kvector":
         return _kvector_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel)
     if way == "gemm":
