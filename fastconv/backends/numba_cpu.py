@@ -165,9 +165,13 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 #   AlexNet's 5x5 24.5 / 27.9 against 33.5 / 30.1; ahead of Winograd for 3-D kernels (C3D's
 #   conv3a: 73.1 / 77.0 against 87.0 / 83.0 Winograd). Winograd stays ahead for 2-D kernels
 #   on large images (ResNet-18's layer1 at batch 16: 12.3 against 15.1 ms), packing + BLAS
-#   at stride 2 (ResNet-50's layer2.0.conv2 at batch 16: 18.6 against 22.9 ms);
-# - weight gradients of at most KVECTOR_GRAD_MAX_POSITIONS output positions with more than
-#   one tap: ResNet-18's layer4 at batch 16 (784 positions) 18.3 against 21.1 ms, U-Net's
+#   at stride 2 (ResNet-50's layer2.0.conv2 at batch 16: 18.6 against 22.9 ms), and the
+#   direct kernels for sums of fewer than KVECTOR_LARGE_MIN_DEPTH channels x taps, whose
+#   write-out costs as much as their sums (WaveNet's 32-channel kernel-2 layers at batch 8:
+#   11.3 against 9.5 ms `blocked`; M5's 128 x 3: 16.7 against 15.1);
+# - weight gradients at stride 1 of at most KVECTOR_GRAD_MAX_POSITIONS output positions
+#   with more than one tap: ResNet-18's layer4 at batch 16 (784 positions) 18.3 against
+#   21.1 ms, U-Net's
 #   bottleneck (1024) 56.8 against 63.7, C3D's conv5a (196) 29.7 against 35.8; with more
 #   positions packing + BLAS wins (ResNet-18's layer3, 3136: 17.7 against 19.5 ms; its
 #   layer2.0, 12544: 11.3 against 17.2).
@@ -175,6 +179,7 @@ KVECTOR = True
 KVECTOR_MAX_MACS = 1 << 28
 KVECTOR_THIN_IMAGE = 64
 KVECTOR_GRAD_MAX_POSITIONS = 2048
+KVECTOR_LARGE_MIN_DEPTH = 512
 KVECTOR_MIN_BLOCKS = 1
 KVECTOR_MIN_CHANNELS = 16
 KVECTOR_MIN_DEPTH = 64
@@ -287,7 +292,7 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
     blocked = _blocked_fits(x_shape[0] * groups, cg, k_out // groups, kernel, out_size)
     winograd_fits = winograd.fits(kernel, stride, cg, k_out // groups, x_shape[0], out_size)
     if _kvector_fits(x_shape[0], groups, cg, k_out // groups, kernel, out_size, itemsize,
-                     _kvector_large(kernel, stride, out_size, winograd_fits)):
+                     _kvector_large(cg, kernel, stride, out_size, winograd_fits)):
         ways.append("kvector")
     elif blocked == "small":
         ways.append("blocked")
@@ -313,13 +318,14 @@ def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize, large):
             and positions >= KVECTOR_MIN_POSITIONS)
 
 
-def _kvector_large(kernel, stride, out_size, winograd_fits):
+def _kvector_large(cg, kernel, stride, out_size, winograd_fits):
     """Whether ``kvector`` takes a convolution (forward, or stride-1 transposed) of any size:
-    at stride 1 where Winograd does not take it or the kernel is 3-D, or 1x1 on thin
-    images."""
+    deep sums at stride 1 where Winograd does not take them or the kernel is 3-D, or 1x1 on
+    thin images."""
     if math.prod(kernel) == 1:
         return math.prod(out_size) <= KVECTOR_THIN_IMAGE
-    return all(s == 1 for s in stride) and (not winograd_fits or kernel[0] > 1)
+    return (all(s == 1 for s in stride) and cg * math.prod(kernel) >= KVECTOR_LARGE_MIN_DEPTH
+            and (not winograd_fits or kernel[0] > 1))
 
 
 def _kvector_available():
@@ -431,7 +437,8 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
                                                  x_shape[0], out_size)
     if stride_one and _kvector_fits(x_shape[0], groups, c_in // groups, cog, kernel,
                                     out_size, itemsize,
-                                    _kvector_large(kernel, stride, out_size, winograd_fits)):
+                                    _kvector_large(c_in // groups, kernel, stride, out_size,
+                                                   winograd_fits)):
         ways.append("kvector")
     elif blocked == "small":
         ways.append("blocked")
@@ -521,7 +528,8 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
         ways.append("lanes")
     positions = x_shape[0] * math.prod(gy_shape[2:])
     if _kvector_fits(x_shape[0], groups, cg, kg, kernel, gy_shape[2:], itemsize,
-                     math.prod(kernel) > 1 and positions <= KVECTOR_GRAD_MAX_POSITIONS):
+                     math.prod(kernel) > 1 and all(s == 1 for s in stride)
+                     and positions <= KVECTOR_GRAD_MAX_POSITIONS):
         ways.append("kvector")
     # the same rule as the forward: LeNet c1's weight gradient 3.4 ms direct vs 5.9 packed,
     # LeNet c2's 4.2 ms packed vs 21 direct
