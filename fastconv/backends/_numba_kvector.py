@@ -292,10 +292,11 @@ def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks
     input (see :func:`_channels_last_padded`; at least ``KVECTOR_POSITIONS`` readable elements
     past its last) and ``gyc`` (:func:`_grad_channels_last`).
 
-    A task is one group, one block of filters, one tap and one of ``parts`` ranges of input
-    channels: its sums (six input channels x four vectors of filters in registers) run over
-    every position of the batch in order, in chunks of ``chunk`` positions whose gradient
-    vectors stay in the L1 cache while every block of six channels reads them.
+    A task is one group, one block of filters and one of ``parts`` ranges of input channels:
+    its sums (six input channels x four vectors of filters in registers) run over every
+    position of the batch in order, in chunks of ``chunk`` positions whose gradient vectors
+    stay in the L1 cache while every tap and block of six channels reads them (a task per
+    tap streamed the whole gradient once per tap).
     """
     taps = kernel[0] * kernel[1] * kernel[2]
     total = xp.shape[0] * out_size[0] * out_size[1] * out_size[2]
@@ -306,93 +307,97 @@ def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks
     xf = xp.reshape(xp.size)
     gwf = gw.reshape(gw.size)
     per_part = (cblocks + parts - 1) // parts
-    for task in prange(groups * kblocks * taps * parts):
+    for task in prange(groups * kblocks * parts):
         part = task % parts
-        tap = (task // parts) % taps
-        kblock = (task // (parts * taps)) % kblocks
-        g = task // (parts * taps * kblocks)
-        tap_at = _tap_offset(tap, kernel, dilation, xp.shape) + g * cg
+        kblock = (task // parts) % kblocks
+        g = task // (parts * kblocks)
+        cb0, cb1 = part * per_part, min(cblocks, (part + 1) * per_part)
         starts = np.empty(chunk, dtype=np.int64)
-        sums = np.zeros(cblocks * KVECTOR_POSITIONS * kb, dtype=xp.dtype)
+        # per tap, the part's channels x kb filters
+        tap_sums = (cb1 - cb0) * KVECTOR_POSITIONS * kb
+        sums = np.zeros(max(1, taps * tap_sums), dtype=xp.dtype)
         z = _vsplat(0, xp)
         g_at = (g * kblocks + kblock) * kb
         for q0 in range(0, total, chunk):
             q1 = min(total, q0 + chunk)
             for q in range(q0, q1):
-                starts[q - q0] = _position_start(q, tap_at, stride, out_size, xp.shape)
-            for cblock in range(part * per_part, min(cblocks, (part + 1) * per_part)):
-                c0 = cblock * KVECTOR_POSITIONS
-                a = cblock * KVECTOR_POSITIONS * kb
-                if q0 == 0:
-                    s00, s01, s02, s03 = z, z, z, z
-                    s10, s11, s12, s13 = z, z, z, z
-                    s20, s21, s22, s23 = z, z, z, z
-                    s30, s31, s32, s33 = z, z, z, z
-                    s40, s41, s42, s43 = z, z, z, z
-                    s50, s51, s52, s53 = z, z, z, z
-                else:
-                    s00, s01 = _vload(sums, a + 0 * vec), _vload(sums, a + 1 * vec)
-                    s02, s03 = _vload(sums, a + 2 * vec), _vload(sums, a + 3 * vec)
-                    s10, s11 = _vload(sums, a + 4 * vec), _vload(sums, a + 5 * vec)
-                    s12, s13 = _vload(sums, a + 6 * vec), _vload(sums, a + 7 * vec)
-                    s20, s21 = _vload(sums, a + 8 * vec), _vload(sums, a + 9 * vec)
-                    s22, s23 = _vload(sums, a + 10 * vec), _vload(sums, a + 11 * vec)
-                    s30, s31 = _vload(sums, a + 12 * vec), _vload(sums, a + 13 * vec)
-                    s32, s33 = _vload(sums, a + 14 * vec), _vload(sums, a + 15 * vec)
-                    s40, s41 = _vload(sums, a + 16 * vec), _vload(sums, a + 17 * vec)
-                    s42, s43 = _vload(sums, a + 18 * vec), _vload(sums, a + 19 * vec)
-                    s50, s51 = _vload(sums, a + 20 * vec), _vload(sums, a + 21 * vec)
-                    s52, s53 = _vload(sums, a + 22 * vec), _vload(sums, a + 23 * vec)
-                for q in range(q0, q1):
-                    o = starts[q - q0] + c0
-                    gi = q * width + g_at
-                    g0, g1 = _vload(gyc, gi), _vload(gyc, gi + vec)
-                    g2, g3 = _vload(gyc, gi + 2 * vec), _vload(gyc, gi + 3 * vec)
-                    x = xf[np.uintp(o + 0)]
-                    s00, s01 = _vfma(x, g0, s00), _vfma(x, g1, s01)
-                    s02, s03 = _vfma(x, g2, s02), _vfma(x, g3, s03)
-                    x = xf[np.uintp(o + 1)]
-                    s10, s11 = _vfma(x, g0, s10), _vfma(x, g1, s11)
-                    s12, s13 = _vfma(x, g2, s12), _vfma(x, g3, s13)
-                    x = xf[np.uintp(o + 2)]
-                    s20, s21 = _vfma(x, g0, s20), _vfma(x, g1, s21)
-                    s22, s23 = _vfma(x, g2, s22), _vfma(x, g3, s23)
-                    x = xf[np.uintp(o + 3)]
-                    s30, s31 = _vfma(x, g0, s30), _vfma(x, g1, s31)
-                    s32, s33 = _vfma(x, g2, s32), _vfma(x, g3, s33)
-                    x = xf[np.uintp(o + 4)]
-                    s40, s41 = _vfma(x, g0, s40), _vfma(x, g1, s41)
-                    s42, s43 = _vfma(x, g2, s42), _vfma(x, g3, s43)
-                    x = xf[np.uintp(o + 5)]
-                    s50, s51 = _vfma(x, g0, s50), _vfma(x, g1, s51)
-                    s52, s53 = _vfma(x, g2, s52), _vfma(x, g3, s53)
-                _vstore(sums, a + 0 * vec, s00)
-                _vstore(sums, a + 1 * vec, s01)
-                _vstore(sums, a + 2 * vec, s02)
-                _vstore(sums, a + 3 * vec, s03)
-                _vstore(sums, a + 4 * vec, s10)
-                _vstore(sums, a + 5 * vec, s11)
-                _vstore(sums, a + 6 * vec, s12)
-                _vstore(sums, a + 7 * vec, s13)
-                _vstore(sums, a + 8 * vec, s20)
-                _vstore(sums, a + 9 * vec, s21)
-                _vstore(sums, a + 10 * vec, s22)
-                _vstore(sums, a + 11 * vec, s23)
-                _vstore(sums, a + 12 * vec, s30)
-                _vstore(sums, a + 13 * vec, s31)
-                _vstore(sums, a + 14 * vec, s32)
-                _vstore(sums, a + 15 * vec, s33)
-                _vstore(sums, a + 16 * vec, s40)
-                _vstore(sums, a + 17 * vec, s41)
-                _vstore(sums, a + 18 * vec, s42)
-                _vstore(sums, a + 19 * vec, s43)
-                _vstore(sums, a + 20 * vec, s50)
-                _vstore(sums, a + 21 * vec, s51)
-                _vstore(sums, a + 22 * vec, s52)
-                _vstore(sums, a + 23 * vec, s53)
+                starts[q - q0] = _position_start(q, g * cg, stride, out_size, xp.shape)
+            for tap in range(taps):
+                tap_at = _tap_offset(tap, kernel, dilation, xp.shape)
+                for cblock in range(cb0, cb1):
+                    c0 = cblock * KVECTOR_POSITIONS + tap_at
+                    a = tap * tap_sums + (cblock - cb0) * KVECTOR_POSITIONS * kb
+                    if q0 == 0:
+                        s00, s01, s02, s03 = z, z, z, z
+                        s10, s11, s12, s13 = z, z, z, z
+                        s20, s21, s22, s23 = z, z, z, z
+                        s30, s31, s32, s33 = z, z, z, z
+                        s40, s41, s42, s43 = z, z, z, z
+                        s50, s51, s52, s53 = z, z, z, z
+                    else:
+                        s00, s01 = _vload(sums, a + 0 * vec), _vload(sums, a + 1 * vec)
+                        s02, s03 = _vload(sums, a + 2 * vec), _vload(sums, a + 3 * vec)
+                        s10, s11 = _vload(sums, a + 4 * vec), _vload(sums, a + 5 * vec)
+                        s12, s13 = _vload(sums, a + 6 * vec), _vload(sums, a + 7 * vec)
+                        s20, s21 = _vload(sums, a + 8 * vec), _vload(sums, a + 9 * vec)
+                        s22, s23 = _vload(sums, a + 10 * vec), _vload(sums, a + 11 * vec)
+                        s30, s31 = _vload(sums, a + 12 * vec), _vload(sums, a + 13 * vec)
+                        s32, s33 = _vload(sums, a + 14 * vec), _vload(sums, a + 15 * vec)
+                        s40, s41 = _vload(sums, a + 16 * vec), _vload(sums, a + 17 * vec)
+                        s42, s43 = _vload(sums, a + 18 * vec), _vload(sums, a + 19 * vec)
+                        s50, s51 = _vload(sums, a + 20 * vec), _vload(sums, a + 21 * vec)
+                        s52, s53 = _vload(sums, a + 22 * vec), _vload(sums, a + 23 * vec)
+                    for q in range(q0, q1):
+                        o = starts[q - q0] + c0
+                        gi = q * width + g_at
+                        g0, g1 = _vload(gyc, gi), _vload(gyc, gi + vec)
+                        g2, g3 = _vload(gyc, gi + 2 * vec), _vload(gyc, gi + 3 * vec)
+                        x = xf[np.uintp(o + 0)]
+                        s00, s01 = _vfma(x, g0, s00), _vfma(x, g1, s01)
+                        s02, s03 = _vfma(x, g2, s02), _vfma(x, g3, s03)
+                        x = xf[np.uintp(o + 1)]
+                        s10, s11 = _vfma(x, g0, s10), _vfma(x, g1, s11)
+                        s12, s13 = _vfma(x, g2, s12), _vfma(x, g3, s13)
+                        x = xf[np.uintp(o + 2)]
+                        s20, s21 = _vfma(x, g0, s20), _vfma(x, g1, s21)
+                        s22, s23 = _vfma(x, g2, s22), _vfma(x, g3, s23)
+                        x = xf[np.uintp(o + 3)]
+                        s30, s31 = _vfma(x, g0, s30), _vfma(x, g1, s31)
+                        s32, s33 = _vfma(x, g2, s32), _vfma(x, g3, s33)
+                        x = xf[np.uintp(o + 4)]
+                        s40, s41 = _vfma(x, g0, s40), _vfma(x, g1, s41)
+                        s42, s43 = _vfma(x, g2, s42), _vfma(x, g3, s43)
+                        x = xf[np.uintp(o + 5)]
+                        s50, s51 = _vfma(x, g0, s50), _vfma(x, g1, s51)
+                        s52, s53 = _vfma(x, g2, s52), _vfma(x, g3, s53)
+                    _vstore(sums, a + 0 * vec, s00)
+                    _vstore(sums, a + 1 * vec, s01)
+                    _vstore(sums, a + 2 * vec, s02)
+                    _vstore(sums, a + 3 * vec, s03)
+                    _vstore(sums, a + 4 * vec, s10)
+                    _vstore(sums, a + 5 * vec, s11)
+                    _vstore(sums, a + 6 * vec, s12)
+                    _vstore(sums, a + 7 * vec, s13)
+                    _vstore(sums, a + 8 * vec, s20)
+                    _vstore(sums, a + 9 * vec, s21)
+                    _vstore(sums, a + 10 * vec, s22)
+                    _vstore(sums, a + 11 * vec, s23)
+                    _vstore(sums, a + 12 * vec, s30)
+                    _vstore(sums, a + 13 * vec, s31)
+                    _vstore(sums, a + 14 * vec, s32)
+                    _vstore(sums, a + 15 * vec, s33)
+                    _vstore(sums, a + 16 * vec, s40)
+                    _vstore(sums, a + 17 * vec, s41)
+                    _vstore(sums, a + 18 * vec, s42)
+                    _vstore(sums, a + 19 * vec, s43)
+                    _vstore(sums, a + 20 * vec, s50)
+                    _vstore(sums, a + 21 * vec, s51)
+                    _vstore(sums, a + 22 * vec, s52)
+                    _vstore(sums, a + 23 * vec, s53)
         k0 = g * kg + kblock * kb
         for kk in range(min(kb, (g + 1) * kg - k0)):
-            for c in range(part * per_part * KVECTOR_POSITIONS,
-                           min(cg, (part + 1) * per_part * KVECTOR_POSITIONS)):
-                gwf[((k0 + kk) * cg + c) * taps + tap] = sums[c * kb + kk]
+            for c in range(cb0 * KVECTOR_POSITIONS, min(cg, cb1 * KVECTOR_POSITIONS)):
+                for tap in range(taps):
+                    gwf[((k0 + kk) * cg + c) * taps + tap] = sums[
+                        tap * tap_sums + (c - cb0 * KVECTOR_POSITIONS) * kb + kk]
     return gw

@@ -170,11 +170,11 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 #   write-out costs as much as their sums (WaveNet's 32-channel kernel-2 layers at batch 8:
 #   11.3 against 9.5 ms `blocked`; M5's 128 x 3: 16.7 against 15.1);
 # - weight gradients at stride 1 of at most KVECTOR_GRAD_MAX_POSITIONS output positions
-#   with more than one tap: ResNet-18's layer4 at batch 16 (784 positions) 18.3 against
-#   21.1 ms, U-Net's
-#   bottleneck (1024) 56.8 against 63.7, C3D's conv5a (196) 29.7 against 35.8; with more
-#   positions packing + BLAS wins (ResNet-18's layer3, 3136: 17.7 against 19.5 ms; its
-#   layer2.0, 12544: 11.3 against 17.2).
+#   with more than one tap (once its tasks took every tap of a chunk of positions): ResNet-18's
+#   layer4 at batch 16 (784 positions) 21.1 against 22.6 ms, U-Net's bottleneck (1024) 52.6
+#   against 57.8, C3D's conv5a (196) 17.5 against 48.4; with more positions packing + BLAS
+#   won as often as it lost (ResNet-18's layer3, 3136: 19.3 against 20.1 ms; its layer1,
+#   50176: 26.5 against 27.5; AlexNet's 5x5, 11664: 36.3 against 32.3).
 KVECTOR = True
 KVECTOR_MAX_MACS = 1 << 28
 KVECTOR_THIN_IMAGE = 64
@@ -189,8 +189,12 @@ KVECTOR_POINTWISE_MAX_MACS = 1 << 26
 # one block of input channels (read from the L2 cache by every position of the chunk).
 KVECTOR_CHUNK = 240
 KVECTOR_WEIGHT_ELEMS = 1 << 16
-# Positions of the weight gradient's chunks (their gradient vectors stay in the L1 cache).
+# Positions of the weight gradient's chunks (their gradient vectors stay in the L1 cache),
+# its tasks per thread (each reads the whole gradient), and the most bytes of sums a task
+# keeps (all its taps' and channels' sums, read and written once per chunk: in the L2 cache).
 KVECTOR_GRAD_CHUNK = 64
+KVECTOR_GRAD_TASKS = 2
+KVECTOR_GRAD_SUMS_BYTES = 1 << 20
 
 
 def _kvector_input(x, pad, stride, dilation, kernel, out_size):
@@ -248,8 +252,11 @@ def _kvector_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
     gyc = K._grad_channels_last(gy, groups, kblocks, kb,
                                 np.empty(n_b * math.prod(out_size) * groups * kblocks * kb,
                                          x.dtype))
-    tasks = groups * kblocks * taps
-    parts = min(-(-cg // K.KVECTOR_POSITIONS), -(-4 * numba.get_num_threads() // tasks))
+    cblocks = -(-cg // K.KVECTOR_POSITIONS)
+    sums_bytes = taps * cblocks * K.KVECTOR_POSITIONS * kb * x.itemsize
+    parts = min(cblocks, max(-(-KVECTOR_GRAD_TASKS * numba.get_num_threads()
+                                 // (groups * kblocks)),
+                             -(-sums_bytes // KVECTOR_GRAD_SUMS_BYTES)))
     gw = np.empty((k_out, cg, taps), dtype=x.dtype)
     K._conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks, cg, kg,
                                 out_size, KVECTOR_GRAD_CHUNK, parts, gw)
