@@ -286,7 +286,7 @@ def _all_finite(*arrays):
 def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_size,
                       itemsize):
     """The ways to compute this convolution, in the order the rules prefer them: some of
-    ``lanes``, ``blocked``, ``winograd``, ``gemm``, then always ``direct``."""
+    ``lanes``, ``kvector`` or ``blocked``, ``winograd``, ``gemm``, then always ``direct``."""
     k_out, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
     ways = []
     # one input channel: on 256-bit loops the banded direct kernel wins (LeNet c1 forward 1.7
@@ -314,8 +314,8 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
 
 
 def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize, large):
-    """Whether ``kvector`` is the way, by the rules above; ``large``: whether it is for a call
-    above KVECTOR_MAX_MACS (or KVECTOR_POINTWISE_MAX_MACS)."""
+    """Whether ``kvector`` is the way, by the rules above; ``large``: whether it may take the
+    call above KVECTOR_MAX_MACS (KVECTOR_POINTWISE_MAX_MACS for 1x1 kernels)."""
     positions, taps = n_batch * math.prod(out_size), math.prod(kernel)
     macs = positions * groups * kg * cg * taps
     return (_kvector_available() and kg >= KVECTOR_MIN_BLOCKS * K.block_filters(itemsize)
