@@ -427,8 +427,8 @@ def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
 def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_size,
                                 itemsize):
     """The ways to compute this transposed convolution (a convolution's input gradient), in
-    the order the rules prefer them: ``lanes``, ``blocked`` and ``winograd`` (stride 1, as a
-    convolution with the kernel flipped), ``gemm``, then ``direct``."""
+    the order the rules prefer them: ``lanes``, ``kvector`` or ``blocked``, ``winograd`` (at
+    stride 1, as a convolution with the kernel flipped), ``gemm``, then ``direct``."""
     c_in, cog, kernel = x_shape[1], w_shape[1], w_shape[2:]
     stride_one = all(s == 1 for s in stride)
     ways = []
