@@ -233,6 +233,17 @@ BLOCKED_CASES = [  # (input shape, weight shape, keyword arguments)
 ]
 
 
+def _forced_kernel_case(x_shape, w_shape, kw, dtype, rng):
+    """A forced-kernel test's operands: input, weight, bias, a transposed convolution's
+    weight (4 output channels per group), and the convolution and transposed functions."""
+    nd = len(x_shape) - 2
+    x, w = randn(rng, x_shape, dtype), randn(rng, w_shape, dtype)
+    b = randn(rng, (w_shape[0],), dtype)
+    wt = randn(rng, (x_shape[1], 4, *w_shape[2:]), dtype)
+    return (nd, kw.get("groups", 1), x, w, b, wt, getattr(fc, f"conv{nd}d"),
+            getattr(fc, f"conv_transpose{nd}d"))
+
+
 @pytest.mark.parametrize("tasks", ["blocked", "blocked_small_tasks"])
 @pytest.mark.parametrize("x_shape, w_shape, kw", BLOCKED_CASES)
 def test_blocked_kernel(x_shape, w_shape, kw, tasks, dtype, rng, monkeypatch):
@@ -240,11 +251,8 @@ def test_blocked_kernel(x_shape, w_shape, kw, tasks, dtype, rng, monkeypatch):
     transposed convolution (a convolution with the kernel flipped), against the reference;
     whole bands, or bands of one row with output channels in chunks of four."""
     force_numba_way(tasks, monkeypatch)
-    nd, groups = len(x_shape) - 2, kw.get("groups", 1)
-    x, w = randn(rng, x_shape, dtype), randn(rng, w_shape, dtype)
-    b = randn(rng, (w_shape[0],), dtype)
-    wt = randn(rng, (x_shape[1], 4, *w_shape[2:]), dtype)
-    conv, transposed = getattr(fc, f"conv{nd}d"), getattr(fc, f"conv_transpose{nd}d")
+    nd, groups, x, w, b, wt, conv, transposed = _forced_kernel_case(x_shape, w_shape, kw,
+                                                                    dtype, rng)
     with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
         y, yt = conv(x, w, b, **kw), transposed(x, wt, groups=groups)
     assert ways == ["blocked", "blocked"]
@@ -268,11 +276,8 @@ def test_kvector_kernel(x_shape, w_shape, kw, tasks, dtype, rng, monkeypatch):
     against the reference; tasks over the whole batch, or chunks of one register block with
     one input channel at a time."""
     force_numba_way(tasks, monkeypatch)
-    nd, groups = len(x_shape) - 2, kw.get("groups", 1)
-    x, w = randn(rng, x_shape, dtype), randn(rng, w_shape, dtype)
-    b = randn(rng, (w_shape[0],), dtype)
-    wt = randn(rng, (x_shape[1], 4, *w_shape[2:]), dtype)
-    conv, transposed = getattr(fc, f"conv{nd}d"), getattr(fc, f"conv_transpose{nd}d")
+    nd, groups, x, w, b, wt, conv, transposed = _forced_kernel_case(x_shape, w_shape, kw,
+                                                                    dtype, rng)
     backward = getattr(fc, f"conv{nd}d_backward")
     gy = randn(rng, fc.conv_output_shape(x_shape, w_shape, **kw), dtype)
 

@@ -107,6 +107,53 @@ def _weights_in_blocks(w, groups, transposed, wb):
 
 
 @njit(cache=True, inline="always")
+def _load_block(sums, a, vec):
+    """The register block's 24 vectors (six rows of four) from ``sums[a:]``."""
+    return (_vload(sums, a + 0 * vec), _vload(sums, a + 1 * vec),
+            _vload(sums, a + 2 * vec), _vload(sums, a + 3 * vec),
+            _vload(sums, a + 4 * vec), _vload(sums, a + 5 * vec),
+            _vload(sums, a + 6 * vec), _vload(sums, a + 7 * vec),
+            _vload(sums, a + 8 * vec), _vload(sums, a + 9 * vec),
+            _vload(sums, a + 10 * vec), _vload(sums, a + 11 * vec),
+            _vload(sums, a + 12 * vec), _vload(sums, a + 13 * vec),
+            _vload(sums, a + 14 * vec), _vload(sums, a + 15 * vec),
+            _vload(sums, a + 16 * vec), _vload(sums, a + 17 * vec),
+            _vload(sums, a + 18 * vec), _vload(sums, a + 19 * vec),
+            _vload(sums, a + 20 * vec), _vload(sums, a + 21 * vec),
+            _vload(sums, a + 22 * vec), _vload(sums, a + 23 * vec))
+
+
+@njit(cache=True, inline="always")
+def _store_block(sums, a, vec, s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23,
+                 s30, s31, s32, s33, s40, s41, s42, s43, s50, s51, s52, s53):
+    """The register block's 24 vectors into ``sums[a:]``, in :func:`_load_block`'s order."""
+    _vstore(sums, a + 0 * vec, s00)
+    _vstore(sums, a + 1 * vec, s01)
+    _vstore(sums, a + 2 * vec, s02)
+    _vstore(sums, a + 3 * vec, s03)
+    _vstore(sums, a + 4 * vec, s10)
+    _vstore(sums, a + 5 * vec, s11)
+    _vstore(sums, a + 6 * vec, s12)
+    _vstore(sums, a + 7 * vec, s13)
+    _vstore(sums, a + 8 * vec, s20)
+    _vstore(sums, a + 9 * vec, s21)
+    _vstore(sums, a + 10 * vec, s22)
+    _vstore(sums, a + 11 * vec, s23)
+    _vstore(sums, a + 12 * vec, s30)
+    _vstore(sums, a + 13 * vec, s31)
+    _vstore(sums, a + 14 * vec, s32)
+    _vstore(sums, a + 15 * vec, s33)
+    _vstore(sums, a + 16 * vec, s40)
+    _vstore(sums, a + 17 * vec, s41)
+    _vstore(sums, a + 18 * vec, s42)
+    _vstore(sums, a + 19 * vec, s43)
+    _vstore(sums, a + 20 * vec, s50)
+    _vstore(sums, a + 21 * vec, s51)
+    _vstore(sums, a + 22 * vec, s52)
+    _vstore(sums, a + 23 * vec, s53)
+
+
+@njit(cache=True, inline="always")
 def _position_start(p, channel, stride, out_size, shape):
     """Where output position ``p`` (numbered across the batch) reads its first tap's input
     channel ``channel`` in the channels-last copy of shape ``shape``."""
@@ -186,18 +233,12 @@ def _conv_forward_kvector(xp, wb, bias, stride, dilation, kernel, kg, out_size, 
                     s40, s41, s42, s43 = b0, b1, b2, b3
                     s50, s51, s52, s53 = b0, b1, b2, b3
                 else:
-                    s00, s01 = _vload(sums, a + 0 * vec), _vload(sums, a + 1 * vec)
-                    s02, s03 = _vload(sums, a + 2 * vec), _vload(sums, a + 3 * vec)
-                    s10, s11 = _vload(sums, a + 4 * vec), _vload(sums, a + 5 * vec)
-                    s12, s13 = _vload(sums, a + 6 * vec), _vload(sums, a + 7 * vec)
-                    s20, s21 = _vload(sums, a + 8 * vec), _vload(sums, a + 9 * vec)
-                    s22, s23 = _vload(sums, a + 10 * vec), _vload(sums, a + 11 * vec)
-                    s30, s31 = _vload(sums, a + 12 * vec), _vload(sums, a + 13 * vec)
-                    s32, s33 = _vload(sums, a + 14 * vec), _vload(sums, a + 15 * vec)
-                    s40, s41 = _vload(sums, a + 16 * vec), _vload(sums, a + 17 * vec)
-                    s42, s43 = _vload(sums, a + 18 * vec), _vload(sums, a + 19 * vec)
-                    s50, s51 = _vload(sums, a + 20 * vec), _vload(sums, a + 21 * vec)
-                    s52, s53 = _vload(sums, a + 22 * vec), _vload(sums, a + 23 * vec)
+                    (s00, s01, s02, s03,
+                     s10, s11, s12, s13,
+                     s20, s21, s22, s23,
+                     s30, s31, s32, s33,
+                     s40, s41, s42, s43,
+                     s50, s51, s52, s53) = _load_block(sums, a, vec)
                 for tap in range(taps):
                     w_tap = w_task + tap * cg * kb
                     for c in range(c0, min(cg, c0 + c_block)):
@@ -223,30 +264,12 @@ def _conv_forward_kvector(xp, wb, bias, stride, dilation, kernel, kg, out_size, 
                         x = xf[np.uintp(q5 + o)]
                         s50, s51 = _vfma(x, w0, s50), _vfma(x, w1, s51)
                         s52, s53 = _vfma(x, w2, s52), _vfma(x, w3, s53)
-                _vstore(sums, a + 0 * vec, s00)
-                _vstore(sums, a + 1 * vec, s01)
-                _vstore(sums, a + 2 * vec, s02)
-                _vstore(sums, a + 3 * vec, s03)
-                _vstore(sums, a + 4 * vec, s10)
-                _vstore(sums, a + 5 * vec, s11)
-                _vstore(sums, a + 6 * vec, s12)
-                _vstore(sums, a + 7 * vec, s13)
-                _vstore(sums, a + 8 * vec, s20)
-                _vstore(sums, a + 9 * vec, s21)
-                _vstore(sums, a + 10 * vec, s22)
-                _vstore(sums, a + 11 * vec, s23)
-                _vstore(sums, a + 12 * vec, s30)
-                _vstore(sums, a + 13 * vec, s31)
-                _vstore(sums, a + 14 * vec, s32)
-                _vstore(sums, a + 15 * vec, s33)
-                _vstore(sums, a + 16 * vec, s40)
-                _vstore(sums, a + 17 * vec, s41)
-                _vstore(sums, a + 18 * vec, s42)
-                _vstore(sums, a + 19 * vec, s43)
-                _vstore(sums, a + 20 * vec, s50)
-                _vstore(sums, a + 21 * vec, s51)
-                _vstore(sums, a + 22 * vec, s52)
-                _vstore(sums, a + 23 * vec, s53)
+                _store_block(sums, a, vec, s00, s01, s02, s03,
+                             s10, s11, s12, s13,
+                             s20, s21, s22, s23,
+                             s30, s31, s32, s33,
+                             s40, s41, s42, s43,
+                             s50, s51, s52, s53)
         # out filter by filter (contiguous rows of each output plane), image by image
         k0 = g * kg + kblock * kb
         p = p_lo
@@ -335,18 +358,12 @@ def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks
                         s40, s41, s42, s43 = z, z, z, z
                         s50, s51, s52, s53 = z, z, z, z
                     else:
-                        s00, s01 = _vload(sums, a + 0 * vec), _vload(sums, a + 1 * vec)
-                        s02, s03 = _vload(sums, a + 2 * vec), _vload(sums, a + 3 * vec)
-                        s10, s11 = _vload(sums, a + 4 * vec), _vload(sums, a + 5 * vec)
-                        s12, s13 = _vload(sums, a + 6 * vec), _vload(sums, a + 7 * vec)
-                        s20, s21 = _vload(sums, a + 8 * vec), _vload(sums, a + 9 * vec)
-                        s22, s23 = _vload(sums, a + 10 * vec), _vload(sums, a + 11 * vec)
-                        s30, s31 = _vload(sums, a + 12 * vec), _vload(sums, a + 13 * vec)
-                        s32, s33 = _vload(sums, a + 14 * vec), _vload(sums, a + 15 * vec)
-                        s40, s41 = _vload(sums, a + 16 * vec), _vload(sums, a + 17 * vec)
-                        s42, s43 = _vload(sums, a + 18 * vec), _vload(sums, a + 19 * vec)
-                        s50, s51 = _vload(sums, a + 20 * vec), _vload(sums, a + 21 * vec)
-                        s52, s53 = _vload(sums, a + 22 * vec), _vload(sums, a + 23 * vec)
+                        (s00, s01, s02, s03,
+                         s10, s11, s12, s13,
+                         s20, s21, s22, s23,
+                         s30, s31, s32, s33,
+                         s40, s41, s42, s43,
+                         s50, s51, s52, s53) = _load_block(sums, a, vec)
                     for q in range(q0, q1):
                         o = starts[q - q0] + c0
                         gi = q * width + g_at
@@ -370,30 +387,12 @@ def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks
                         x = xf[np.uintp(o + 5)]
                         s50, s51 = _vfma(x, g0, s50), _vfma(x, g1, s51)
                         s52, s53 = _vfma(x, g2, s52), _vfma(x, g3, s53)
-                    _vstore(sums, a + 0 * vec, s00)
-                    _vstore(sums, a + 1 * vec, s01)
-                    _vstore(sums, a + 2 * vec, s02)
-                    _vstore(sums, a + 3 * vec, s03)
-                    _vstore(sums, a + 4 * vec, s10)
-                    _vstore(sums, a + 5 * vec, s11)
-                    _vstore(sums, a + 6 * vec, s12)
-                    _vstore(sums, a + 7 * vec, s13)
-                    _vstore(sums, a + 8 * vec, s20)
-                    _vstore(sums, a + 9 * vec, s21)
-                    _vstore(sums, a + 10 * vec, s22)
-                    _vstore(sums, a + 11 * vec, s23)
-                    _vstore(sums, a + 12 * vec, s30)
-                    _vstore(sums, a + 13 * vec, s31)
-                    _vstore(sums, a + 14 * vec, s32)
-                    _vstore(sums, a + 15 * vec, s33)
-                    _vstore(sums, a + 16 * vec, s40)
-                    _vstore(sums, a + 17 * vec, s41)
-                    _vstore(sums, a + 18 * vec, s42)
-                    _vstore(sums, a + 19 * vec, s43)
-                    _vstore(sums, a + 20 * vec, s50)
-                    _vstore(sums, a + 21 * vec, s51)
-                    _vstore(sums, a + 22 * vec, s52)
-                    _vstore(sums, a + 23 * vec, s53)
+                    _store_block(sums, a, vec, s00, s01, s02, s03,
+                                 s10, s11, s12, s13,
+                                 s20, s21, s22, s23,
+                                 s30, s31, s32, s33,
+                                 s40, s41, s42, s43,
+                                 s50, s51, s52, s53)
         k0 = g * kg + kblock * kb
         for kk in range(min(kb, (g + 1) * kg - k0)):
             for c in range(cb0 * KVECTOR_POSITIONS, min(cg, cb1 * KVECTOR_POSITIONS)):
