@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
 from ._numba_band import _jit
-from ._numba_simd import VECTOR_BYTES, _vfma, _vload, _vsplat, _vstore
+from ._numba_simd import VECTOR_BYTES, _vfma, _vload, _vstore
 
 # Output positions held in registers per block (times four vectors of output channels: 24 of
 # the 32 vector registers; with twelve positions x two vectors, the twelve input addresses
@@ -208,8 +208,8 @@ def _conv_forward_kvector(xp, wb, bias, stride, dilation, kernel, kg, out_size, 
             tap_at[tap] = _tap_offset(tap, kernel, dilation, xp.shape)
         sums = np.empty((chunk + KVECTOR_POSITIONS) * kb, dtype=y.dtype)
         at = (g * kblocks + kblock) * kb
-        b0, b1 = _vload(bias, at), _vload(bias, at + vec)
-        b2, b3 = _vload(bias, at + 2 * vec), _vload(bias, at + 3 * vec)
+        for p in range(chunk + KVECTOR_POSITIONS):  # every sum starts at its filter's bias
+            sums[p * kb:(p + 1) * kb] = bias[at:at + kb]
         w_task = (g * kblocks + kblock) * taps * cg * kb
         # where each position of the chunk starts reading (the last repeated past the end)
         starts = np.empty(p_hi - p_lo + KVECTOR_POSITIONS, dtype=np.int64)
@@ -225,20 +225,12 @@ def _conv_forward_kvector(xp, wb, bias, stride, dilation, kernel, kg, out_size, 
                 q3 = starts[p0 - p_lo + 3]
                 q4 = starts[p0 - p_lo + 4]
                 q5 = starts[p0 - p_lo + 5]
-                if c0 == 0:
-                    s00, s01, s02, s03 = b0, b1, b2, b3
-                    s10, s11, s12, s13 = b0, b1, b2, b3
-                    s20, s21, s22, s23 = b0, b1, b2, b3
-                    s30, s31, s32, s33 = b0, b1, b2, b3
-                    s40, s41, s42, s43 = b0, b1, b2, b3
-                    s50, s51, s52, s53 = b0, b1, b2, b3
-                else:
-                    (s00, s01, s02, s03,
-                     s10, s11, s12, s13,
-                     s20, s21, s22, s23,
-                     s30, s31, s32, s33,
-                     s40, s41, s42, s43,
-                     s50, s51, s52, s53) = _load_block(sums, a, vec)
+                (s00, s01, s02, s03,
+                 s10, s11, s12, s13,
+                 s20, s21, s22, s23,
+                 s30, s31, s32, s33,
+                 s40, s41, s42, s43,
+                 s50, s51, s52, s53) = _load_block(sums, a, vec)
                 for tap in range(taps):
                     w_tap = w_task + tap * cg * kb
                     for c in range(c0, min(cg, c0 + c_block)):
@@ -339,7 +331,6 @@ def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks
         # per tap, the part's channels x kb filters
         tap_sums = (cb1 - cb0) * KVECTOR_POSITIONS * kb
         sums = np.zeros(max(1, taps * tap_sums), dtype=xp.dtype)
-        z = _vsplat(0, xp)
         g_at = (g * kblocks + kblock) * kb
         for q0 in range(0, total, chunk):
             q1 = min(total, q0 + chunk)
@@ -350,20 +341,12 @@ def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks
                 for cblock in range(cb0, cb1):
                     c0 = cblock * KVECTOR_POSITIONS + tap_at
                     a = tap * tap_sums + (cblock - cb0) * KVECTOR_POSITIONS * kb
-                    if q0 == 0:
-                        s00, s01, s02, s03 = z, z, z, z
-                        s10, s11, s12, s13 = z, z, z, z
-                        s20, s21, s22, s23 = z, z, z, z
-                        s30, s31, s32, s33 = z, z, z, z
-                        s40, s41, s42, s43 = z, z, z, z
-                        s50, s51, s52, s53 = z, z, z, z
-                    else:
-                        (s00, s01, s02, s03,
-                         s10, s11, s12, s13,
-                         s20, s21, s22, s23,
-                         s30, s31, s32, s33,
-                         s40, s41, s42, s43,
-                         s50, s51, s52, s53) = _load_block(sums, a, vec)
+                    (s00, s01, s02, s03,
+                     s10, s11, s12, s13,
+                     s20, s21, s22, s23,
+                     s30, s31, s32, s33,
+                     s40, s41, s42, s43,
+                     s50, s51, s52, s53) = _load_block(sums, a, vec)
                     for q in range(q0, q1):
                         o = starts[q - q0] + c0
                         gi = q * width + g_at
