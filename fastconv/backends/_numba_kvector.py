@@ -107,6 +107,12 @@ def _weights_in_blocks(w, groups, transposed, wb):
 
 
 @njit(cache=True, inline="always")
+def _fma_row(x, v0, v1, v2, v3, s0, s1, s2, s3):
+    """One row of the register block: ``x`` broadcast into four fused multiply-adds."""
+    return _vfma(x, v0, s0), _vfma(x, v1, s1), _vfma(x, v2, s2), _vfma(x, v3, s3)
+
+
+@njit(cache=True, inline="always")
 def _load_block(sums, a, vec):
     """The register block's 24 vectors (six rows of four) from ``sums[a:]``."""
     return (_vload(sums, a + 0 * vec), _vload(sums, a + 1 * vec),
@@ -238,24 +244,18 @@ def _conv_forward_kvector(xp, wb, bias, stride, dilation, kernel, kg, out_size, 
                         wi = w_tap + c * kb
                         w0, w1 = _vload(wf, wi), _vload(wf, wi + vec)
                         w2, w3 = _vload(wf, wi + 2 * vec), _vload(wf, wi + 3 * vec)
-                        x = xf[np.uintp(q0 + o)]
-                        s00, s01 = _vfma(x, w0, s00), _vfma(x, w1, s01)
-                        s02, s03 = _vfma(x, w2, s02), _vfma(x, w3, s03)
-                        x = xf[np.uintp(q1 + o)]
-                        s10, s11 = _vfma(x, w0, s10), _vfma(x, w1, s11)
-                        s12, s13 = _vfma(x, w2, s12), _vfma(x, w3, s13)
-                        x = xf[np.uintp(q2 + o)]
-                        s20, s21 = _vfma(x, w0, s20), _vfma(x, w1, s21)
-                        s22, s23 = _vfma(x, w2, s22), _vfma(x, w3, s23)
-                        x = xf[np.uintp(q3 + o)]
-                        s30, s31 = _vfma(x, w0, s30), _vfma(x, w1, s31)
-                        s32, s33 = _vfma(x, w2, s32), _vfma(x, w3, s33)
-                        x = xf[np.uintp(q4 + o)]
-                        s40, s41 = _vfma(x, w0, s40), _vfma(x, w1, s41)
-                        s42, s43 = _vfma(x, w2, s42), _vfma(x, w3, s43)
-                        x = xf[np.uintp(q5 + o)]
-                        s50, s51 = _vfma(x, w0, s50), _vfma(x, w1, s51)
-                        s52, s53 = _vfma(x, w2, s52), _vfma(x, w3, s53)
+                        s00, s01, s02, s03 = _fma_row(xf[np.uintp(q0 + o)], w0, w1, w2, w3,
+                                                      s00, s01, s02, s03)
+                        s10, s11, s12, s13 = _fma_row(xf[np.uintp(q1 + o)], w0, w1, w2, w3,
+                                                      s10, s11, s12, s13)
+                        s20, s21, s22, s23 = _fma_row(xf[np.uintp(q2 + o)], w0, w1, w2, w3,
+                                                      s20, s21, s22, s23)
+                        s30, s31, s32, s33 = _fma_row(xf[np.uintp(q3 + o)], w0, w1, w2, w3,
+                                                      s30, s31, s32, s33)
+                        s40, s41, s42, s43 = _fma_row(xf[np.uintp(q4 + o)], w0, w1, w2, w3,
+                                                      s40, s41, s42, s43)
+                        s50, s51, s52, s53 = _fma_row(xf[np.uintp(q5 + o)], w0, w1, w2, w3,
+                                                      s50, s51, s52, s53)
                 _store_block(sums, a, vec, s00, s01, s02, s03,
                              s10, s11, s12, s13,
                              s20, s21, s22, s23,
@@ -352,24 +352,18 @@ def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks
                         gi = q * width + g_at
                         g0, g1 = _vload(gyc, gi), _vload(gyc, gi + vec)
                         g2, g3 = _vload(gyc, gi + 2 * vec), _vload(gyc, gi + 3 * vec)
-                        x = xf[np.uintp(o + 0)]
-                        s00, s01 = _vfma(x, g0, s00), _vfma(x, g1, s01)
-                        s02, s03 = _vfma(x, g2, s02), _vfma(x, g3, s03)
-                        x = xf[np.uintp(o + 1)]
-                        s10, s11 = _vfma(x, g0, s10), _vfma(x, g1, s11)
-                        s12, s13 = _vfma(x, g2, s12), _vfma(x, g3, s13)
-                        x = xf[np.uintp(o + 2)]
-                        s20, s21 = _vfma(x, g0, s20), _vfma(x, g1, s21)
-                        s22, s23 = _vfma(x, g2, s22), _vfma(x, g3, s23)
-                        x = xf[np.uintp(o + 3)]
-                        s30, s31 = _vfma(x, g0, s30), _vfma(x, g1, s31)
-                        s32, s33 = _vfma(x, g2, s32), _vfma(x, g3, s33)
-                        x = xf[np.uintp(o + 4)]
-                        s40, s41 = _vfma(x, g0, s40), _vfma(x, g1, s41)
-                        s42, s43 = _vfma(x, g2, s42), _vfma(x, g3, s43)
-                        x = xf[np.uintp(o + 5)]
-                        s50, s51 = _vfma(x, g0, s50), _vfma(x, g1, s51)
-                        s52, s53 = _vfma(x, g2, s52), _vfma(x, g3, s53)
+                        s00, s01, s02, s03 = _fma_row(xf[np.uintp(o + 0)], g0, g1, g2, g3,
+                                                      s00, s01, s02, s03)
+                        s10, s11, s12, s13 = _fma_row(xf[np.uintp(o + 1)], g0, g1, g2, g3,
+                                                      s10, s11, s12, s13)
+                        s20, s21, s22, s23 = _fma_row(xf[np.uintp(o + 2)], g0, g1, g2, g3,
+                                                      s20, s21, s22, s23)
+                        s30, s31, s32, s33 = _fma_row(xf[np.uintp(o + 3)], g0, g1, g2, g3,
+                                                      s30, s31, s32, s33)
+                        s40, s41, s42, s43 = _fma_row(xf[np.uintp(o + 4)], g0, g1, g2, g3,
+                                                      s40, s41, s42, s43)
+                        s50, s51, s52, s53 = _fma_row(xf[np.uintp(o + 5)], g0, g1, g2, g3,
+                                                      s50, s51, s52, s53)
                     _store_block(sums, a, vec, s00, s01, s02, s03,
                                  s10, s11, s12, s13,
                                  s20, s21, s22, s23,
