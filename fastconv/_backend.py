@@ -80,7 +80,13 @@ def available_backends():
 
 
 def _load(name):
-    return importlib.import_module(_MODULES[name])
+    module = _loaded.get(name)  # a dict lookup: import_module costs a call at batch 1 more
+    if module is None:
+        module = _loaded[name] = importlib.import_module(_MODULES[name])
+    return module
+
+
+_loaded = {}
 
 
 def resolve(fn, xp=None):

@@ -8,6 +8,7 @@ or a bad shape.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from dataclasses import dataclass
 
@@ -53,11 +54,15 @@ def _fail(fn, message, exc=ValueError):
 
 
 def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    # a plain int first: this runs several times per call, and a call at batch 1 is short
+    return type(value) is int or (isinstance(value, numbers.Integral)
+                                  and not isinstance(value, (bool, np.bool_)))
 
 
 def int_tuple(fn, arg, value, nd, minimum):
     """``value`` as a tuple of ``nd`` ints, each ``>= minimum``: an int is repeated."""
+    if type(value) is int and value >= minimum:  # the common case, without the general checks
+        return (value,) * nd
     if _is_int(value):
         values = (int(value),) * nd
     elif isinstance(value, (tuple, list)) and all(_is_int(v) for v in value):
@@ -360,21 +365,30 @@ def check_divisor_override(fn, divisor_override):
 # --------------------------------------------------------------------------- pooling geometry
 
 
-def avg_pool_divisor(spec: PoolSpec, count_include_pad, divisor_override):
-    """The divisor of each output window, shape ``out_size`` (float64, NumPy).
+def avg_pool_divisor(spec: PoolSpec, count_include_pad, divisor_override, dtype=np.float64):
+    """The divisor of each output window, shape ``out_size``, of ``dtype`` (NumPy).
 
     A window's element count is a product over axes, so it is computed per axis and multiplied
     out. PyTorch's rule: a window is clipped to the padded input; without ``count_include_pad``
-    it is clipped further to the input itself.
+    it is clipped further to the input itself. The array is kept for the next call of the same
+    geometry (computing it cost a call at batch 1 as much as its kernel): it is shared, so the
+    callers read it and never write it.
     """
+    return _window_divisor(spec.in_size, spec.kernel, spec.stride, spec.padding, spec.out_size,
+                           bool(count_include_pad), divisor_override, np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=128)
+def _window_divisor(in_size, kernel, stride, padding, out_size, count_include_pad,
+                    divisor_override, dtype):
     if divisor_override:
-        return np.full(spec.out_size, float(divisor_override))
+        return np.full(out_size, divisor_override, dtype=dtype)
     counts = []
-    for size, k, s, p, o in zip(spec.in_size, spec.kernel, spec.stride, spec.padding,
-                                spec.out_size):
+    for size, k, s, p, o in zip(in_size, kernel, stride, padding, out_size):
         start = np.arange(o) * s - p
         end = np.minimum(start + k, size + p)
         if not count_include_pad:
             start, end = np.maximum(start, 0), np.minimum(end, size)
         counts.append((end - start).astype(np.float64))
-    return counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
+    return (counts[0][:, None, None] * counts[1][None, :, None]
+            * counts[2][None, None, :]).astype(dtype)

@@ -174,7 +174,7 @@ def _avg_pool_setup(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_in
     if nd == 3:
         P.check_avg_pool3d_input(fn, spec)
     override = P.check_divisor_override(fn, divisor_override)
-    divisor = P.avg_pool_divisor(spec, count_include_pad, override).astype(x.dtype)
+    divisor = P.avg_pool_divisor(spec, count_include_pad, override, x.dtype)
     return spec, divisor
 
 

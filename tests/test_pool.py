@@ -76,6 +76,33 @@ def test_avg_pool_matches_torch(case, nd, dtype, backend, rng):
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("case", ["global", "rows", "rows_exclude"])
+def test_avg_pool_of_whole_rows_matches_torch(case, nd, dtype, backend, rng):
+    """Windows as wide as the input (global pooling, ResNet's head) are summed as contiguous
+    runs, with NaN and Inf among the values; padded and clipped rows too."""
+    size = SIZES[nd]
+    x = randn(rng, (2, 3, *size), dtype)
+    x.reshape(-1)[rng.choice(x.size, size=6, replace=False)] = [np.nan, np.inf, -np.inf] * 2
+    x[1, 2] = np.inf
+    if case == "global":
+        kwargs = {"kernel_size": size}
+    else:
+        kernel = (*[2] * (nd - 1), size[-1])
+        kwargs = {"kernel_size": kernel, "stride": (*[2] * (nd - 1), 1),
+                  "padding": (*[1] * (nd - 1), 0), "ceil_mode": True,
+                  "count_include_pad": case == "rows"}
+    torch_op = getattr(F, f"avg_pool{nd}d")
+    y_t, _, gy, (gx_t,) = autograd(lambda x: torch_op(x, **kwargs), [x], rng)
+    y = getattr(fc, f"avg_pool{nd}d")(x, **kwargs)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_t))
+    np.testing.assert_array_equal(np.isinf(y) * np.sign(y), np.isinf(y_t) * np.sign(y_t))
+    finite = np.isfinite(y_t)
+    assert_close(y[finite], y_t[finite], dtype, "forward")
+    gx = getattr(fc, f"avg_pool{nd}d_backward")(gy, x, **kwargs)
+    assert_close(gx, gx_t, dtype, "grad_x")
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
 def test_divisor_override_scales_the_window_sum(nd, backend, rng):
     """Checked against the plain average (PyTorch has no divisor_override in 1-D)."""
     x = randn(rng, (2, 3, *SIZES[nd]), np.float64)

@@ -25,19 +25,41 @@ def _column_ranges(ow_n, sw, kw, pad_w, w_in):
     return ranges
 
 
+@njit(cache=True, inline="always")
+def _run_sum(xf, start, count):
+    """``xf[start:start + count].sum()`` in eight interleaved partial sums, added pairwise at
+    the end: eight additions in flight, where one running sum waits for each before the next."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = xf.dtype.type(0)
+    end = start + count - count % 8
+    for i in range(start, end, 8):
+        s0 += xf[np.uintp(i)]
+        s1 += xf[np.uintp(i + 1)]
+        s2 += xf[np.uintp(i + 2)]
+        s3 += xf[np.uintp(i + 3)]
+        s4 += xf[np.uintp(i + 4)]
+        s5 += xf[np.uintp(i + 5)]
+        s6 += xf[np.uintp(i + 6)]
+        s7 += xf[np.uintp(i + 7)]
+    for i in range(end, start + count):
+        s0 += xf[np.uintp(i)]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
 @njit(**_jit)
 def _avg_pool_forward(x, kernel, stride, pad, out_size, divisor, threads, y):
     """Average pooling, a contiguous run of (image, channel) planes per thread: per output row
     the window's input rows are summed first (contiguous, vectorised), then each window's
     columns of that sum, divided by ``divisor[od, oh, ow]``. The sum runs rows first, not in
     raster order. Windows of two columns at stride two without padding (the common 2x2 pool)
-    take a loop of their own whose constant stride vectorises."""
+    take a loop of their own whose constant stride vectorises. Windows of whole rows (global
+    pooling) sum each depth slice's rows as one contiguous run (:func:`_run_sum`)."""
     n_batch, c_in, d_in, h_in, w_in = x.shape
     od_n, oh_n, ow_n = out_size
     kd, kh, kw = kernel
     sw = stride[2]
     plane_in, plane_out = d_in * h_in * w_in, od_n * oh_n * ow_n
     pairs = kw == 2 and sw == 2 and pad[2] == 0 and 2 * ow_n <= w_in
+    whole_rows = kw == w_in and pad[2] == 0  # one window per row of output, ow_n == 1
     columns = _column_ranges(ow_n, sw, kw, pad[2], w_in)
     xf = x.reshape(x.size)
     yf = y.reshape(y.size)
@@ -48,6 +70,18 @@ def _avg_pool_forward(x, kernel, stride, pad, out_size, divisor, threads, y):
         for p in range(p0, p1):
             for od in range(od_n):
                 for oh in range(oh_n):
+                    if whole_rows:
+                        h_lo = max(0, oh * stride[1] - pad[1])
+                        h_hi = min(h_in, oh * stride[1] - pad[1] + kh)
+                        total = xf.dtype.type(0)
+                        for rd in range(kd):
+                            i_d = od * stride[0] - pad[0] + rd
+                            if 0 <= i_d < d_in and h_lo < h_hi:
+                                total += _run_sum(xf, p * plane_in + (i_d * h_in + h_lo) * w_in,
+                                                  (h_hi - h_lo) * w_in)
+                        out = od * oh_n + oh
+                        yf[np.uintp(p * plane_out + out)] = total / df[np.uintp(out)]
+                        continue
                     for q in range(w_in):
                         rows[np.uintp(q)] = 0
                     for rd in range(kd):
