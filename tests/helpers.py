@@ -38,6 +38,9 @@ NUMBA_WAYS = {
     # the same in chunks of one register block of positions, one input channel per block
     "kvector_small_tasks": {**_ANY_KVECTOR, "numba_cpu.KVECTOR_CHUNK": 1,
                             "numba_cpu.KVECTOR_WEIGHT_ELEMS": 1},
+    # depthwise convolutions vectorised over channels, whatever their size and channel count
+    "depthwise": {"numba_cpu.DEPTHWISE_MAX_POSITIONS": 10**9,
+                  "numba_cpu.DEPTHWISE_MIN_CHANNELS": 1},
     # 2-D and 1-D stride-1 cases on batch lanes (a batch of 3 in a group of 16 lanes)
     "lanes": {"_numba_lanes.LANE_MIN_BATCH": 1},
     # the same on the 256-bit loops that CPUs without AVX-512 take (this one may take either)

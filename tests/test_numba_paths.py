@@ -64,6 +64,46 @@ def test_paths_agree_with_reference(setting, nd, kw, dtype, rng, monkeypatch):
         assert_close(a, b, dtype, what)
 
 
+DEPTHWISE_CASES = [
+    (2, 20, {"padding": 1}),  # a vector of channels and a part of one
+    (2, 5, {"stride": (2, 1), "padding": ((0, 2), (1, 0)), "dilation": (1, 2)}),
+    (1, 17, {"stride": 3, "dilation": 2, "padding": 2}),
+    (3, 9, {"padding": (1, 0, 2), "dilation": (2, 1, 1)}),
+    (3, 16, {"stride": 2, "padding": 1}),
+]
+
+
+@pytest.mark.parametrize("nd, channels, kw", DEPTHWISE_CASES)
+def test_depthwise_agrees_with_reference(nd, channels, kw, dtype, rng, monkeypatch):
+    """The channel-vectorised depthwise kernels on any channel count, stride, dilation and
+    padding: forward, both gradients, and the transposed convolution (stride 1: the same
+    kernel on the flipped weights) with its gradients."""
+    force_numba_way("depthwise", monkeypatch)
+    size = {1: (23,), 2: (9, 11), 3: (5, 6, 7)}[nd]
+    kernel = {1: (3,), 2: (3, 2), 3: (2, 3, 3)}[nd]
+    x = randn(rng, (3, channels, *size), dtype)
+    w = randn(rng, (channels, 1, *kernel), dtype)
+    b = randn(rng, (channels,), dtype)
+    gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, groups=channels, **kw), dtype)
+    tkw = {"stride": 1, "padding": 1, "dilation": kw.get("dilation", 1)}
+    conv, transposed = getattr(fc, f"conv{nd}d"), getattr(fc, f"conv_transpose{nd}d")
+
+    def run():
+        yt = transposed(x, w, b, groups=channels, **tkw)
+        return [conv(x, w, b, groups=channels, **kw),
+                *getattr(fc, f"conv{nd}d_backward")(gy, x, w, groups=channels, **kw), yt,
+                *getattr(fc, f"conv_transpose{nd}d_backward")(np.ones_like(yt), x, w,
+                                                                groups=channels, **tkw)]
+
+    with fc.use_backend("numpy"):
+        expected = run()
+    with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+        got = run()
+    assert "depthwise" in ways
+    for a, e, what in zip(got, expected, ["y", "gx", "gw", "gb", "yt", "gxt", "gwt", "gbt"]):
+        assert_close(a, e, dtype, what)
+
+
 def test_single_thread_path(rng, monkeypatch):
     """One task: the call runs in the caller's thread with BLAS's own threads."""
     monkeypatch.setattr(_numba_tasks, "TASK_BYTES", 1 << 30)

@@ -6,6 +6,7 @@
 - :mod:`._numba_direct`: direct and register-blocked convolutions, the exact weight gradient,
   the bias gradient, the finiteness check;
 - :mod:`._numba_kvector`: the direct convolution vectorised over output channels;
+- :mod:`._numba_depthwise`: depthwise convolutions vectorised over channels;
 - :mod:`._numba_pooling`, :mod:`._numba_packing` (im2col / col2im),
   :mod:`._numba_winograd_kernels`, :mod:`._numba_lane_kernels`, :mod:`._numba_elementwise`.
 
@@ -26,6 +27,7 @@ weight-sized results (weight and bias gradients).
 
 from __future__ import annotations
 
+from ._numba_depthwise import _depthwise_forward, _depthwise_weight_grad  # noqa: F401
 from ._numba_direct import (  # noqa: F401
     _all_finite,
     _bias_grad,

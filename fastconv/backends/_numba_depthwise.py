@@ -1,0 +1,144 @@
+"""Depthwise convolutions (one input and one output channel per group) vectorised over
+channels. A task is one image and one vector of channels (16 float32 or 8 float64): it copies
+their planes channels last and padded into a scratch that stays in the cache, computes there
+with each output's sum in a register over the taps, and writes its planes back, so memory
+is read and written once, as the direct kernels do, but the multiply-adds run along whole
+vectors of channels instead of short rows of one small plane (MobileNetV2's 960 channels of
+7x7: 49 positions per plane).
+
+Any stride, dilation, padding (a negative one crops) and 1-D to 3-D shape: an output position
+is an offset into the scratch, a tap another offset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
+from ._numba_simd import VECTOR_BYTES, _vfma, _vload, _vsplat, _vstore
+
+# contract: fused multiply-adds (one rounding each); NaN and Inf as without it
+_jit = {"cache": True, "parallel": True, "nogil": True, "fastmath": {"contract"}}
+
+
+def channel_vector(itemsize):
+    """Channels per task: one 512-bit vector's worth."""
+    return VECTOR_BYTES // itemsize
+
+
+@njit(cache=True, inline="always")
+def _to_scratch(xf, n, c0, c_count, c_n, in_size, pad, extent, vec, xs):
+    """Image ``n``'s channels ``c0 .. c0 + c_count`` of ``xf`` (flat ``(N, C, D, H, W)``, sizes
+    ``in_size``) into ``xs`` ``(extent..., vec)``: channels last, shifted by ``pad`` (zeros
+    outside the input and past ``c_count``)."""
+    d_n, h_n, w_n = in_size
+    plane = d_n * h_n * w_n
+    for i in range(xs.size):
+        xs[i] = 0
+    for dp in range(extent[0]):
+        d = dp - pad[0]
+        if d < 0 or d >= d_n:
+            continue
+        for hp in range(extent[1]):
+            h = hp - pad[1]
+            if h < 0 or h >= h_n:
+                continue
+            w_lo, w_hi = max(0, pad[2]), min(extent[2], w_n + pad[2])
+            row = (dp * extent[1] + hp) * extent[2]
+            for c in range(c_count):
+                src = (n * c_n + c0 + c) * plane + (d * h_n + h) * w_n - pad[2]
+                for wp in range(w_lo, w_hi):
+                    xs[np.uintp((row + wp) * vec + c)] = xf[np.uintp(src + wp)]
+
+
+@njit(cache=True, inline="always")
+def _start(p, stride, out_size, extent, vec):
+    """Where output position ``p`` of one image reads its first tap in the scratch."""
+    ow = p % out_size[2]
+    oh = (p // out_size[2]) % out_size[1]
+    od = p // (out_size[2] * out_size[1])
+    return ((od * stride[0] * extent[1] + oh * stride[1]) * extent[2] + ow * stride[2]) * vec
+
+
+@njit(cache=True, inline="always")
+def _tap_offsets(kernel, dilation, extent, vec):
+    """How far each tap (raster order) reads from a position's first in the scratch."""
+    taps = kernel[0] * kernel[1] * kernel[2]
+    offsets = np.empty(taps, dtype=np.int64)
+    for tap in range(taps):
+        rw = tap % kernel[2]
+        rh = (tap // kernel[2]) % kernel[1]
+        rd = tap // (kernel[2] * kernel[1])
+        offsets[tap] = ((rd * dilation[0] * extent[1] + rh * dilation[1]) * extent[2]
+                        + rw * dilation[2]) * vec
+    return offsets
+
+
+@njit(**_jit)
+def _depthwise_forward(x, wt, bias, stride, pad, dilation, kernel, extent, y):
+    """The depthwise convolution of ``x`` ``(N, C, D, H, W)`` with ``wt`` ``(taps, C')``
+    (the weights by tap, zero past channel C - 1; C' a whole number of vectors) into ``y``
+    ``(N, C, OD, OH, OW)``; ``bias`` ``(C',)``. ``extent``: the padded input that the outputs
+    read. Per output the sum starts at the bias and takes the taps in raster order."""
+    n_b, c_n = x.shape[:2]
+    vec = VECTOR_BYTES // x.itemsize
+    cblocks = (c_n + vec - 1) // vec
+    taps = kernel[0] * kernel[1] * kernel[2]
+    out_size = y.shape[2:]
+    positions = out_size[0] * out_size[1] * out_size[2]
+    xf, wf, yf = x.reshape(x.size), wt.reshape(wt.size), y.reshape(y.size)
+    c_pad = wt.shape[1]
+    for task in prange(n_b * cblocks):
+        n, c0 = task // cblocks, (task % cblocks) * vec
+        c_count = min(vec, c_n - c0)
+        xs = np.empty(extent[0] * extent[1] * extent[2] * vec, dtype=x.dtype)
+        sums = np.empty(positions * vec, dtype=x.dtype)
+        _to_scratch(xf, n, c0, c_count, c_n, x.shape[2:], pad, extent, vec, xs)
+        tap_at = _tap_offsets(kernel, dilation, extent, vec)
+        for p in range(positions):
+            start = _start(p, stride, out_size, extent, vec)
+            acc = _vload(bias, c0)
+            for tap in range(taps):
+                acc = _vfma(_vload(xs, start + tap_at[tap]), _vload(wf, tap * c_pad + c0), acc)
+            _vstore(sums, p * vec, acc)
+        for c in range(c_count):
+            dst = (n * c_n + c0 + c) * positions
+            for p in range(positions):
+                yf[np.uintp(dst + p)] = sums[np.uintp(p * vec + c)]
+    return y
+
+
+@njit(**_jit)
+def _depthwise_weight_grad(x, gy, stride, pad, dilation, kernel, extent, partial):
+    """Per image, the depthwise weight gradient's sums ``partial`` ``(N, taps, C')`` (C' a
+    whole number of vectors; the caller adds the images in order) from ``x`` ``(N, C, D, H,
+    W)`` and ``gy`` ``(N, C, OD, OH, OW)``; ``extent`` as for :func:`_depthwise_forward`. Per
+    image and tap the sum runs over the output positions in order."""
+    n_b, c_n = x.shape[:2]
+    vec = VECTOR_BYTES // x.itemsize
+    cblocks = (c_n + vec - 1) // vec
+    taps = kernel[0] * kernel[1] * kernel[2]
+    out_size = gy.shape[2:]
+    positions = out_size[0] * out_size[1] * out_size[2]
+    xf, gf = x.reshape(x.size), gy.reshape(gy.size)
+    one = (0, 0, 0)
+    for task in prange(n_b * cblocks):
+        n, c0 = task // cblocks, (task % cblocks) * vec
+        c_count = min(vec, c_n - c0)
+        xs = np.empty(extent[0] * extent[1] * extent[2] * vec, dtype=x.dtype)
+        gs = np.empty(positions * vec, dtype=x.dtype)
+        _to_scratch(xf, n, c0, c_count, c_n, x.shape[2:], pad, extent, vec, xs)
+        _to_scratch(gf, n, c0, c_count, c_n, out_size, one, out_size, vec, gs)
+        sums = partial[n].reshape(taps * partial.shape[2])
+        c_pad = partial.shape[2]
+        for tap in range(taps):
+            _vstore(sums, tap * c_pad + c0, _vsplat(0, gs))
+        tap_at = _tap_offsets(kernel, dilation, extent, vec)
+        for p in range(positions):
+            start = _start(p, stride, out_size, extent, vec)
+            g = _vload(gs, p * vec)
+            for tap in range(taps):
+                at = tap * c_pad + c0
+                _vstore(sums, at, _vfma(_vload(xs, start + tap_at[tap]), g, _vload(sums, at)))
+    return partial
