@@ -104,6 +104,26 @@ def test_depthwise_agrees_with_reference(nd, channels, kw, dtype, rng, monkeypat
         assert_close(a, e, dtype, what)
 
 
+def test_depthwise_rule_and_preference(rng):
+    """Small planes take ``depthwise`` by the rules (forward, input and weight gradient);
+    large ones the direct kernels, unless ``prefer_way`` asks for it."""
+    small = randn(rng, (2, 32, 7, 7), np.float32)
+    large = randn(rng, (1, 32, 20, 20), np.float32)
+    w = randn(rng, (32, 1, 3, 3), np.float32)
+    for x, by_rule in ((small, True), (large, False)):
+        gy = np.ones_like(x)
+        with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+            fc.conv2d_backward(gy, x, w, padding=1, groups=32)
+            fc.conv2d(x, w, padding=1, groups=32)
+        assert (ways == ["depthwise"] * 3) == by_rule, ways
+    with (fc.use_backend("numba"), numba_cpu.prefer_way("depthwise"),
+          numba_cpu.trace_ways() as ways):
+        y = fc.conv2d(large, w, padding=1, groups=32)
+    assert ways == ["depthwise"]
+    with fc.use_backend("numpy"):
+        assert_close(y, fc.conv2d(large, w, padding=1, groups=32), np.float32, "forward")
+
+
 def test_single_thread_path(rng, monkeypatch):
     """One task: the call runs in the caller's thread with BLAS's own threads."""
     monkeypatch.setattr(_numba_tasks, "TASK_BYTES", 1 << 30)
