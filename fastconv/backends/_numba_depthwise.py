@@ -7,7 +7,8 @@ vectors of channels instead of short rows of one small plane (MobileNetV2's 960 
 7x7: 49 positions per plane).
 
 Any stride, dilation, padding (a negative one crops) and 1-D to 3-D shape: an output position
-is an offset into the scratch, a tap another offset.
+is an offset into the scratch, a tap another offset (as in :mod:`._numba_kvector`, whose
+copy holds the whole batch and every channel; the scratch, one image and one vector).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
+from ._numba_kvector import _tap_offset
 from ._numba_simd import VECTOR_BYTES, _vfma, _vload, _vsplat, _vstore
 
 # contract: fused multiply-adds (one rounding each); NaN and Inf as without it
@@ -54,25 +56,13 @@ def _to_scratch(xf, n, c0, c_count, c_n, in_size, pad, extent, vec, xs):
 
 @njit(cache=True, inline="always")
 def _start(p, stride, out_size, extent, vec):
-    """Where output position ``p`` of one image reads its first tap in the scratch."""
+    """Where output position ``p`` of one image reads its first tap in the scratch (kvector's
+    ``_position_start`` numbers positions across the batch: two divisions more per position
+    cost these short sums 15-25%, timed alternated A/B)."""
     ow = p % out_size[2]
     oh = (p // out_size[2]) % out_size[1]
     od = p // (out_size[2] * out_size[1])
     return ((od * stride[0] * extent[1] + oh * stride[1]) * extent[2] + ow * stride[2]) * vec
-
-
-@njit(cache=True, inline="always")
-def _tap_offsets(kernel, dilation, extent, vec):
-    """How far each tap (raster order) reads from a position's first in the scratch."""
-    taps = kernel[0] * kernel[1] * kernel[2]
-    offsets = np.empty(taps, dtype=np.int64)
-    for tap in range(taps):
-        rw = tap % kernel[2]
-        rh = (tap // kernel[2]) % kernel[1]
-        rd = tap // (kernel[2] * kernel[1])
-        offsets[tap] = ((rd * dilation[0] * extent[1] + rh * dilation[1]) * extent[2]
-                        + rw * dilation[2]) * vec
-    return offsets
 
 
 @njit(**_jit)
@@ -87,6 +77,7 @@ def _depthwise_forward(x, wt, bias, stride, pad, dilation, kernel, extent, y):
     taps = kernel[0] * kernel[1] * kernel[2]
     out_size = y.shape[2:]
     positions = out_size[0] * out_size[1] * out_size[2]
+    scratch = (1, extent[0], extent[1], extent[2], vec)  # the shape the scratch is read as
     xf, wf, yf = x.reshape(x.size), wt.reshape(wt.size), y.reshape(y.size)
     c_pad = wt.shape[1]
     for task in prange(n_b * cblocks):
@@ -95,7 +86,9 @@ def _depthwise_forward(x, wt, bias, stride, pad, dilation, kernel, extent, y):
         xs = np.empty(extent[0] * extent[1] * extent[2] * vec, dtype=x.dtype)
         sums = np.empty(positions * vec, dtype=x.dtype)
         _to_scratch(xf, n, c0, c_count, c_n, x.shape[2:], pad, extent, vec, xs)
-        tap_at = _tap_offsets(kernel, dilation, extent, vec)
+        tap_at = np.empty(taps, dtype=np.int64)
+        for tap in range(taps):
+            tap_at[tap] = _tap_offset(tap, kernel, dilation, scratch)
         for p in range(positions):
             start = _start(p, stride, out_size, extent, vec)
             acc = _vload(bias, c0)
@@ -121,20 +114,23 @@ def _depthwise_weight_grad(x, gy, stride, pad, dilation, kernel, extent, partial
     taps = kernel[0] * kernel[1] * kernel[2]
     out_size = gy.shape[2:]
     positions = out_size[0] * out_size[1] * out_size[2]
+    scratch = (1, extent[0], extent[1], extent[2], vec)  # the shape the scratch is read as
     xf, gf = x.reshape(x.size), gy.reshape(gy.size)
-    one = (0, 0, 0)
+    no_pad = (0, 0, 0)
     for task in prange(n_b * cblocks):
         n, c0 = task // cblocks, (task % cblocks) * vec
         c_count = min(vec, c_n - c0)
         xs = np.empty(extent[0] * extent[1] * extent[2] * vec, dtype=x.dtype)
         gs = np.empty(positions * vec, dtype=x.dtype)
         _to_scratch(xf, n, c0, c_count, c_n, x.shape[2:], pad, extent, vec, xs)
-        _to_scratch(gf, n, c0, c_count, c_n, out_size, one, out_size, vec, gs)
+        _to_scratch(gf, n, c0, c_count, c_n, out_size, no_pad, out_size, vec, gs)
         sums = partial[n].reshape(taps * partial.shape[2])
         c_pad = partial.shape[2]
         for tap in range(taps):
             _vstore(sums, tap * c_pad + c0, _vsplat(0, gs))
-        tap_at = _tap_offsets(kernel, dilation, extent, vec)
+        tap_at = np.empty(taps, dtype=np.int64)
+        for tap in range(taps):
+            tap_at[tap] = _tap_offset(tap, kernel, dilation, scratch)
         for p in range(positions):
             start = _start(p, stride, out_size, extent, vec)
             g = _vload(gs, p * vec)

@@ -200,13 +200,18 @@ KVECTOR_GRAD_TASKS = 2
 KVECTOR_GRAD_SUMS_BYTES = 1 << 20
 
 
+def _read_extent(kernel, stride, dilation, out_size):
+    """The padded input that ``out_size`` outputs read, per spatial axis."""
+    return tuple((o - 1) * s + (k - 1) * d + 1
+                 for o, s, k, d in zip(out_size, stride, kernel, dilation))
+
+
 def _kvector_input(x, pad, stride, dilation, kernel, out_size):
     """``x`` copied channels last, padded to what ``out_size`` positions read, with
     ``KVECTOR_POSITIONS`` zeros past its end (a block of six channels past a group's last, in
     the weight gradient, reads and drops them)."""
     n_b, c_in = x.shape[:2]
-    extent = [(o - 1) * s + (k - 1) * d + 1
-              for o, s, k, d in zip(out_size, stride, kernel, dilation)]
+    extent = _read_extent(kernel, stride, dilation, out_size)
     size = n_b * math.prod(extent) * c_in
     flat = np.empty(size + K.KVECTOR_POSITIONS, x.dtype)
     flat[size:] = 0
@@ -279,18 +284,12 @@ DEPTHWISE_MAX_POSITIONS = 256
 DEPTHWISE_MIN_CHANNELS = 16
 
 
-def _depthwise_fits(channels, groups, cg, kg, out_size):
+def _depthwise_fits(channels, cg, kg, out_size):
     """Whether ``depthwise`` is the way, by the rules above (``None``: it cannot compute the
     call, not a depthwise convolution)."""
     if not (cg == 1 and kg == 1):
         return None
     return channels >= DEPTHWISE_MIN_CHANNELS and math.prod(out_size) <= DEPTHWISE_MAX_POSITIONS
-
-
-def _depthwise_extent(kernel, stride, dilation, out_size):
-    """The padded input that ``out_size`` outputs read, per spatial axis."""
-    return tuple((o - 1) * s + (k - 1) * d + 1
-                 for o, s, k, d in zip(out_size, stride, kernel, dilation))
 
 
 def _depthwise_conv(x, w, bias, stride, pad, dilation, out_size, transposed=False):
@@ -309,7 +308,7 @@ def _depthwise_conv(x, w, bias, stride, pad, dilation, out_size, transposed=Fals
         bias_p[:c_n] = bias
     y = np.empty((x.shape[0], c_n, *out_size), dtype=x.dtype)
     return K._depthwise_forward(x, wt, bias_p, stride, pad, dilation, kernel,
-                                _depthwise_extent(kernel, stride, dilation, out_size), y)
+                                _read_extent(kernel, stride, dilation, out_size), y)
 
 
 def _depthwise_weight_grad(x, gy, stride, pad, dilation, kernel):
@@ -318,7 +317,7 @@ def _depthwise_weight_grad(x, gy, stride, pad, dilation, kernel):
     taps, vec = math.prod(kernel), depthwise.channel_vector(x.itemsize)
     partial = np.empty((n_b, taps, -(-c_n // vec) * vec), x.dtype)
     K._depthwise_weight_grad(x, gy, stride, pad, dilation, kernel,
-                             _depthwise_extent(kernel, stride, dilation, gy.shape[2:]),
+                             _read_extent(kernel, stride, dilation, gy.shape[2:]),
                              partial)
     return np.ascontiguousarray(partial.sum(axis=0)[:, :c_n].T).reshape(c_n, 1, *kernel)
 
@@ -348,7 +347,7 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
     """The ways to compute this convolution, in the order the rules prefer them: some of
     ``lanes``, ``kvector`` or ``blocked``, ``winograd``, ``gemm``, then always ``direct``."""
     k_out, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
-    depthwise_fits = _depthwise_fits(k_out, groups, cg, k_out // groups, out_size)
+    depthwise_fits = _depthwise_fits(k_out, cg, k_out // groups, out_size)
     ways = ["depthwise"] if depthwise_fits else []
     # one input channel: on 256-bit loops the banded direct kernel wins (LeNet c1 forward 1.7
     # vs 2.0 ms lanes, whose copies in and out are as large as the work there), on 512-bit
@@ -495,8 +494,7 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
     stride 1, as a convolution with the kernel flipped), ``gemm``, then ``direct``."""
     c_in, cog, kernel = x_shape[1], w_shape[1], w_shape[2:]
     stride_one = all(s == 1 for s in stride)
-    depthwise_fits = stride_one and _depthwise_fits(c_in, groups, c_in // groups, cog,
-                                                    out_size)
+    depthwise_fits = stride_one and _depthwise_fits(c_in, c_in // groups, cog, out_size)
     ways = ["depthwise"] if depthwise_fits else []
     if (stride_one and c_in > 1
             and lanes.lanes_fit(x_shape, cog * groups, kernel, stride,
@@ -600,7 +598,7 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
     ``lanes``, ``kvector``, ``gemm``, then ``direct``. (``exact`` serves a ``gy`` with NaN
     or Inf, whatever the shapes.)"""
     cg, kg = x_shape[1] // groups, gy_shape[1] // groups
-    depthwise_fits = _depthwise_fits(x_shape[1], groups, cg, kg, gy_shape[2:])
+    depthwise_fits = _depthwise_fits(x_shape[1], cg, kg, gy_shape[2:])
     ways = ["depthwise"] if depthwise_fits else []
     if lanes.lanes_fit(x_shape, gy_shape[1], kernel, stride, pad_lo, dilation, groups,
                        gy_shape[2:]):
