@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import assert_close, randn
+from helpers import assert_close, bias_grad_scale, randn
 
 from fastconv import nn
 from fastconv.models import lenet
@@ -162,7 +162,9 @@ def test_conv_layers_initialise_as_torch(name, args, kwargs):
 
 def test_new_layers_in_sequential_and_checkpoints(tmp_path, rng):
     """A 1-D and a 3-D network: the same outputs and gradients as the same ``torch.nn``
-    Sequential, and their parameters through a checkpoint and back."""
+    Sequential, and their parameters through a checkpoint and back. A bias gradient sums
+    terms that cancel: its budget scales with the terms (each layer's ``grad_output``, caught
+    on the way back through PyTorch's), not its norm (one seed in twenty was past that)."""
     from fastconv import checkpoint
 
     for ours, theirs, shape in [
@@ -184,13 +186,20 @@ def test_new_layers_in_sequential_and_checkpoints(tmp_path, rng):
         ours.load_state_dict({k: v.numpy().copy() for k, v in theirs.state_dict().items()})
         x = randn(rng, shape, np.float32)
         xt = torch.from_numpy(x.copy()).requires_grad_()
+        grad_outputs = {}
+        for name, layer in theirs.named_children():
+            layer.register_full_backward_hook(
+                lambda _, __, g, name=name, store=grad_outputs: store.__setitem__(
+                    name, g[0].numpy()))
         yt = theirs(xt)
         gy = randn(rng, tuple(yt.shape), np.float32)
         yt.backward(torch.from_numpy(gy))
         assert_close(ours.forward(x), yt.detach().numpy(), np.float32, "forward")
         assert_close(ours.backward(gy), xt.grad.numpy(), np.float32, "input gradient")
         for (n, p), (_, tp) in zip(ours.named_parameters(), theirs.named_parameters()):
-            assert_close(p.grad, tp.grad.numpy(), np.float32, n)
+            layer, kind = n.split(".")
+            scale = bias_grad_scale(grad_outputs[layer]) if kind == "bias" else None
+            assert_close(p.grad, tp.grad.numpy(), np.float32, n, scale)
         checkpoint.save(tmp_path / "c.npz", ours.state_dict(), {}, {"epoch": 1})
         state, _, _ = checkpoint.load(tmp_path / "c.npz")
         for (n, p), (m, q) in zip(ours.state_dict().items(), state.items()):
