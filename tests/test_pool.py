@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as F
 from helpers import assert_close, autograd, randn
 from test_conv import per_axis
@@ -97,7 +98,11 @@ def test_avg_pool_of_whole_rows_matches_torch(case, nd, dtype, backend, rng):
     np.testing.assert_array_equal(np.isnan(y), np.isnan(y_t))
     np.testing.assert_array_equal(np.isinf(y) * np.sign(y), np.isinf(y_t) * np.sign(y_t))
     finite = np.isfinite(y_t)
-    assert_close(y[finite], y_t[finite], dtype, "forward")
+    # a mean of a whole plane of random values sums terms that cancel: the budget scales with
+    # the terms (the means of |x|), not the result (2 of 300 seeds were past that)
+    terms = torch_op(torch.from_numpy(np.abs(np.where(np.isfinite(x), x, 0))), **kwargs)
+    assert_close(y[finite], y_t[finite], dtype, "forward",
+                 scale=np.linalg.norm(terms.numpy()[finite].astype(np.float64)))
     gx = getattr(fc, f"avg_pool{nd}d_backward")(gy, x, **kwargs)
     assert_close(gx, gx_t, dtype, "grad_x")
 
