@@ -124,6 +124,70 @@ def test_depthwise_rule_and_preference(rng):
         assert_close(y, fc.conv2d(large, w, padding=1, groups=32), np.float32, "forward")
 
 
+GROUPED_CASES = [
+    (2, 20, 2, 3, {"padding": 1}),  # a vector of groups and a part of one; a part of a block
+    (2, 16, 7, 4, {"stride": (2, 1), "padding": ((0, 2), (1, 0)), "dilation": (1, 2)}),
+    (1, 33, 1, 5, {"stride": 3, "dilation": 2, "padding": 2}),
+    (3, 9, 3, 8, {"padding": (1, 0, 2), "dilation": (2, 1, 1)}),
+    (2, 16, 13, 4, {"kernel": 1}),  # pointwise; more channels than a register block
+]
+
+
+@pytest.mark.parametrize("nd, groups, cg, kg, kw", GROUPED_CASES)
+def test_grouped_agrees_with_reference(nd, groups, cg, kg, kw, dtype, rng, monkeypatch):
+    """The group-vectorised kernels on any group, channel and filter count, stride, dilation
+    and padding: forward, both gradients, and the transposed convolution (stride 1: the same
+    kernel on the flipped weights, its channel axes swapped) with its gradients."""
+    force_numba_way("grouped", monkeypatch)
+    kw = dict(kw)
+    size = {1: (23,), 2: (9, 11), 3: (5, 6, 7)}[nd]
+    kernel = (kw.pop("kernel"),) * nd if "kernel" in kw else {1: (3,), 2: (3, 2),
+                                                               3: (2, 3, 3)}[nd]
+    x = randn(rng, (3, groups * cg, *size), dtype)
+    w = randn(rng, (groups * kg, cg, *kernel), dtype)
+    b = randn(rng, (groups * kg,), dtype)
+    gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, groups=groups, **kw), dtype)
+    wt = randn(rng, (groups * cg, kg, *kernel), dtype)
+    bt = randn(rng, (groups * kg,), dtype)
+    tkw = {"groups": groups, "padding": 1, "dilation": kw.get("dilation", 1)}
+    conv, transposed = getattr(fc, f"conv{nd}d"), getattr(fc, f"conv_transpose{nd}d")
+
+    def run():
+        yt = transposed(x, wt, bt, **tkw)
+        return [conv(x, w, b, groups=groups, **kw),
+                *getattr(fc, f"conv{nd}d_backward")(gy, x, w, groups=groups, **kw), yt,
+                *getattr(fc, f"conv_transpose{nd}d_backward")(np.ones_like(yt), x, wt, **tkw)]
+
+    with fc.use_backend("numpy"):
+        expected = run()
+    with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+        got = run()
+    # the forward, its weight gradient, the transposed forward and its input gradient (a
+    # convolution); the stride-2 input gradient is not one for the grouped kernel
+    assert ways.count("grouped") >= 4, ways
+    for a, e, what in zip(got, expected, ["y", "gx", "gw", "gb", "yt", "gxt", "gwt", "gbt"]):
+        assert_close(a, e, dtype, what)
+
+
+def test_grouped_rule_and_preference(rng):
+    """Deep groups at a training batch take ``grouped`` by the rules (forward, input and
+    weight gradient); a single image only for its weight gradient, unless ``prefer_way``
+    asks for it."""
+    w = randn(rng, (512, 16, 3, 3), np.float32)
+    for batch, expected in ((8, ["grouped"] * 3), (1, ["blocked", "grouped", "blocked"])):
+        x = randn(rng, (batch, 512, 14, 14), np.float32)
+        with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+            fc.conv2d_backward(np.ones_like(x), x, w, padding=1, groups=32)
+            fc.conv2d(x, w, padding=1, groups=32)
+        assert ways == expected, (batch, ways)
+    with (fc.use_backend("numba"), numba_cpu.prefer_way("grouped"),
+          numba_cpu.trace_ways() as ways):
+        y = fc.conv2d(x, w, padding=1, groups=32)
+    assert ways == ["grouped"]
+    with fc.use_backend("numpy"):
+        assert_close(y, fc.conv2d(x, w, padding=1, groups=32), np.float32, "forward")
+
+
 def test_single_thread_path(rng, monkeypatch):
     """One task: the call runs in the caller's thread with BLAS's own threads."""
     monkeypatch.setattr(_numba_tasks, "TASK_BYTES", 1 << 30)

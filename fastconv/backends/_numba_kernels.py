@@ -7,6 +7,7 @@
   the bias gradient, the finiteness check;
 - :mod:`._numba_kvector`: the direct convolution vectorised over output channels;
 - :mod:`._numba_depthwise`: depthwise convolutions vectorised over channels;
+- :mod:`._numba_grouped`: grouped convolutions vectorised over groups;
 - :mod:`._numba_pooling`, :mod:`._numba_packing` (im2col / col2im),
   :mod:`._numba_winograd_kernels`, :mod:`._numba_lane_kernels`, :mod:`._numba_elementwise`.
 
@@ -40,6 +41,16 @@ from ._numba_direct import (  # noqa: F401
     _transposed_as_conv_weights,
 )
 from ._numba_elementwise import _sigmoid_backward, _sigmoid_forward_f32  # noqa: F401
+from ._numba_grouped import (  # noqa: F401
+    GROUPED_FILTERS,
+    GROUPED_POSITIONS,
+    _conv_forward_grouped,
+    _conv_weight_grad_grouped,
+    _grad_groups_last,
+    _group_weights,
+    _groups_last_padded,
+    group_vector,
+)
 from ._numba_kvector import (  # noqa: F401
     KVECTOR_POSITIONS,
     _channels_last_padded,

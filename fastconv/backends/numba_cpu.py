@@ -1,6 +1,6 @@
 """Numba CPU backend: the eight primitives of the reference backend, fast.
 
-Seven ways to convolve, chosen per call (each primitive's ``*_ways`` lists them in the order
+Eight ways to convolve, chosen per call (each primitive's ``*_ways`` lists them in the order
 its rules prefer; the first that is exact for the operands' NaN and Inf is taken):
 
 - batch lanes for many small images with few channels at stride 1 (:mod:`._numba_lanes`);
@@ -13,6 +13,8 @@ its rules prefer; the first that is exact for the operands' NaN and Inf is taken
   does not take them), weight gradients of few positions (:mod:`._numba_kvector`);
 - depthwise convolutions on small planes vectorised over channels (``depthwise``), forward,
   stride-1 transposed and weight gradient (:mod:`._numba_depthwise`);
+- grouped convolutions vectorised over groups (``grouped``): weight gradients, and the forward
+  and stride-1 transposed of deep groups at training batches (:mod:`._numba_grouped`);
 - Winograd F(4x4, 3x3) for 3x3 kernels at stride 1 with enough channels and tiles, forward
   and stride-1 transposed (:mod:`._numba_winograd`);
 - packing (im2col / col2im) plus BLAS for the other GEMM-shaped convolutions
@@ -75,7 +77,7 @@ def _direct_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 
 
 # Every way this backend has, in the order `fastconv bench --ways` lists them.
-WAYS = ("lanes", "blocked", "kvector", "depthwise", "winograd", "gemm", "direct")
+WAYS = ("lanes", "blocked", "kvector", "depthwise", "grouped", "winograd", "gemm", "direct")
 
 # Ways whose arithmetic mixes neighbouring values (Winograd's transforms): one NaN or Inf
 # operand spreads over a whole tile, or meets another as inf - inf, where PyTorch's sums give
@@ -322,6 +324,129 @@ def _depthwise_weight_grad(x, gy, stride, pad, dilation, kernel):
     return np.ascontiguousarray(partial.sum(axis=0)[:, :c_n].T).reshape(c_n, 1, *kernel)
 
 
+# Where grouped convolutions are computed vectorised over groups (`grouped`,
+# :mod:`._numba_grouped`; CPUs with AVX-512), each way forced and timed on ResNeXt-50's grouped
+# layers (32 groups of 4 to 32 channels, float32) and a RegNet-like one (29 groups of 8):
+# groups that fill at least GROUPED_MIN_FILL of the vectors of groups (16 groups float32, 8
+# float64: 12 groups and more, one vector; empty lanes are computed too), and at least
+# GROUPED_MIN_FILTERS filters per group (with fewer, the block's zero filters are); then
+# - weight gradients always: 32 groups of 16 at 14x14, batch 16, 3.9 against 11.6 ms packing
+#   + BLAS; at batch 1 0.38 against 1.4 ms (`kvector`); 32 groups of 4 at 56x56, batch 16,
+#   15.8 against 18.3 ms direct;
+# - forward and stride-1 transposed from GROUPED_MIN_DEPTH channels x taps per group and
+#   GROUPED_MIN_MACS multiply-adds: 32 groups of 16 at 14x14, batch 16, 3.5 / 4.0 against
+#   6.2 / 5.3 ms `blocked`; 32 of 32 at stride 2, batch 4, 1.7 against 2.1 ms. The blocked
+#   kernel keeps fewer channels per group (8 x 9 taps, batch 16: 4.5 against 6.2 ms) and
+#   single images (32 of 16 at batch 1: 0.28 against 0.34 ms), where the copies in and out of
+#   the groups-last layout cost more than the sums.
+GROUPED = True
+GROUPED_MIN_FILL = 0.75
+GROUPED_MIN_FILTERS = 4
+GROUPED_MIN_DEPTH = 128
+GROUPED_MIN_MACS = 1 << 25
+
+
+def _grouped_fits(groups, cg, kg, itemsize):
+    """Whether ``grouped`` can take the call by the rules above (``None``: it cannot compute
+    it, one group, or no AVX-512)."""
+    if groups == 1 or not (GROUPED and lanes.WIDE_VECTORS):
+        return None
+    vec = K.group_vector(itemsize)
+    return (groups >= GROUPED_MIN_FILL * -(-groups // vec) * vec
+            and kg >= GROUPED_MIN_FILTERS and not (cg == 1 and kg == 1))
+
+
+def _grouped_forward_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize):
+    """Whether ``grouped`` takes a convolution (forward, or stride-1 transposed) by the rules
+    above (``None``: it cannot compute it)."""
+    fits = _grouped_fits(groups, cg, kg, itemsize)
+    taps = math.prod(kernel)
+    return fits and (cg * taps >= GROUPED_MIN_DEPTH
+                     and n_batch * math.prod(out_size) * groups * kg * cg * taps
+                     >= GROUPED_MIN_MACS)
+
+
+def _unaligned_width(width, itemsize):
+    """``width`` elements, one 64-byte vector more where they are a multiple of 512 bytes: rows
+    a power of two apart fall into a fraction of the L1 cache's sets (with the copy per vector
+    of groups, the gradient's copy for ResNeXt's 32 x 32 filters at 7x7, batch 16: 1.0 -> 0.3
+    ms)."""
+    return width + (64 // itemsize if width * itemsize % 512 == 0 else 0)
+
+
+def _grouped_input(x, pad, groups, stride, dilation, kernel, out_size):
+    """``x`` copied groups last (:func:`K._groups_last_padded`), padded to what ``out_size``
+    positions read, 64-byte aligned, with a register block's worth of channel vectors of
+    zeros past its end (a block of six channels past a group's last, in the weight gradient,
+    reads and drops them)."""
+    n_b, c_in = x.shape[:2]
+    vec = K.group_vector(x.itemsize)
+    extent = _read_extent(kernel, stride, dilation, out_size)
+    width = _unaligned_width(c_in // groups * vec, x.itemsize)
+    size = -(-groups // vec) * n_b * math.prod(extent) * width
+    flat = tasks.aligned_empty(size + K.GROUPED_POSITIONS * vec, x.dtype)
+    flat[size:] = 0
+    return K._groups_last_padded(x, pad, groups,
+                                 flat[:size].reshape(-(-groups // vec), n_b, *extent, width))
+
+
+def _grouped_conv(x, w, bias, stride, pad, dilation, groups, out_size, transposed=False):
+    """:func:`K._conv_forward_grouped` on a groups-last copy of ``x``, in chunks of positions
+    that give every thread four tasks. With ``transposed``, ``w`` is a transposed
+    convolution's weights, computed at stride 1 as a convolution (:func:`_as_conv`) whose
+    flipped kernel the copy of the weights makes."""
+    n_b, kernel = x.shape[0], w.shape[2:]
+    cg, kg = (w.shape[0] // groups, w.shape[1]) if transposed else (w.shape[1],
+                                                                     w.shape[0] // groups)
+    taps, vec, f_n = math.prod(kernel), K.group_vector(x.itemsize), K.GROUPED_FILTERS
+    gblocks, kblocks = -(-groups // vec), -(-kg // f_n)
+    xp = _grouped_input(x, pad, groups, stride, dilation, kernel, out_size)
+    wg = K._group_weights(np.ascontiguousarray(w).reshape(w.shape[0], w.shape[1], taps),
+                          groups, transposed,
+                          tasks.aligned_empty(gblocks * kblocks * taps * cg * f_n * vec,
+                                              x.dtype).reshape(gblocks, kblocks, taps, cg,
+                                                               f_n, vec))
+    bias_g = np.zeros((gblocks * vec, kblocks * f_n), x.dtype)
+    if bias is not None:
+        bias_g[:groups, :kg] = np.asarray(bias, dtype=x.dtype).reshape(groups, kg)
+    # (gblocks, kblocks, F, vec), as the weights' filters
+    bias_g = np.ascontiguousarray(bias_g.reshape(gblocks, vec, kblocks, f_n)
+                                  .transpose(0, 2, 3, 1)).reshape(-1)
+    total = n_b * math.prod(out_size)
+    chunks = max(-(-4 * numba.get_num_threads() // (gblocks * kblocks)),
+                 -(-total // KVECTOR_CHUNK))
+    step = K.GROUPED_POSITIONS
+    chunk = -(-total // chunks // step) * step  # a multiple of the register block
+    c_block = max(1, KVECTOR_WEIGHT_ELEMS // (taps * f_n * vec))
+    y = np.empty((n_b, kg * groups, *out_size), dtype=x.dtype)
+    return K._conv_forward_grouped(xp, wg, bias_g, stride, dilation, kernel, groups, kg,
+                                   out_size, chunk, c_block, y)
+
+
+def _grouped_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
+    """:func:`K._conv_weight_grad_grouped` on groups-last copies of ``x`` and ``gy``, the
+    channels split in as many parts as give every thread two tasks."""
+    n_b, c_in = x.shape[:2]
+    k_out, out_size = gy.shape[1], gy.shape[2:]
+    cg, kg, taps = c_in // groups, k_out // groups, math.prod(kernel)
+    vec, f_n = K.group_vector(x.itemsize), K.GROUPED_FILTERS
+    gblocks, kblocks = -(-groups // vec), -(-kg // f_n)
+    xp = _grouped_input(x, pad, groups, stride, dilation, kernel, out_size)
+    width = _unaligned_width(kblocks * f_n * vec, x.itemsize)
+    gyg = K._grad_groups_last(gy, groups, kg,
+                              tasks.aligned_empty(gblocks * n_b * math.prod(out_size) * width,
+                                                  x.dtype).reshape(gblocks, -1, width))
+    cblocks = -(-cg // K.GROUPED_POSITIONS)
+    sums_bytes = taps * cblocks * K.GROUPED_POSITIONS * f_n * vec * x.itemsize
+    parts = min(cblocks, max(-(-KVECTOR_GRAD_TASKS * numba.get_num_threads()
+                                 // (gblocks * kblocks)),
+                             -(-sums_bytes // KVECTOR_GRAD_SUMS_BYTES)))
+    gw = np.empty((k_out, cg, taps), dtype=x.dtype)
+    K._conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg, out_size,
+                                KVECTOR_GRAD_CHUNK, parts, gw)
+    return gw.reshape(k_out, cg, *kernel)
+
+
 def _all_true(kernel, calls):
     """Whether ``kernel(*args)`` holds for every ``args`` in ``calls``, run on the task pool
     (serial GIL-free checks: a parallel Numba kernel left its threads spinning into the BLAS
@@ -348,7 +473,9 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
     ``lanes``, ``kvector`` or ``blocked``, ``winograd``, ``gemm``, then always ``direct``."""
     k_out, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
     depthwise_fits = _depthwise_fits(k_out, cg, k_out // groups, out_size)
-    ways = ["depthwise"] if depthwise_fits else []
+    grouped_fits = _grouped_forward_fits(x_shape[0], groups, cg, k_out // groups, kernel,
+                                         out_size, itemsize)
+    ways = ["depthwise"] if depthwise_fits else ["grouped"] if grouped_fits else []
     # one input channel: on 256-bit loops the banded direct kernel wins (LeNet c1 forward 1.7
     # vs 2.0 ms lanes, whose copies in and out are as large as the work there), on 512-bit
     # vectors lanes do (2.9 vs 2.2 ms, median of 60, one run)
@@ -371,7 +498,8 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
         ways.append("gemm")
     return _listed(ways, ["blocked", *_kvector_capable(), *_winograd_capable(kernel, stride),
                           *(["gemm"] if cg > 1 else []),
-                          *(["depthwise"] if depthwise_fits is not None else [])])
+                          *(["depthwise"] if depthwise_fits is not None else []),
+                          *(["grouped"] if grouped_fits is not None else [])])
 
 
 def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize, large):
@@ -416,8 +544,7 @@ _trace = None
 @contextlib.contextmanager
 def trace_ways():
     """Within the block, the list yielded collects the way each convolution primitive took
-    (``"lanes"``, ``"blocked"``, ``"winograd"``, ``"gemm"``, ``"direct"``, ``"exact"``), in
-    call order."""
+    (one of :data:`WAYS`, or ``"exact"``), in call order."""
     global _trace
     saved, _trace = _trace, []
     try:
@@ -482,6 +609,8 @@ def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
         return _kvector_conv(x, w, bias, stride, pad_lo, dilation, groups, out_size)
     if way == "depthwise":
         return _depthwise_conv(x, w, bias, stride, pad_lo, dilation, out_size)
+    if way == "grouped":
+        return _grouped_conv(x, w, bias, stride, pad_lo, dilation, groups, out_size)
     if way == "gemm":
         return gemm.conv_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups, out_size)
     return _direct_conv(x, w, bias, stride, pad_lo, dilation, groups, out_size)
@@ -495,7 +624,9 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
     c_in, cog, kernel = x_shape[1], w_shape[1], w_shape[2:]
     stride_one = all(s == 1 for s in stride)
     depthwise_fits = stride_one and _depthwise_fits(c_in, c_in // groups, cog, out_size)
-    ways = ["depthwise"] if depthwise_fits else []
+    grouped_fits = stride_one and _grouped_forward_fits(x_shape[0], groups, c_in // groups,
+                                                        cog, kernel, out_size, itemsize)
+    ways = ["depthwise"] if depthwise_fits else ["grouped"] if grouped_fits else []
     if (stride_one and c_in > 1
             and lanes.lanes_fit(x_shape, cog * groups, kernel, stride,
                                 _as_conv_padding(kernel, pad_lo, dilation), dilation, groups,
@@ -520,7 +651,8 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
     if gemm.transposed_worthwhile(c_in // groups, cog, kernel):
         ways.append("gemm")
     capable = (["blocked", *_kvector_capable(), *_winograd_capable(kernel, stride),
-                *(["depthwise"] if depthwise_fits is not None else [])]
+                *(["depthwise"] if depthwise_fits is not None else []),
+                *(["grouped"] if grouped_fits is not None else [])]
                if stride_one else [])
     return _listed(ways, [*capable, *(["gemm"] if c_in // groups > 1 or cog > 1 else [])])
 
@@ -546,6 +678,10 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bia
         return _depthwise_conv(x, w, bias, (1, 1, 1), _as_conv_padding(w.shape[2:], pad_lo,
                                                                        dilation),
                                dilation, out_size, transposed=True)
+    if way == "grouped":
+        return _grouped_conv(x, w, bias, (1, 1, 1), _as_conv_padding(w.shape[2:], pad_lo,
+                                                                     dilation),
+                             dilation, groups, out_size, transposed=True)
     if way == "gemm":
         return gemm.conv_transpose_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups,
                                                 out_size)
@@ -599,7 +735,8 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
     or Inf, whatever the shapes.)"""
     cg, kg = x_shape[1] // groups, gy_shape[1] // groups
     depthwise_fits = _depthwise_fits(x_shape[1], cg, kg, gy_shape[2:])
-    ways = ["depthwise"] if depthwise_fits else []
+    grouped_fits = _grouped_fits(groups, cg, kg, itemsize)
+    ways = ["depthwise"] if depthwise_fits else ["grouped"] if grouped_fits else []
     if lanes.lanes_fit(x_shape, gy_shape[1], kernel, stride, pad_lo, dilation, groups,
                        gy_shape[2:]):
         ways.append("lanes")
@@ -613,7 +750,8 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
     if gemm.weight_grad_worthwhile(kg, cg, kernel):
         ways.append("gemm")
     return _listed(ways, [*_kvector_capable(), "gemm",
-                          *(["depthwise"] if depthwise_fits is not None else [])])
+                          *(["depthwise"] if depthwise_fits is not None else []),
+                          *(["grouped"] if grouped_fits is not None else [])])
 
 
 @_serialised
@@ -643,6 +781,8 @@ def _weight_grad_by(way, x, gy, stride, pad_lo, dilation, groups, kernel):
         return _kvector_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel)
     if way == "depthwise":
         return _depthwise_weight_grad(x, gy, stride, pad_lo, dilation, kernel)
+    if way == "grouped":
+        return _grouped_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel)
     if way == "gemm":
         return gemm.conv_weight_grad_gemm(x, gy, stride, pad_lo, dilation, groups, kernel)
     return K._conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel)

@@ -1,0 +1,321 @@
+"""Grouped convolutions vectorised over groups (``grouped``): the vector runs across one
+512-bit vector's worth of groups (16 float32 or 8 float64), each lane its own group, so groups
+of any size fill whole vectors: ResNeXt's 32 groups of 4 to 32 channels, where vectors of
+filters (:mod:`._numba_kvector`) would hold mostly zero filters and vectors of positions
+(the ``blocked`` kernel) short sums.
+
+The input is copied padded with its channels last in the order (channel within the group,
+group), so that a channel of a vector of groups is one vector load; the weights in the same
+order per filter. The register block is six output positions x four filters of the group, each
+a vector of groups: per step of the sum (one channel at one tap) six input vectors and four
+weight vectors meet in 24 fused multiply-adds, lane by lane, no broadcast. The weight gradient
+runs the same block over (six channels x four filters) per tap, its sums over every position
+of the batch.
+
+Any stride, dilation, padding and 1-D to 3-D shape is the same loop: an output position is
+an offset into the copy, a tap another offset (:func:`._numba_kvector._tap_offset`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
+from ._numba_band import _jit
+from ._numba_kvector import (
+    _fma_row,
+    _load_block,
+    _position_start,
+    _store_block,
+    _tap_offset,
+)
+from ._numba_simd import VECTOR_BYTES, _vload
+
+# The register block: output positions (or, in the weight gradient, input channels) x
+# filters, each entry one vector of groups.
+GROUPED_POSITIONS = 6
+GROUPED_FILTERS = 4
+# Positions per task of the gradient's copy (one cache line of each filter's plane).
+_TILE = 16
+
+
+def group_vector(itemsize):
+    """Groups per vector: one 512-bit vector's worth."""
+    return VECTOR_BYTES // itemsize
+
+
+@njit(**_jit)
+def _groups_last_padded(x, pad, groups, xp):
+    """``x`` ``(N, C, D, H, W)`` into ``xp`` ``(gblocks, N, Dp, Hp, Wp, width)``, ``width``
+    at least ``cg * vec``: per vector of groups, channel ``c`` of its group ``lane`` at
+    ``c * vec + lane``, shifted by ``pad`` along each spatial axis; zeros outside ``x``,
+    past the last group and past ``cg * vec``."""
+    n_b, c_n, d_n, h_n, w_n = x.shape
+    gblocks, _, dp_n, hp_n, wp_n, width = xp.shape
+    vec = VECTOR_BYTES // x.itemsize
+    cg = c_n // groups
+    xf = x.reshape(x.size)
+    for task in prange(gblocks * n_b * dp_n * hp_n):
+        hp = task % hp_n
+        dp = (task // hp_n) % dp_n
+        n = (task // (hp_n * dp_n)) % n_b
+        gb = task // (hp_n * dp_n * n_b)
+        row = xp[gb, n, dp, hp].reshape(wp_n * width)
+        row[:] = 0
+        d, h = dp - pad[0], hp - pad[1]
+        if not (0 <= d < d_n and 0 <= h < h_n):
+            continue
+        w_lo, w_hi = max(0, pad[2]), min(wp_n, w_n + pad[2])
+        for lane in range(min(vec, groups - gb * vec)):
+            for c in range(cg):
+                src = ((((n * c_n + (gb * vec + lane) * cg + c) * d_n + d) * h_n + h) * w_n
+                       - pad[2])
+                at = c * vec + lane
+                for wp in range(w_lo, w_hi):
+                    row[np.uintp(wp * width + at)] = xf[np.uintp(src + wp)]
+    return xp
+
+
+@njit(**_jit)
+def _group_weights(w, groups, transposed, wg):
+    """The convolution's weights into ``wg`` ``(gblocks, kblocks, taps, cg, F, vec)``: per
+    vector of groups and block of ``F`` filters, by tap and channel, the ``F`` filters' vectors
+    of groups (zeros past the last group and filter).
+
+    ``w`` is a convolution's ``(groups * kg, cg, taps)``, or with ``transposed`` a transposed
+    convolution's ``(groups * cg, kg, taps)``, read as the convolution it is at stride 1: the
+    kernel flipped and the two channel axes swapped per group."""
+    gblocks, kblocks, taps, cg, f_n, vec = wg.shape
+    kg = w.shape[1] if transposed else w.shape[0] // groups
+    wf = w.reshape(w.size)
+    for task in prange(gblocks * kblocks):
+        gb, kblock = task // kblocks, task % kblocks
+        block = wg[gb, kblock].reshape(taps * cg * f_n * vec)
+        block[:] = 0
+        for lane in range(min(vec, groups - gb * vec)):
+            g = gb * vec + lane
+            for f in range(min(f_n, kg - kblock * f_n)):
+                k = kblock * f_n + f
+                for c in range(cg):
+                    for t in range(taps):
+                        if transposed:
+                            src = ((g * cg + c) * kg + k) * taps + taps - 1 - t
+                        else:
+                            src = ((g * kg + k) * cg + c) * taps + t
+                        block[((t * cg + c) * f_n + f) * vec + lane] = wf[src]
+    return wg
+
+
+@njit(**_jit)
+def _conv_forward_grouped(xp, wg, bias, stride, dilation, kernel, groups, kg, out_size, chunk,
+                          c_block, y):
+    """Convolution of the groups-last copy ``xp`` (:func:`_groups_last_padded`) with the
+    weights ``wg`` (:func:`_group_weights`) into ``y`` ``(N, groups * kg, OD, OH, OW)``;
+    ``bias`` as ``wg``'s ``(gblocks, kblocks, F, vec)`` filters.
+
+    A task is one vector of groups, one block of filters and ``chunk`` positions of the batch.
+    Per output element the sum starts at the bias and runs over blocks of ``c_block`` channels
+    of the group, in each over taps, then channels; the sums kept in a buffer between blocks.
+    """
+    n_b = xp.shape[1]
+    shape = xp.shape[1:]  # one vector of groups' copy
+    gblocks, kblocks, taps, cg, f_n, vec = wg.shape
+    kb = f_n * vec
+    positions = out_size[0] * out_size[1] * out_size[2]
+    total = n_b * positions
+    chunks = (total + chunk - 1) // chunk
+    k_out = groups * kg
+    xf, wf, yf = xp.reshape(xp.size), wg.reshape(wg.size), y.reshape(y.size)
+    for task in prange(gblocks * kblocks * chunks):
+        p_lo = (task % chunks) * chunk
+        kblock = (task // chunks) % kblocks
+        gb = task // (chunks * kblocks)
+        p_hi = min(total, p_lo + chunk)
+        last = p_hi - 1
+        tap_at = np.empty(taps, dtype=np.int64)
+        for tap in range(taps):
+            tap_at[tap] = _tap_offset(tap, kernel, dilation, shape)
+        sums = np.empty((chunk + GROUPED_POSITIONS) * kb, dtype=y.dtype)
+        at = (gb * kblocks + kblock) * kb
+        for p in range(chunk + GROUPED_POSITIONS):  # every sum starts at its filter's bias
+            sums[p * kb:(p + 1) * kb] = bias[at:at + kb]
+        w_task = (gb * kblocks + kblock) * taps * cg * kb
+        # where each position of the chunk starts reading (the last repeated past the end)
+        starts = np.empty(p_hi - p_lo + GROUPED_POSITIONS, dtype=np.int64)
+        for p in range(p_lo, p_lo + starts.size):
+            starts[p - p_lo] = _position_start(min(p, last), gb * xp[0].size, stride,
+                                               out_size, shape)
+        for c0 in range(0, cg, c_block):
+            for p0 in range(p_lo, p_hi, GROUPED_POSITIONS):
+                a = (p0 - p_lo) * kb
+                q0 = starts[p0 - p_lo + 0]
+                q1 = starts[p0 - p_lo + 1]
+                q2 = starts[p0 - p_lo + 2]
+                q3 = starts[p0 - p_lo + 3]
+                q4 = starts[p0 - p_lo + 4]
+                q5 = starts[p0 - p_lo + 5]
+                (s00, s01, s02, s03,
+                 s10, s11, s12, s13,
+                 s20, s21, s22, s23,
+                 s30, s31, s32, s33,
+                 s40, s41, s42, s43,
+                 s50, s51, s52, s53) = _load_block(sums, a, vec)
+                for tap in range(taps):
+                    w_tap = w_task + tap * cg * kb
+                    for c in range(c0, min(cg, c0 + c_block)):
+                        o = tap_at[tap] + c * vec
+                        wi = w_tap + c * kb
+                        w0, w1 = _vload(wf, wi), _vload(wf, wi + vec)
+                        w2, w3 = _vload(wf, wi + 2 * vec), _vload(wf, wi + 3 * vec)
+                        s00, s01, s02, s03 = _fma_row(_vload(xf, q0 + o), w0, w1, w2, w3,
+                                                      s00, s01, s02, s03)
+                        s10, s11, s12, s13 = _fma_row(_vload(xf, q1 + o), w0, w1, w2, w3,
+                                                      s10, s11, s12, s13)
+                        s20, s21, s22, s23 = _fma_row(_vload(xf, q2 + o), w0, w1, w2, w3,
+                                                      s20, s21, s22, s23)
+                        s30, s31, s32, s33 = _fma_row(_vload(xf, q3 + o), w0, w1, w2, w3,
+                                                      s30, s31, s32, s33)
+                        s40, s41, s42, s43 = _fma_row(_vload(xf, q4 + o), w0, w1, w2, w3,
+                                                      s40, s41, s42, s43)
+                        s50, s51, s52, s53 = _fma_row(_vload(xf, q5 + o), w0, w1, w2, w3,
+                                                      s50, s51, s52, s53)
+                _store_block(sums, a, vec, s00, s01, s02, s03,
+                             s10, s11, s12, s13,
+                             s20, s21, s22, s23,
+                             s30, s31, s32, s33,
+                             s40, s41, s42, s43,
+                             s50, s51, s52, s53)
+        # out filter by filter (contiguous rows of each output plane), image by image
+        p = p_lo
+        while p < p_hi:
+            n = p // positions
+            end = min(p_hi, (n + 1) * positions)
+            for lane in range(min(vec, groups - gb * vec)):
+                for f in range(min(f_n, kg - kblock * f_n)):
+                    k = (gb * vec + lane) * kg + kblock * f_n + f
+                    dst = (n * k_out + k) * positions - n * positions
+                    for q in range(p, end):
+                        yf[np.uintp(dst + q)] = sums[np.uintp((q - p_lo) * kb + f * vec + lane)]
+            p = end
+    return y
+
+
+@njit(**_jit)
+def _grad_groups_last(gy, groups, kg, gyg):
+    """``gy`` ``(N, groups * kg, OD, OH, OW)`` into ``gyg`` ``(gblocks, N * positions,
+    width)``, ``width`` at least ``kg`` rounded up to whole blocks of ``F`` filters times
+    ``vec``: per vector of groups and position, filter ``k`` of group ``lane`` at
+    ``k * vec + lane`` (zeros past the last group and filter)."""
+    n_b, k_out = gy.shape[:2]
+    positions = gy.size // max(1, n_b * k_out)
+    gblocks, _, width = gyg.shape
+    vec = VECTOR_BYTES // gy.itemsize
+    gf = gy.reshape(gy.size)
+    tiles = (positions + _TILE - 1) // _TILE
+    for task in prange(n_b * gblocks * tiles):
+        p0 = (task % tiles) * _TILE
+        gb = (task // tiles) % gblocks
+        n = task // (tiles * gblocks)
+        p1 = min(positions, p0 + _TILE)
+        rows = gyg[gb, n * positions:(n + 1) * positions].reshape(positions * width)
+        lanes = min(vec, groups - gb * vec)
+        if lanes < vec or kg * vec < width:  # zero filters or groups past the last
+            for p in range(p0, p1):
+                rows[p * width:(p + 1) * width] = 0
+        # a tile of positions at a time: its rows stay in the L1 cache while every filter's
+        # values are scattered into them (a filter's whole plane at a time: 2.1 -> 0.7 ms)
+        for lane in range(lanes):
+            for k in range(kg):
+                src = (n * k_out + (gb * vec + lane) * kg + k) * positions
+                dst = k * vec + lane
+                for p in range(p0, p1):
+                    rows[np.uintp(dst + p * width)] = gf[np.uintp(src + p)]
+    return gyg
+
+
+@njit(**_jit)
+def _conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg, out_size,
+                              chunk, parts, gw):
+    """The weight gradient ``gw`` ``(groups * kg, cg, taps)`` from the groups-last copy ``xp``
+    of the input (:func:`_groups_last_padded`; at least ``GROUPED_POSITIONS`` vectors
+    readable past its last position) and ``gyg`` (:func:`_grad_groups_last`).
+
+    A task is one vector of groups, one block of filters and one of ``parts`` ranges of
+    channels: its sums (six channels x four filters, each a vector of groups, in registers)
+    run over every position of the batch in order, in chunks of ``chunk`` positions whose
+    gradient vectors stay in the L1 cache while every tap and block of channels reads them.
+    """
+    taps = kernel[0] * kernel[1] * kernel[2]
+    shape = xp.shape[1:]  # one vector of groups' copy
+    total = xp.shape[1] * out_size[0] * out_size[1] * out_size[2]
+    gblocks, _, width = gyg.shape
+    vec = VECTOR_BYTES // xp.itemsize
+    f_n = GROUPED_FILTERS
+    kb = f_n * vec
+    kblocks = (kg + f_n - 1) // f_n
+    cblocks = (cg + GROUPED_POSITIONS - 1) // GROUPED_POSITIONS
+    xf = xp.reshape(xp.size)
+    gf = gyg.reshape(gyg.size)
+    gwf = gw.reshape(gw.size)
+    per_part = (cblocks + parts - 1) // parts
+    for task in prange(gblocks * kblocks * parts):
+        part = task % parts
+        kblock = (task // parts) % kblocks
+        gb = task // (parts * kblocks)
+        cb0, cb1 = part * per_part, min(cblocks, (part + 1) * per_part)
+        starts = np.empty(chunk, dtype=np.int64)
+        tap_at = np.empty(taps, dtype=np.int64)
+        for tap in range(taps):
+            tap_at[tap] = _tap_offset(tap, kernel, dilation, shape)
+        # per tap, the part's channels x F filters, each a vector of groups
+        tap_sums = (cb1 - cb0) * GROUPED_POSITIONS * kb
+        sums = np.zeros(max(1, taps * tap_sums), dtype=xp.dtype)
+        g_at = gb * total * width + kblock * kb
+        for q0 in range(0, total, chunk):
+            q1 = min(total, q0 + chunk)
+            for q in range(q0, q1):
+                starts[q - q0] = _position_start(q, gb * xp[0].size, stride, out_size,
+                                                 shape)
+            for cblock in range(cb0, cb1):
+                for tap in range(taps):
+                    c0 = cblock * GROUPED_POSITIONS * vec + tap_at[tap]
+                    a = tap * tap_sums + (cblock - cb0) * GROUPED_POSITIONS * kb
+                    (s00, s01, s02, s03,
+                     s10, s11, s12, s13,
+                     s20, s21, s22, s23,
+                     s30, s31, s32, s33,
+                     s40, s41, s42, s43,
+                     s50, s51, s52, s53) = _load_block(sums, a, vec)
+                    for q in range(q0, q1):
+                        o = starts[q - q0] + c0
+                        gi = q * width + g_at
+                        g0, g1 = _vload(gf, gi), _vload(gf, gi + vec)
+                        g2, g3 = _vload(gf, gi + 2 * vec), _vload(gf, gi + 3 * vec)
+                        s00, s01, s02, s03 = _fma_row(_vload(xf, o), g0, g1, g2, g3,
+                                                      s00, s01, s02, s03)
+                        s10, s11, s12, s13 = _fma_row(_vload(xf, o + vec), g0, g1, g2, g3,
+                                                      s10, s11, s12, s13)
+                        s20, s21, s22, s23 = _fma_row(_vload(xf, o + 2 * vec), g0, g1, g2,
+                                                      g3, s20, s21, s22, s23)
+                        s30, s31, s32, s33 = _fma_row(_vload(xf, o + 3 * vec), g0, g1, g2,
+                                                      g3, s30, s31, s32, s33)
+                        s40, s41, s42, s43 = _fma_row(_vload(xf, o + 4 * vec), g0, g1, g2,
+                                                      g3, s40, s41, s42, s43)
+                        s50, s51, s52, s53 = _fma_row(_vload(xf, o + 5 * vec), g0, g1, g2,
+                                                      g3, s50, s51, s52, s53)
+                    _store_block(sums, a, vec, s00, s01, s02, s03,
+                                 s10, s11, s12, s13,
+                                 s20, s21, s22, s23,
+                                 s30, s31, s32, s33,
+                                 s40, s41, s42, s43,
+                                 s50, s51, s52, s53)
+        for lane in range(min(vec, groups - gb * vec)):
+            for f in range(min(f_n, kg - kblock * f_n)):
+                k = (gb * vec + lane) * kg + kblock * f_n + f
+                for c in range(cb0 * GROUPED_POSITIONS, min(cg, cb1 * GROUPED_POSITIONS)):
+                    for tap in range(taps):
+                        gwf[(k * cg + c) * taps + tap] = sums[
+                            tap * tap_sums + (c - cb0 * GROUPED_POSITIONS) * kb + f * vec
+                            + lane]
+    return gw
