@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
 from ._numba_kvector import _tap_offset
-from ._numba_simd import VECTOR_BYTES, _vfma, _vload, _vsplat, _vstore
+from ._numba_simd import VECTOR_BYTES, _vector_scratch, _vfma, _vload, _vsplat, _vstore
 
 # contract: fused multiply-adds (one rounding each); NaN and Inf as without it
 _jit = {"cache": True, "parallel": True, "nogil": True, "fastmath": {"contract"}}
@@ -83,8 +83,8 @@ def _depthwise_forward(x, wt, bias, stride, pad, dilation, kernel, extent, y):
     for task in prange(n_b * cblocks):
         n, c0 = task // cblocks, (task % cblocks) * vec
         c_count = min(vec, c_n - c0)
-        xs = np.empty(extent[0] * extent[1] * extent[2] * vec, dtype=x.dtype)
-        sums = np.empty(positions * vec, dtype=x.dtype)
+        xs = _vector_scratch(extent[0] * extent[1] * extent[2] * vec, x)
+        sums = _vector_scratch(positions * vec, x)
         _to_scratch(xf, n, c0, c_count, c_n, x.shape[2:], pad, extent, vec, xs)
         tap_at = np.empty(taps, dtype=np.int64)
         for tap in range(taps):
@@ -120,8 +120,8 @@ def _depthwise_weight_grad(x, gy, stride, pad, dilation, kernel, extent, partial
     for task in prange(n_b * cblocks):
         n, c0 = task // cblocks, (task % cblocks) * vec
         c_count = min(vec, c_n - c0)
-        xs = np.empty(extent[0] * extent[1] * extent[2] * vec, dtype=x.dtype)
-        gs = np.empty(positions * vec, dtype=x.dtype)
+        xs = _vector_scratch(extent[0] * extent[1] * extent[2] * vec, x)
+        gs = _vector_scratch(positions * vec, x)
         _to_scratch(xf, n, c0, c_count, c_n, x.shape[2:], pad, extent, vec, xs)
         _to_scratch(gf, n, c0, c_count, c_n, out_size, no_pad, out_size, vec, gs)
         sums = partial[n].reshape(taps * partial.shape[2])

@@ -30,7 +30,7 @@ from ._numba_kvector import (
     _store_block,
     _tap_offset,
 )
-from ._numba_simd import VECTOR_BYTES, _vload
+from ._numba_simd import VECTOR_BYTES, _vector_scratch, _vload
 
 # The register block: output positions (or, in the weight gradient, input channels) x
 # filters, each entry one vector of groups.
@@ -136,7 +136,7 @@ def _conv_forward_grouped(xp, wg, bias, stride, dilation, kernel, groups, kg, ou
         tap_at = np.empty(taps, dtype=np.int64)
         for tap in range(taps):
             tap_at[tap] = _tap_offset(tap, kernel, dilation, shape)
-        sums = np.empty((chunk + GROUPED_POSITIONS) * kb, dtype=y.dtype)
+        sums = _vector_scratch((chunk + GROUPED_POSITIONS) * kb, y)
         at = (gb * kblocks + kblock) * kb
         for p in range(chunk + GROUPED_POSITIONS):  # every sum starts at its filter's bias
             sums[p * kb:(p + 1) * kb] = bias[at:at + kb]
@@ -270,7 +270,8 @@ def _conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg,
             tap_at[tap] = _tap_offset(tap, kernel, dilation, shape)
         # per tap, the part's channels x F filters, each a vector of groups
         tap_sums = (cb1 - cb0) * GROUPED_POSITIONS * kb
-        sums = np.zeros(max(1, taps * tap_sums), dtype=xp.dtype)
+        sums = _vector_scratch(max(1, taps * tap_sums), xp)
+        sums[:] = 0
         g_at = gb * total * width + kblock * kb
         for q0 in range(0, total, chunk):
             q1 = min(total, q0 + chunk)

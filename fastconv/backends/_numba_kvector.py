@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
 from ._numba_band import _jit
-from ._numba_simd import VECTOR_BYTES, _vfma, _vload, _vstore
+from ._numba_simd import VECTOR_BYTES, _vector_scratch, _vfma, _vload, _vstore
 
 # Output positions held in registers per block (times four vectors of output channels: 24 of
 # the 32 vector registers; with twelve positions x two vectors, the twelve input addresses
@@ -212,7 +212,7 @@ def _conv_forward_kvector(xp, wb, bias, stride, dilation, kernel, kg, out_size, 
         tap_at = np.empty(taps, dtype=np.int64)
         for tap in range(taps):
             tap_at[tap] = _tap_offset(tap, kernel, dilation, xp.shape)
-        sums = np.empty((chunk + KVECTOR_POSITIONS) * kb, dtype=y.dtype)
+        sums = _vector_scratch((chunk + KVECTOR_POSITIONS) * kb, y)
         at = (g * kblocks + kblock) * kb
         for p in range(chunk + KVECTOR_POSITIONS):  # every sum starts at its filter's bias
             sums[p * kb:(p + 1) * kb] = bias[at:at + kb]
@@ -330,7 +330,8 @@ def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks
         starts = np.empty(chunk, dtype=np.int64)
         # per tap, the part's channels x kb filters
         tap_sums = (cb1 - cb0) * KVECTOR_POSITIONS * kb
-        sums = np.zeros(max(1, taps * tap_sums), dtype=xp.dtype)
+        sums = _vector_scratch(max(1, taps * tap_sums), xp)
+        sums[:] = 0
         g_at = (g * kblocks + kblock) * kb
         for q0 in range(0, total, chunk):
             q1 = min(total, q0 + chunk)

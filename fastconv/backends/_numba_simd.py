@@ -4,7 +4,9 @@ splat and fuse multiply-adds (Numba's own loops stay 256 bits wide on AVX-512 CP
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
+from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic, models, register_model
 
@@ -102,3 +104,14 @@ def _vfma(typingctx, a, vector, acc):
         return builder.call(fma, [factor, args[1], args[2]])
 
     return vector(a, vector, acc), codegen
+
+
+@njit(cache=True, inline="always")
+def _vector_scratch(size, like):
+    """``size`` elements of ``like``'s type for a kernel's scratch, starting on a 64-byte
+    boundary (Numba's arrays start on 32: every other vector load then straddles two cache
+    lines)."""
+    count = VECTOR_BYTES // like.itemsize
+    raw = np.empty(size + count, dtype=like.dtype)
+    start = (-(raw.ctypes.data % VECTOR_BYTES) // like.itemsize) % count
+    return raw[start:start + size]

@@ -235,7 +235,8 @@ def _kvector_conv(x, w, bias, stride, pad, dilation, groups, out_size, transpose
     xp = _kvector_input(x, pad, stride, dilation, kernel, out_size)
     wb = K._weights_in_blocks(np.ascontiguousarray(w).reshape(w.shape[0], w.shape[1], taps),
                               groups, transposed,
-                              np.empty((groups, kblocks, taps, cg, kb), x.dtype))
+                              tasks.aligned_empty(groups * kblocks * taps * cg * kb, x.dtype)
+                              .reshape(groups, kblocks, taps, cg, kb))
     bias_b = np.zeros((groups, kblocks * kb), x.dtype)
     if bias is not None:
         bias_b[:, :kg] = np.asarray(bias, dtype=x.dtype).reshape(groups, kg)
@@ -260,8 +261,8 @@ def _kvector_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
     kblocks = -(-kg // kb)
     xp = _kvector_input(x, pad, stride, dilation, kernel, out_size)
     gyc = K._grad_channels_last(gy, groups, kblocks, kb,
-                                np.empty(n_b * math.prod(out_size) * groups * kblocks * kb,
-                                         x.dtype))
+                                tasks.aligned_empty(n_b * math.prod(out_size) * groups
+                                                    * kblocks * kb, x.dtype))
     cblocks = -(-cg // K.KVECTOR_POSITIONS)
     sums_bytes = taps * cblocks * K.KVECTOR_POSITIONS * kb * x.itemsize
     parts = min(cblocks, max(-(-KVECTOR_GRAD_TASKS * numba.get_num_threads()
@@ -302,7 +303,8 @@ def _depthwise_conv(x, w, bias, stride, pad, dilation, out_size, transposed=Fals
     c_n, kernel = x.shape[1], w.shape[2:]
     taps, vec = math.prod(kernel), depthwise.channel_vector(x.itemsize)
     c_pad = -(-c_n // vec) * vec
-    wt = np.zeros((taps, c_pad), x.dtype)
+    wt = tasks.aligned_empty(taps * c_pad, x.dtype).reshape(taps, c_pad)
+    wt[:, c_n:] = 0
     w2 = np.asarray(w).reshape(c_n, taps)
     wt[:, :c_n] = (w2[:, ::-1] if transposed else w2).T
     bias_p = np.zeros(c_pad, x.dtype)
@@ -317,7 +319,8 @@ def _depthwise_weight_grad(x, gy, stride, pad, dilation, kernel):
     """:func:`K._depthwise_weight_grad`'s sums per image, added image by image."""
     n_b, c_n = x.shape[:2]
     taps, vec = math.prod(kernel), depthwise.channel_vector(x.itemsize)
-    partial = np.empty((n_b, taps, -(-c_n // vec) * vec), x.dtype)
+    c_pad = -(-c_n // vec) * vec
+    partial = tasks.aligned_empty(n_b * taps * c_pad, x.dtype).reshape(n_b, taps, c_pad)
     K._depthwise_weight_grad(x, gy, stride, pad, dilation, kernel,
                              _read_extent(kernel, stride, dilation, gy.shape[2:]),
                              partial)
