@@ -24,6 +24,8 @@ from numba import njit, prange
 from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
 from ._numba_band import _jit
 from ._numba_kvector import (
+    KVECTOR_POSITIONS,
+    KVECTOR_VECTORS,
     _fma_row,
     _load_block,
     _position_start,
@@ -33,9 +35,10 @@ from ._numba_kvector import (
 from ._numba_simd import VECTOR_BYTES, _vector_scratch, _vload
 
 # The register block: output positions (or, in the weight gradient, input channels) x
-# filters, each entry one vector of groups.
-GROUPED_POSITIONS = 6
-GROUPED_FILTERS = 4
+# filters, each entry one vector of groups; kvector's block shape, whose loads and stores
+# (_load_block, _store_block) it shares.
+GROUPED_POSITIONS = KVECTOR_POSITIONS
+GROUPED_FILTERS = KVECTOR_VECTORS
 # Positions per task of the gradient's copy (one cache line of each filter's plane).
 _TILE = 16
 

@@ -208,6 +208,24 @@ def _read_extent(kernel, stride, dilation, out_size):
                  for o, s, k, d in zip(out_size, stride, kernel, dilation))
 
 
+def _position_chunk(total, blocks):
+    """Positions per task of the vectorised direct kernels (``kvector``, ``grouped``) over
+    ``total`` positions and ``blocks`` blocks of filters: chunks of at most KVECTOR_CHUNK that
+    give every thread four tasks, each a multiple of the register block."""
+    chunks = max(-(-4 * numba.get_num_threads() // blocks), -(-total // KVECTOR_CHUNK))
+    step = K.KVECTOR_POSITIONS
+    return -(-total // chunks // step) * step
+
+
+def _channel_parts(cblocks, blocks, sums_bytes):
+    """Ranges of ``cblocks`` blocks of channels per block of filters in the vectorised weight
+    gradients: enough for KVECTOR_GRAD_TASKS tasks per thread over ``blocks`` blocks of
+    filters, and for each task's ``sums_bytes / parts`` to stay within
+    KVECTOR_GRAD_SUMS_BYTES."""
+    return min(cblocks, max(-(-KVECTOR_GRAD_TASKS * numba.get_num_threads() // blocks),
+                            -(-sums_bytes // KVECTOR_GRAD_SUMS_BYTES)))
+
+
 def _kvector_input(x, pad, stride, dilation, kernel, out_size):
     """``x`` copied channels last, padded to what ``out_size`` positions read, with
     ``KVECTOR_POSITIONS`` zeros past its end (a block of six channels past a group's last, in
@@ -240,11 +258,7 @@ def _kvector_conv(x, w, bias, stride, pad, dilation, groups, out_size, transpose
     bias_b = np.zeros((groups, kblocks * kb), x.dtype)
     if bias is not None:
         bias_b[:, :kg] = np.asarray(bias, dtype=x.dtype).reshape(groups, kg)
-    total = n_b * math.prod(out_size)
-    chunks = max(-(-4 * numba.get_num_threads() // (groups * kblocks)),
-                 -(-total // KVECTOR_CHUNK))
-    step = K.KVECTOR_POSITIONS
-    chunk = -(-total // chunks // step) * step  # a multiple of the register block
+    chunk = _position_chunk(n_b * math.prod(out_size), groups * kblocks)
     c_block = max(1, KVECTOR_WEIGHT_ELEMS // (taps * kb))
     y = np.empty((n_b, k_out, *out_size), dtype=x.dtype)
     return K._conv_forward_kvector(xp, wb, bias_b.reshape(-1), stride, dilation, kernel, kg,
@@ -265,9 +279,7 @@ def _kvector_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
                                                     * kblocks * kb, x.dtype))
     cblocks = -(-cg // K.KVECTOR_POSITIONS)
     sums_bytes = taps * cblocks * K.KVECTOR_POSITIONS * kb * x.itemsize
-    parts = min(cblocks, max(-(-KVECTOR_GRAD_TASKS * numba.get_num_threads()
-                                 // (groups * kblocks)),
-                             -(-sums_bytes // KVECTOR_GRAD_SUMS_BYTES)))
+    parts = _channel_parts(cblocks, groups * kblocks, sums_bytes)
     gw = np.empty((k_out, cg, taps), dtype=x.dtype)
     K._conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks, cg, kg,
                                 out_size, KVECTOR_GRAD_CHUNK, parts, gw)
@@ -415,11 +427,7 @@ def _grouped_conv(x, w, bias, stride, pad, dilation, groups, out_size, transpose
     # (gblocks, kblocks, F, vec), as the weights' filters
     bias_g = np.ascontiguousarray(bias_g.reshape(gblocks, vec, kblocks, f_n)
                                   .transpose(0, 2, 3, 1)).reshape(-1)
-    total = n_b * math.prod(out_size)
-    chunks = max(-(-4 * numba.get_num_threads() // (gblocks * kblocks)),
-                 -(-total // KVECTOR_CHUNK))
-    step = K.GROUPED_POSITIONS
-    chunk = -(-total // chunks // step) * step  # a multiple of the register block
+    chunk = _position_chunk(n_b * math.prod(out_size), gblocks * kblocks)
     c_block = max(1, KVECTOR_WEIGHT_ELEMS // (taps * f_n * vec))
     y = np.empty((n_b, kg * groups, *out_size), dtype=x.dtype)
     return K._conv_forward_grouped(xp, wg, bias_g, stride, dilation, kernel, groups, kg,
@@ -441,9 +449,7 @@ def _grouped_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
                                                   x.dtype).reshape(gblocks, -1, width))
     cblocks = -(-cg // K.GROUPED_POSITIONS)
     sums_bytes = taps * cblocks * K.GROUPED_POSITIONS * f_n * vec * x.itemsize
-    parts = min(cblocks, max(-(-KVECTOR_GRAD_TASKS * numba.get_num_threads()
-                                 // (gblocks * kblocks)),
-                             -(-sums_bytes // KVECTOR_GRAD_SUMS_BYTES)))
+    parts = _channel_parts(cblocks, gblocks * kblocks, sums_bytes)
     gw = np.empty((k_out, cg, taps), dtype=x.dtype)
     K._conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg, out_size,
                                 KVECTOR_GRAD_CHUNK, parts, gw)
@@ -673,18 +679,17 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bia
     if way == "blocked":
         return _blocked_conv(x, *_as_conv(w, bias, pad_lo, dilation, groups), dilation, groups,
                              out_size)
+    # the ways that read the transposed weights themselves, as a stride-1 convolution's
+    pad_c = _as_conv_padding(w.shape[2:], pad_lo, dilation)
     if way == "kvector":
-        return _kvector_conv(x, w, bias, (1, 1, 1), _as_conv_padding(w.shape[2:], pad_lo,
-                                                                     dilation),
-                             dilation, groups, out_size, transposed=True)
+        return _kvector_conv(x, w, bias, (1, 1, 1), pad_c, dilation, groups, out_size,
+                             transposed=True)
     if way == "depthwise":
-        return _depthwise_conv(x, w, bias, (1, 1, 1), _as_conv_padding(w.shape[2:], pad_lo,
-                                                                       dilation),
-                               dilation, out_size, transposed=True)
+        return _depthwise_conv(x, w, bias, (1, 1, 1), pad_c, dilation, out_size,
+                               transposed=True)
     if way == "grouped":
-        return _grouped_conv(x, w, bias, (1, 1, 1), _as_conv_padding(w.shape[2:], pad_lo,
-                                                                     dilation),
-                             dilation, groups, out_size, transposed=True)
+        return _grouped_conv(x, w, bias, (1, 1, 1), pad_c, dilation, groups, out_size,
+                             transposed=True)
     if way == "gemm":
         return gemm.conv_transpose_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups,
                                                 out_size)
