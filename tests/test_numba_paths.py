@@ -163,7 +163,7 @@ def test_grouped_agrees_with_reference(nd, groups, cg, kg, kw, dtype, rng, monke
     with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
         got = run()
     # the forward, its weight gradient, the transposed forward and its input gradient (a
-    # convolution); the stride-2 input gradient is not one for the grouped kernel
+    # convolution); the stride-2 input gradient goes by phases
     assert ways.count("grouped") >= 4, ways
     for a, e, what in zip(got, expected, ["y", "gx", "gw", "gb", "yt", "gxt", "gwt", "gbt"]):
         assert_close(a, e, dtype, what)
@@ -186,6 +186,48 @@ def test_grouped_rule_and_preference(rng):
     assert ways == ["grouped"]
     with fc.use_backend("numpy"):
         assert_close(y, fc.conv2d(x, w, padding=1, groups=32), np.float32, "forward")
+
+
+PHASE_CASES = [  # (kernel, stride, padding, dilation, output padding) on each axis
+    (3, 2, 1, 1, 1), (1, 2, 0, 1, 0), (2, 2, 0, 1, 0), (4, 2, 1, 1, 0), (5, 3, 2, 1, 2),
+    (3, 2, 3, 1, 0),  # padding past the kernel's reach: phases start inside the input
+    (3, 2, 2, 2, 1),  # dilation and stride share a factor: every other phase has no tap
+    (3, 3, 1, 2, 0), (2, 4, 0, 1, 3),  # phases that no tap reaches: the bias alone
+]
+
+
+@pytest.mark.parametrize("k, s, p, d, op", PHASE_CASES)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_phases_agree_with_reference(k, s, p, d, op, groups, dtype, rng, monkeypatch):
+    """A strided transposed convolution as stride-1 ones per output phase: on one strided and
+    one stride-1 axis, with and without bias, the same numbers as the reference."""
+    force_numba_way("phases", monkeypatch)
+    x = randn(rng, (2, 2 * groups, 5, 4), dtype)
+    w = randn(rng, (2 * groups, 3, k, 2), dtype)
+    kw = {"stride": (s, 1), "padding": (p, 0), "dilation": (d, 1), "output_padding": (op, 0),
+          "groups": groups}
+    for bias in (None, randn(rng, (3 * groups,), dtype)):
+        with fc.use_backend("numpy"):
+            expected = fc.conv_transpose2d(x, w, bias, **kw)
+        with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+            got = fc.conv_transpose2d(x, w, bias, **kw)
+        assert ways == ["phases"]
+        assert_close(got, expected, dtype, "yt")
+
+
+def test_phases_rule():
+    """The phases of a stride-2 input gradient with deep groups go to ``grouped``, so it goes
+    by phases (ResNeXt's layer4.0 at batch 16); ResNet's and a depthwise one keep packing and
+    the direct kernels, and single images packing."""
+    def first(gy_shape, w_shape, groups, in_size):
+        return numba_cpu.conv_transpose_forward_ways(gy_shape, w_shape, (1, 2, 2), (0, 1, 1),
+                                                     (1, 1, 1), groups, in_size, 4)[0]
+
+    grouped = "phases" if numba_cpu._grouped_fits(32, 32, 32, 4) is not None else "gemm"
+    assert first((16, 1024, 1, 7, 7), (1024, 32, 1, 3, 3), 32, (1, 14, 14)) == grouped
+    assert first((1, 1024, 1, 7, 7), (1024, 32, 1, 3, 3), 32, (1, 14, 14)) == "gemm"
+    assert first((16, 128, 1, 28, 28), (128, 64, 1, 3, 3), 1, (1, 56, 56)) == "gemm"
+    assert first((16, 144, 1, 28, 28), (144, 1, 1, 3, 3), 144, (1, 56, 56)) == "direct"
 
 
 def test_single_thread_path(rng, monkeypatch):
@@ -491,3 +533,5 @@ def test_preferred_way_agrees_with_reference(way, nd, kw, dtype, rng):
     if (way in ("blocked", "direct") or (way == "winograd" and k == 3 and stride_one)
             or (way == "kvector" and _numba_lanes.WIDE_VECTORS)):
         assert way in ways  # the forward at least
+    if way == "phases" and not stride_one:
+        assert way in ways  # the input gradient and the transposed forward

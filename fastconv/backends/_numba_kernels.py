@@ -68,7 +68,7 @@ from ._numba_lane_kernels import (  # noqa: F401
     _lanes_padded,
     _to_lanes,
 )
-from ._numba_packing import _bias_array  # noqa: F401
+from ._numba_packing import _bias_array, _put_phase  # noqa: F401
 from ._numba_pooling import (  # noqa: F401
     _avg_pool_backward,
     _avg_pool_forward,

@@ -5,10 +5,10 @@ results.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
-from ._numba_band import _valid_range
+from ._numba_band import _jit, _valid_range
 
 # --------------------------------------------------------------------------- packing for GEMM
 # GEMM-shaped convolutions are packed (im2col) by serial, GIL-free Numba kernels and multiplied
@@ -152,3 +152,36 @@ def _col2im(cols, bias, y, n, c0, c1, in_size, kernel, stride, pad, dilation):
 def _bias_array(bias, dtype):
     """The bias as the kernels take it: contiguous, and empty for none."""
     return np.empty(0, dtype) if bias is None else np.ascontiguousarray(bias)
+
+
+# --------------------------------------------------------------------------- output phases
+# A strided transposed convolution is computed as one stride-1 convolution per output phase
+# (numba_cpu._phases); this kernel puts each phase's result in its place.
+
+
+@njit(**_jit)
+def _put_phase(part, bias, y, start, stride):
+    """``y[:, :, start[0]::stride[0], start[1]::stride[1], start[2]::stride[2]] = part``,
+    one (image, channel) plane per task; an empty ``part`` (a phase no tap reaches) writes
+    the bias there, or zeros."""
+    n_batch, channels = y.shape[0], y.shape[1]
+    od_n, oh_n, ow_n = y.shape[2], y.shape[3], y.shape[4]
+    qd_n = (od_n - start[0] + stride[0] - 1) // stride[0]
+    qh_n = (oh_n - start[1] + stride[1] - 1) // stride[1]
+    qw_n = (ow_n - start[2] + stride[2] - 1) // stride[2]
+    sw = stride[2]
+    pf = part.reshape(part.size)
+    yf = y.reshape(y.size)
+    for plane in prange(n_batch * channels):
+        value = bias[plane % channels] if bias.size else y.dtype.type(0)
+        for qd in range(qd_n):
+            for qh in range(qh_n):
+                src = ((plane * qd_n + qd) * qh_n + qh) * qw_n
+                dst = ((plane * od_n + start[0] + qd * stride[0]) * oh_n
+                       + start[1] + qh * stride[1]) * ow_n + start[2]
+                if pf.size:
+                    for q in range(qw_n):
+                        yf[np.uintp(dst + q * sw)] = pf[np.uintp(src + q)]
+                else:
+                    for q in range(qw_n):
+                        yf[np.uintp(dst + q * sw)] = value

@@ -1,6 +1,6 @@
 """Numba CPU backend: the eight primitives of the reference backend, fast.
 
-Eight ways to convolve, chosen per call (each primitive's ``*_ways`` lists them in the order
+Nine ways to convolve, chosen per call (each primitive's ``*_ways`` lists them in the order
 its rules prefer; the first that is exact for the operands' NaN and Inf is taken):
 
 - batch lanes for many small images with few channels at stride 1 (:mod:`._numba_lanes`);
@@ -15,6 +15,9 @@ its rules prefer; the first that is exact for the operands' NaN and Inf is taken
   stride-1 transposed and weight gradient (:mod:`._numba_depthwise`);
 - grouped convolutions vectorised over groups (``grouped``): weight gradients, and the forward
   and stride-1 transposed of deep groups at training batches (:mod:`._numba_grouped`);
+- strided transposed convolutions (strided input gradients) as one stride-1 transposed
+  convolution per output phase (``phases``, :mod:`._numba_phases`) where those go to
+  ``grouped``;
 - Winograd F(4x4, 3x3) for 3x3 kernels at stride 1 with enough channels and tiles, forward
   and stride-1 transposed (:mod:`._numba_winograd`);
 - packing (im2col / col2im) plus BLAS for the other GEMM-shaped convolutions
@@ -44,6 +47,7 @@ from . import _numba_depthwise as depthwise
 from . import _numba_gemm as gemm
 from . import _numba_kernels as K
 from . import _numba_lanes as lanes
+from . import _numba_phases as phases
 from . import _numba_tasks as tasks
 from . import _numba_winograd as winograd
 from . import reference
@@ -77,7 +81,8 @@ def _direct_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 
 
 # Every way this backend has, in the order `fastconv bench --ways` lists them.
-WAYS = ("lanes", "blocked", "kvector", "depthwise", "grouped", "winograd", "gemm", "direct")
+WAYS = ("lanes", "blocked", "kvector", "depthwise", "grouped", "winograd", "phases", "gemm",
+        "direct")
 
 # Ways whose arithmetic mixes neighbouring values (Winograd's transforms): one NaN or Inf
 # operand spreads over a whole tile, or meets another as inf - inf, where PyTorch's sums give
@@ -348,16 +353,21 @@ def _depthwise_weight_grad(x, gy, stride, pad, dilation, kernel):
 # - weight gradients always: 32 groups of 16 at 14x14, batch 16, 3.9 against 11.6 ms packing
 #   + BLAS; at batch 1 0.38 against 1.4 ms (`kvector`); 32 groups of 4 at 56x56, batch 16,
 #   15.8 against 18.3 ms direct;
-# - forward and stride-1 transposed from GROUPED_MIN_DEPTH channels x taps per group and
-#   GROUPED_MIN_MACS multiply-adds: 32 groups of 16 at 14x14, batch 16, 3.5 / 4.0 against
-#   6.2 / 5.3 ms `blocked`; 32 of 32 at stride 2, batch 4, 1.7 against 2.1 ms. The blocked
-#   kernel keeps fewer channels per group (8 x 9 taps, batch 16: 4.5 against 6.2 ms) and
-#   single images (32 of 16 at batch 1: 0.28 against 0.34 ms), where the copies in and out of
-#   the groups-last layout cost more than the sums.
+# - forward and stride-1 transposed from GROUPED_MIN_DEPTH channels x taps per group, or
+#   GROUPED_MIN_CHANNELS channels per group whatever the kernel, and GROUPED_MIN_MACS
+#   multiply-adds: 32 groups of 16 at 14x14, batch 16, 3.5 / 4.0 against 6.2 / 5.3 ms
+#   `blocked`; 32 of 32 at stride 2, batch 4, 1.7 against 2.1 ms; 32 of 32 at 7x7, batch 16,
+#   1x1 1.3 against 1.8 ms, 2x2 2.0 against 2.6 (the kernels of a strided input gradient's
+#   phases); at 14x14 1x1 even (4.9 / 4.9 / 4.7 gemm), 2x2 7.5 against 10.4. The blocked
+#   kernel keeps fewer channels per group (8 x 9 taps, batch 16: 4.5 against 6.2 ms; 16 x 1x1
+#   1.4 against 1.8, 16 x 2x2 2.0 against 2.3) and single images (32 of 16 at batch 1: 0.28
+#   against 0.34 ms), where the copies in and out of the groups-last layout cost more than
+#   the sums.
 GROUPED = True
 GROUPED_MIN_FILL = 0.75
 GROUPED_MIN_FILTERS = 4
 GROUPED_MIN_DEPTH = 128
+GROUPED_MIN_CHANNELS = 32
 GROUPED_MIN_MACS = 1 << 25
 
 
@@ -376,7 +386,7 @@ def _grouped_forward_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize):
     above (``None``: it cannot compute it)."""
     fits = _grouped_fits(groups, cg, kg, itemsize)
     taps = math.prod(kernel)
-    return fits and (cg * taps >= GROUPED_MIN_DEPTH
+    return fits and ((cg * taps >= GROUPED_MIN_DEPTH or cg >= GROUPED_MIN_CHANNELS)
                      and n_batch * math.prod(out_size) * groups * kg * cg * taps
                      >= GROUPED_MIN_MACS)
 
@@ -562,6 +572,18 @@ def trace_ways():
         _trace = saved
 
 
+@contextlib.contextmanager
+def _untraced():
+    """Within the block, the ways taken are not traced: a way made of calls of other ways
+    (``phases``) is traced once, as itself."""
+    global _trace
+    saved, _trace = _trace, None
+    try:
+        yield
+    finally:
+        _trace = saved
+
+
 def _taken(way):
     if _trace is not None:
         _trace.append(way)
@@ -657,17 +679,24 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
         ways.append("winograd")
     if blocked == "thin":
         ways.append("blocked")
+    if not stride_one and _phases_way(x_shape, w_shape, stride, dilation, groups, out_size,
+                                      itemsize):
+        ways.append("phases")
     if gemm.transposed_worthwhile(c_in // groups, cog, kernel):
         ways.append("gemm")
     capable = (["blocked", *_kvector_capable(), *_winograd_capable(kernel, stride),
                 *(["depthwise"] if depthwise_fits is not None else []),
                 *(["grouped"] if grouped_fits is not None else [])]
-               if stride_one else [])
+               if stride_one else ["phases"])
     return _listed(ways, [*capable, *(["gemm"] if c_in // groups > 1 or cog > 1 else [])])
 
 
 @_serialised
 def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
+    return _transposed(x, w, stride, pad_lo, dilation, groups, out_size, bias)
+
+
+def _transposed(x, w, stride, pad_lo, dilation, groups, out_size, bias):
     way = _first_way(conv_transpose_forward_ways(x.shape, w.shape, stride, pad_lo, dilation,
                                                  groups, out_size, x.itemsize), x, w)
     if way == "lanes":
@@ -690,6 +719,11 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bia
     if way == "grouped":
         return _grouped_conv(x, w, bias, (1, 1, 1), pad_c, dilation, groups, out_size,
                              transposed=True)
+    if way == "phases":  # every phase by the way that takes the largest (see _phases_way)
+        sub_way = _phases_way(x.shape, w.shape, stride, dilation, groups, out_size, x.itemsize)
+        with _untraced(), prefer_way(sub_way):
+            return phases.transposed_by_phases(x, w, bias, stride, pad_lo, dilation, groups,
+                                               out_size, _transposed)
     if way == "gemm":
         return gemm.conv_transpose_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups,
                                                 out_size)
@@ -699,6 +733,27 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bia
     y = np.empty((x.shape[0], w.shape[1] * groups, *out_size), dtype=x.dtype)
     return K._conv_transpose_forward(x, w, K._bias_array(bias, x.dtype), stride, pad_lo,
                                      dilation, groups, out_size, y)
+
+
+# strided transposed convolutions (input gradients of strided convolutions) as one stride-1
+# transposed convolution per output phase, each by the stride-1 rules (_numba_phases)
+# Taken where its largest phase goes to one of PHASES_WAYS by the stride-1 rules, and then
+# every phase by that way: `grouped` (ResNeXt's 32 x 32 at stride 2, batch 16: 19 against 26
+# ms packing + BLAS, whose per-group products are small). Elsewhere the phases' extra passes
+# (each phase copies the input into its way's layout, one pass puts it in place) cost more
+# than packing saves: ResNet-18's 64 -> 128 3x3 at stride 2, batch 16, 15-30 against 10-14 ms
+# (phases by `kvector`), U-Net's 2x2 up-convolutions (`gemm`) 1.3-1.7x slower.
+PHASES_WAYS = ("grouped",)
+
+
+def _phases_way(x_shape, w_shape, stride, dilation, groups, out_size, itemsize):
+    """The way that computes the phases of a strided transposed convolution (that of its
+    largest phase) where the rule above takes ``phases``, else ``None``."""
+    sub_kernel, sub_out, sub_dilation = phases.largest_phase(w_shape[2:], stride, dilation,
+                                                             out_size)
+    way = conv_transpose_forward_ways(x_shape, (*w_shape[:2], *sub_kernel), (1, 1, 1),
+                                      (0, 0, 0), sub_dilation, groups, sub_out, itemsize)[0]
+    return way if way in PHASES_WAYS else None
 
 
 def _as_conv(w, bias, pad_lo, dilation, groups):
