@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
-from fastconv.backends import _numba_lanes, _numba_tasks, numba_cpu
+from fastconv.backends import _numba_gemm, _numba_lanes, _numba_tasks, numba_cpu
 
 CASES = [
     (2, {"padding": 1}),
@@ -515,6 +515,22 @@ def test_pointwise_one_image_in_tasks(size, groups, dtype, rng, monkeypatch):
     with fc.use_backend("numba"):
         for got, e, what in zip(run(), expected, ["y", "gw", "yt"]):
             assert_close(got, e, dtype, what)
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_pointwise_weight_grad_packing_images(pack, dtype, rng, monkeypatch):
+    """A pointwise weight gradient of a batch, a product per image or several images packed
+    into one (few positions per image): the reference's numbers either way."""
+    force_numba_way("gemm", monkeypatch)
+    monkeypatch.setattr(_numba_gemm, "POINTWISE_GRAD_MIN_POSITIONS", 10**9 if pack else 0)
+    x = randn(rng, (5, 8, 3, 4), dtype)
+    w = randn(rng, (12, 4, 1, 1), dtype)
+    gy = randn(rng, (5, 12, 3, 4), dtype)
+    assert _numba_gemm._packs_images(5, 12, 2) == pack
+    with fc.use_backend("numpy"):
+        expected = fc.conv2d_backward(gy, x, w, groups=2)[1]
+    with fc.use_backend("numba"):
+        assert_close(fc.conv2d_backward(gy, x, w, groups=2)[1], expected, dtype, "gw")
 
 
 @pytest.mark.parametrize("way", numba_cpu.WAYS)

@@ -95,6 +95,19 @@ def conv_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_size):
     return y.reshape(n_b, k_out, *out_size)
 
 
+# Below this many positions per image a pointwise weight gradient packs several images into
+# one product (below, as any kernel does): a product per image adds an output-sized partial
+# sum per image over a short sum. ResNet-50's 512 -> 2048 at 7x7, batch 16: 8.8 against 12.1
+# ms per image; at 14x14 (1024 -> 256) per image still wins, 8.2 against 8.8.
+POINTWISE_GRAD_MIN_POSITIONS = 128
+
+
+def _packs_images(n_b, positions, threads):
+    """Whether a pointwise weight gradient packs images (several per task), by the rule
+    above."""
+    return positions < POINTWISE_GRAD_MIN_POSITIONS and n_b > threads
+
+
 def conv_weight_grad_gemm(x, gy, stride, pad, dilation, groups, kernel):
     n_b, c_in = x.shape[:2]
     k_out, out_size = gy.shape[1], gy.shape[2:]
@@ -105,7 +118,7 @@ def conv_weight_grad_gemm(x, gy, stride, pad, dilation, groups, kernel):
     threads = numba.get_num_threads()
     partial = np.zeros((threads, k_out, ck), dtype=x.dtype)  # one sum per thread, fixed order
 
-    if is_pointwise(kernel, stride, pad):
+    if is_pointwise(kernel, stride, pad) and not _packs_images(n_b, rows * ow, threads):
         x3 = x.reshape(n_b, c_in, rows * ow)
 
         def per_image(slot, n, p0, p1, k0, k1):
