@@ -49,6 +49,7 @@ from . import _numba_kernels as K
 from . import _numba_lanes as lanes
 from . import _numba_phases as phases
 from . import _numba_tasks as tasks
+from . import _numba_tuning as tuning
 from . import _numba_winograd as winograd
 from . import reference
 
@@ -620,16 +621,47 @@ def _listed(preferred, capable):
 
 def _first_way(ways, *operands):
     """The first of ``ways`` that gives PyTorch's NaN and Inf for these operands."""
-    for way in _ordered(ways):
+    for way in ways:
         if way not in MIXING or _all_finite(*operands):
-            return _taken(way)
+            return way
     raise AssertionError(f"no way among {ways}")  # pragma: no cover - direct always fits
+
+
+def _computed(key, ways, operands, compute):
+    """``(way, compute(way))`` for the way this call takes: the preferred one
+    (:func:`prefer_way`), else the plan kept for ``key`` where tuning is on (measured on the
+    first call of the shape, :mod:`._numba_tuning`), else the rules' first; each the first
+    after it that is exact for the operands' NaN and Inf (``operands``: those a way in
+    ``MIXING`` reads; empty where the caller checks after the fact)."""
+    ways = _ordered(ways)
+    if _preferred.get() is None and tuning.enabled():
+        way = tuning.planned(key)
+        if way is None:
+            # every way that can compute the call, but the direct kernels only where the
+            # rules choose them (elsewhere up to a hundred times slower)
+            candidates = [w for w in ways if w != "direct"] if ways[0] != "direct" else ways
+            if not (operands and any(w in MIXING for w in candidates)
+                    and not _all_finite(*operands)):
+                return tuning.tune(key, candidates, compute)
+        else:  # the plan first (a way in MIXING still steps aside for NaN or Inf)
+            ways = [way, *(w for w in ways if w != way)]
+    way = _first_way(ways, *operands)
+    return way, compute(way)
 
 
 @_serialised
 def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
-    way = _first_way(conv_forward_ways(x.shape, w.shape, stride, pad_lo, dilation, groups,
-                                       out_size, x.itemsize), x, w)
+    way, y = _computed(
+        ("conv_forward", x.shape, w.shape, stride, pad_lo, dilation, groups, out_size,
+         x.dtype.str, numba.get_num_threads()),
+        conv_forward_ways(x.shape, w.shape, stride, pad_lo, dilation, groups, out_size,
+                          x.itemsize), (x, w),
+        lambda way: _forward_by(way, x, w, stride, pad_lo, dilation, groups, out_size, bias))
+    _taken(way)
+    return y
+
+
+def _forward_by(way, x, w, stride, pad_lo, dilation, groups, out_size, bias):
     if way == "lanes":
         return lanes.conv_forward_lanes(x, w, bias, pad_lo, dilation, out_size)
     if way == "winograd":
@@ -697,8 +729,18 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bia
 
 
 def _transposed(x, w, stride, pad_lo, dilation, groups, out_size, bias):
-    way = _first_way(conv_transpose_forward_ways(x.shape, w.shape, stride, pad_lo, dilation,
-                                                 groups, out_size, x.itemsize), x, w)
+    way, y = _computed(
+        ("conv_transpose_forward", x.shape, w.shape, stride, pad_lo, dilation, groups, out_size,
+         x.dtype.str, numba.get_num_threads()),
+        conv_transpose_forward_ways(x.shape, w.shape, stride, pad_lo, dilation, groups,
+                                    out_size, x.itemsize), (x, w),
+        lambda way: _transposed_by(way, x, w, stride, pad_lo, dilation, groups, out_size,
+                                   bias))
+    _taken(way)
+    return y
+
+
+def _transposed_by(way, x, w, stride, pad_lo, dilation, groups, out_size, bias):
     if way == "lanes":
         w_c, b_c, _, pad_c = _as_conv(w, bias, pad_lo, dilation, groups)
         return lanes.conv_forward_lanes(x, w_c, b_c, pad_c, dilation, out_size)
@@ -819,21 +861,24 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
 
 @_serialised
 def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
-    ways = _ordered(conv_weight_grad_ways(x.shape, gy.shape, stride, pad_lo, dilation, groups,
-                                          kernel, x.itemsize))
-    gw = _weight_grad_by(ways[0], x, gy, stride, pad_lo, dilation, groups, kernel)
+    way, gw = _computed(
+        ("conv_weight_grad", x.shape, gy.shape, stride, pad_lo, dilation, groups, kernel,
+         x.dtype.str, numba.get_num_threads()),
+        conv_weight_grad_ways(x.shape, gy.shape, stride, pad_lo, dilation, groups, kernel,
+                              x.itemsize), (),
+        lambda way: _weight_grad_by(way, x, gy, stride, pad_lo, dilation, groups, kernel))
     # Checked after the fact, on the weight-sized result: a NaN or Inf in x or gy always
     # leaves one in gw (inf times a finite number or zero, inf - inf, NaN), so a finite gw
     # needs no second look, and the operands are read again only when gw is not.
     if np.isfinite(gw).all():
-        _taken(ways[0])
+        _taken(way)
         return gw
     # every way but `exact` multiplies gy by the padding's zeros (0 * inf is NaN); a NaN or
     # Inf in x meets only gy's finite values there
     if not _frame_finite(gy, x.shape[2:], stride, pad_lo, dilation, kernel):
         _taken("exact")
         return K._conv_weight_grad_exact(x, gy, stride, pad_lo, dilation, groups, kernel)
-    _taken(ways[0])
+    _taken(way)
     return gw
 
 

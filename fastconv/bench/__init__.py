@@ -47,6 +47,10 @@ def add_arguments(parser):
     parser.add_argument("--tf32", action="store_true",
                         help="let PyTorch on CUDA compute float32 in TF32 (its default for "
                              "convolutions); without it both sides compute in full float32")
+    parser.add_argument("--tune", action="store_true",
+                        help="let the numba backend time its ways to compute on each shape's "
+                             "first call and keep the fastest (as FASTCONV_TUNE=1 does); the "
+                             "first calls are outside the timings")
     parser.add_argument("--ways", action="store_true",
                         help="also time the numba backend's every way to compute each "
                              "convolution against the way its rules choose")
@@ -162,6 +166,8 @@ def run(args):
                          f"available: {fastconv.available_backends()}")
     dtype = np.dtype(args.dtype)
     threads = _set_threads(args.threads)
+    if args.tune:
+        fastconv.set_tuning(True)
     if "cupy" in backends:  # only PyTorch on CUDA has TF32
         _set_torch_tf32(args.tf32)
     rng = np.random.default_rng(args.seed)
@@ -221,6 +227,7 @@ def run(args):
         meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                 "machine": platform.machine(), "processor": platform.processor(),
                 "dtype": args.dtype, "repeat": args.repeat, "threads": threads,
+                "tuned": bool(args.tune),
                 "backends": backends, "ceilings": ceil, "gpu_ceilings": gpu_ceil,
                 "versions": _versions()}
         report.save_json(args.json, meta, rows, means, started)
