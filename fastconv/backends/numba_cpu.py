@@ -629,12 +629,14 @@ def _first_way(ways, *operands):
 
 def _computed(key, ways, operands, compute):
     """``(way, compute(way))`` for the way this call takes: the preferred one
-    (:func:`prefer_way`), else the plan kept for ``key`` where tuning is on (measured on the
-    first call of the shape, :mod:`._numba_tuning`), else the rules' first; each the first
+    (:func:`prefer_way`), else, where tuning is on, the plan kept for ``key`` and the thread
+    count (measured on the first call of the shape, :mod:`._numba_tuning`), else the rules'
+    first; each the first
     after it that is exact for the operands' NaN and Inf (``operands``: those a way in
     ``MIXING`` reads; empty where the caller checks after the fact)."""
     ways = _ordered(ways)
     if _preferred.get() is None and tuning.enabled():
+        key = (*key, numba.get_num_threads())
         way = tuning.planned(key)
         if way is None:
             # every way that can compute the call, but the direct kernels only where the
@@ -653,7 +655,7 @@ def _computed(key, ways, operands, compute):
 def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
     way, y = _computed(
         ("conv_forward", x.shape, w.shape, stride, pad_lo, dilation, groups, out_size,
-         x.dtype.str, numba.get_num_threads()),
+         x.dtype.str),
         conv_forward_ways(x.shape, w.shape, stride, pad_lo, dilation, groups, out_size,
                           x.itemsize), (x, w),
         lambda way: _forward_by(way, x, w, stride, pad_lo, dilation, groups, out_size, bias))
@@ -731,7 +733,7 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bia
 def _transposed(x, w, stride, pad_lo, dilation, groups, out_size, bias):
     way, y = _computed(
         ("conv_transpose_forward", x.shape, w.shape, stride, pad_lo, dilation, groups, out_size,
-         x.dtype.str, numba.get_num_threads()),
+         x.dtype.str),
         conv_transpose_forward_ways(x.shape, w.shape, stride, pad_lo, dilation, groups,
                                     out_size, x.itemsize), (x, w),
         lambda way: _transposed_by(way, x, w, stride, pad_lo, dilation, groups, out_size,
@@ -863,7 +865,7 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
 def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
     way, gw = _computed(
         ("conv_weight_grad", x.shape, gy.shape, stride, pad_lo, dilation, groups, kernel,
-         x.dtype.str, numba.get_num_threads()),
+         x.dtype.str),
         conv_weight_grad_ways(x.shape, gy.shape, stride, pad_lo, dilation, groups, kernel,
                               x.itemsize), (),
         lambda way: _weight_grad_by(way, x, gy, stride, pad_lo, dilation, groups, kernel))
