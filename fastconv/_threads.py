@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def set_num_threads(n):
-    """Use ``n`` threads in fastconv's CPU kernels (Numba's parallel loops and task pool).
+    """Use ``n`` threads in fastconv's CPU kernels (Numba's parallel loops).
 
     ``n`` is at most ``NUMBA_NUM_THREADS`` (read once, when Numba is imported; it defaults to
     the number of cores). The setting belongs to the calling thread, as in Numba.

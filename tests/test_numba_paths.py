@@ -230,8 +230,20 @@ def test_phases_rule():
     assert first((16, 144, 1, 28, 28), (144, 1, 1, 3, 3), 144, (1, 56, 56)) == "direct"
 
 
+@pytest.mark.parametrize("setting", ["gemm", "winograd"])
+@pytest.mark.parametrize("nd, kw", CASES[:3] + CASES[-2:])
+def test_scipy_blas_from_kernels(setting, nd, kw, dtype, rng, monkeypatch):
+    """The kernels' BLAS where NumPy bundles none: SciPy's ``?gemm`` (32-bit integers)."""
+    from fastconv.backends import _numba_blas
+
+    gemms, integer = _numba_blas._scipy_gemms()
+    monkeypatch.setattr(_numba_blas, "_GEMMS", gemms)
+    monkeypatch.setattr(_numba_blas, "_INTEGER", integer)
+    test_paths_agree_with_reference(setting, nd, kw, dtype, rng, monkeypatch)
+
+
 def test_single_thread_path(rng, monkeypatch):
-    """One task: the call runs in the caller's thread with BLAS's own threads."""
+    """One task: one of Numba's threads runs it."""
     monkeypatch.setattr(_numba_tasks, "TASK_BYTES", 1 << 30)
     x = randn(rng, (1, 4, 9, 9), np.float64)
     w = randn(rng, (6, 4, 3, 3), np.float64)

@@ -291,9 +291,7 @@ def _frame_finite(g, p0, p1, lo, hi):
 def _all_finite(flat, start, stop):
     """Whether every element of ``flat[start:stop]`` is finite. ``v - v`` is 0 for a finite
     ``v`` and NaN otherwise, so the sum of it is 0 exactly when all are finite: a sum that
-    vectorises (reassoc lets it; without ``nnan`` LLVM may not fold ``v - v`` to 0). Serial
-    and GIL-free: the caller runs ranges on its task pool (a parallel Numba kernel here left
-    its threads spinning into the BLAS tasks after it)."""
+    vectorises (reassoc lets it; without ``nnan`` LLVM may not fold ``v - v`` to 0)."""
     if stop <= start:
         return True
     acc = flat[np.uintp(start)] - flat[np.uintp(start)]  # a sum in the array's dtype
@@ -301,6 +299,28 @@ def _all_finite(flat, start, stop):
         v = flat[np.uintp(i)]
         acc += v - v
     return acc == 0
+
+
+@njit(**_jit)
+def _all_finite_parallel(flat, threads):
+    """:func:`_all_finite` over all of ``flat``, a contiguous range per thread."""
+    finite = np.empty(threads, dtype=np.bool_)
+    for part in prange(threads):
+        finite[part] = _all_finite(flat, flat.size * part // threads,
+                                   flat.size * (part + 1) // threads)
+    return finite.all()
+
+
+@njit(**_jit)
+def _frame_finite_parallel(g, lo, hi, threads):
+    """:func:`_frame_finite` over all planes of ``g``, a contiguous range of planes per
+    thread."""
+    planes = g.shape[0]
+    finite = np.empty(threads, dtype=np.bool_)
+    for part in prange(threads):
+        finite[part] = _frame_finite(g, planes * part // threads,
+                                     planes * (part + 1) // threads, lo, hi)
+    return finite.all()
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath={"reassoc"})

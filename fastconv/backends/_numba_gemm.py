@@ -1,7 +1,8 @@
 """Packing + BLAS for the ``numba`` backend's GEMM-shaped convolutions.
 
-Serial, GIL-free Numba kernels pack the operands (im2col / col2im) and BLAS multiplies them, in
-tasks on the pool of :mod:`._numba_tasks`. Pointwise convolutions skip the packing.
+Here the tasks and workspaces are planned; the kernels of :mod:`._numba_gemm_kernels` pack the
+operands (im2col / col2im) and call BLAS on Numba's threads. Pointwise convolutions skip the
+packing.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import math
 import numba
 import numpy as np
 
+from . import _numba_blas as blas
+from . import _numba_gemm_kernels as K
 from . import _numba_tasks as tasks
-from ._numba_packing import _bias_array, _col2im, _im2col, _pack_rows, _unpack_rows
+from ._numba_packing import _bias_array
 
 # Below this much work per output element (out-channels x in-channels x taps per group), the
 # packing costs more than BLAS saves: direct kernels.
@@ -62,36 +65,40 @@ def is_pointwise(kernel, stride, pad):
     return all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not any(pad)
 
 
+def _task_array(task_list, width):
+    return np.array(task_list, dtype=np.int64).reshape(-1, width)
+
+
+def _pointwise(w3, w_transposed, x, bias, groups, y, threads):
+    """:func:`K._pointwise` over :func:`tasks.position_tasks` (``x`` and ``y`` 3-D)."""
+    n_b, positions, k_out = x.shape[0], x.shape[2], y.shape[1]
+    task_list = tasks.position_tasks(n_b, positions, k_out // groups, threads)
+    with tasks.one_blas_thread():
+        K._pointwise(blas.gemm_function(x.dtype), w3, w_transposed, x, _bias_array(bias, x.dtype),
+                     _task_array(task_list, 5), min(threads, len(task_list)), y)
+
+
 def conv_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_size):
     n_b, c_in = x.shape[:2]
     k_out, kernel = w.shape[0], w.shape[2:]
     cg, kg = c_in // groups, k_out // groups
     ck = cg * int(np.prod(kernel))
     rows, ow = out_size[0] * out_size[1], out_size[2]
-    w2 = w.reshape(groups, kg, ck)
+    w3 = np.ascontiguousarray(w).reshape(groups, kg, ck)
     y = np.empty((n_b, k_out, rows * ow), dtype=x.dtype)
     threads = numba.get_num_threads()
     if is_pointwise(kernel, stride, pad):
-        x3 = x.reshape(n_b, c_in, rows * ow)
-
-        def per_image(slot, n, p0, p1, k0, k1):  # output channels k0:k1 of every group
-            for g in range(groups):
-                ks = slice(g * kg + k0, g * kg + k1)
-                np.matmul(w2[g, k0:k1], x3[n, g * cg:(g + 1) * cg, p0:p1], out=y[n, ks, p0:p1])
-                if bias is not None:
-                    y[n, ks, p0:p1] += bias[ks, None]  # while the output is in cache
-
-        tasks.run(tasks.position_tasks(n_b, rows * ow, kg, threads), per_image)
+        _pointwise(w3, False, x.reshape(n_b, c_in, rows * ow), bias, groups, y, threads)
         return y.reshape(n_b, k_out, *out_size)
-    bias = _bias_array(bias, x.dtype)
-
-    def work(slot, n0, n1, r0, r1):
-        cols = tasks.buffer("gemm-cols", slot, (ck, (n1 - n0) * (r1 - r0) * ow), x.dtype)
-        for g in range(groups):
-            _im2col(x, g * cg, cg, kernel, stride, pad, dilation, out_size, n0, n1, r0, r1, cols)
-            _unpack_rows(w2[g] @ cols, bias, y, g * kg, n0, n1, r0 * ow, r1 * ow)
-
-    tasks.run(tasks.image_row_tasks(n_b, rows, ck * ow * x.itemsize, threads), work)
+    task_list = tasks.image_row_tasks(n_b, rows, ck * ow * x.itemsize, threads)
+    span = max(((n1 - n0) * (r1 - r0) * ow for n0, n1, r0, r1 in task_list), default=0)
+    threads = min(threads, len(task_list))
+    with tasks.one_blas_thread():
+        K._packed_forward(blas.gemm_function(x.dtype), x, w3, _bias_array(bias, x.dtype),
+                          tuple(kernel), tuple(stride), tuple(pad), tuple(dilation),
+                          tuple(out_size), _task_array(task_list, 4), threads,
+                          tasks.slot_rows("gemm-cols", threads, ck * span, x.dtype),
+                          tasks.slot_rows("gemm-prod", threads, kg * span, x.dtype), y)
     return y.reshape(n_b, k_out, *out_size)
 
 
@@ -116,29 +123,24 @@ def conv_weight_grad_gemm(x, gy, stride, pad, dilation, groups, kernel):
     rows, ow = out_size[0] * out_size[1], out_size[2]
     gy3 = gy.reshape(n_b, k_out, rows * ow)
     threads = numba.get_num_threads()
-    partial = np.zeros((threads, k_out, ck), dtype=x.dtype)  # one sum per thread, fixed order
-
+    gemm = blas.gemm_function(x.dtype)
     if is_pointwise(kernel, stride, pad) and not _packs_images(n_b, rows * ow, threads):
-        x3 = x.reshape(n_b, c_in, rows * ow)
-
-        def per_image(slot, n, p0, p1, k0, k1):
-            for g in range(groups):
-                partial[slot, g * kg + k0:g * kg + k1] += (
-                    gy3[n, g * kg + k0:g * kg + k1, p0:p1] @ x3[n, g * cg:(g + 1) * cg, p0:p1].T)
-
-        used = tasks.run(tasks.position_tasks(n_b, rows * ow, kg, threads), per_image)
+        task_list = tasks.position_tasks(n_b, rows * ow, kg, threads)
+        used = max(1, min(threads, len(task_list)))
+        partial = np.zeros((used, k_out, ck), dtype=x.dtype)  # one sum per thread, fixed order
+        with tasks.one_blas_thread():
+            K._pointwise_weight_grad(gemm, x.reshape(n_b, c_in, rows * ow), gy3, groups,
+                                     _task_array(task_list, 5), used, partial)
         return tasks.sum_slots(partial, used).reshape(k_out, cg, *kernel)
-
-    def work(slot, n0, n1, r0, r1):
-        span = (n1 - n0) * (r1 - r0) * ow
-        cols = tasks.buffer("gemm-cols", slot, (ck, span), x.dtype)
-        grads = tasks.buffer("gemm-grads", slot, (kg, span), x.dtype)
-        for g in range(groups):
-            _im2col(x, g * cg, cg, kernel, stride, pad, dilation, out_size, n0, n1, r0, r1, cols)
-            _pack_rows(gy3, g * kg, kg, n0, n1, r0 * ow, r1 * ow, grads)
-            partial[slot, g * kg:(g + 1) * kg] += grads @ cols.T
-
-    used = tasks.run(tasks.image_row_tasks(n_b, rows, ck * ow * x.itemsize, threads), work)
+    task_list = tasks.image_row_tasks(n_b, rows, ck * ow * x.itemsize, threads)
+    span = max(((n1 - n0) * (r1 - r0) * ow for n0, n1, r0, r1 in task_list), default=0)
+    used = max(1, min(threads, len(task_list)))
+    partial = np.zeros((used, k_out, ck), dtype=x.dtype)
+    with tasks.one_blas_thread():
+        K._packed_weight_grad(gemm, x, gy3, groups, tuple(kernel), tuple(stride), tuple(pad),
+                              tuple(dilation), tuple(out_size), _task_array(task_list, 4), used,
+                              tasks.slot_rows("gemm-cols", used, ck * span, x.dtype),
+                              tasks.slot_rows("gemm-grads", used, kg * span, x.dtype), partial)
     return tasks.sum_slots(partial, used).reshape(k_out, cg, *kernel)
 
 
@@ -147,33 +149,20 @@ def conv_transpose_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_s
     cig, cog, kernel = c_in // groups, w.shape[1], w.shape[2:]
     taps, in_size = int(np.prod(kernel)), x.shape[2:]
     positions = int(np.prod(in_size))
-    w_t = w.reshape(groups, cig, cog * taps).transpose(0, 2, 1)  # (groups, cog * taps, cig)
+    w3 = np.ascontiguousarray(w).reshape(groups, cig, cog * taps)
     x3 = x.reshape(n_b, c_in, positions)
     y = np.empty((n_b, cog * groups, *out_size), dtype=x.dtype)
+    threads = numba.get_num_threads()
     if is_pointwise(kernel, stride, pad):
-        y3 = y.reshape(n_b, cog * groups, positions)
-
-        def per_image(slot, n, p0, p1, k0, k1):
-            for g in range(groups):
-                ks = slice(g * cog + k0, g * cog + k1)
-                np.matmul(w_t[g, k0:k1], x3[n, g * cig:(g + 1) * cig, p0:p1],
-                          out=y3[n, ks, p0:p1])
-                if bias is not None:
-                    y3[n, ks, p0:p1] += bias[ks, None]
-
-        tasks.run(tasks.position_tasks(n_b, positions, cog, numba.get_num_threads()),
-                  per_image)
+        _pointwise(w3, True, x3, bias, groups, y.reshape(n_b, cog * groups, positions), threads)
         return y
-    bias = _bias_array(bias, x.dtype)
-
-    def work(slot, n, g, c0, c1):
-        cols = tasks.buffer("gemm-cols", slot, ((c1 - c0) * taps, positions), x.dtype)
-        np.matmul(w_t[g, c0 * taps:c1 * taps], x3[n, g * cig:(g + 1) * cig], out=cols)
-        _col2im(cols, bias, y, n, g * cog + c0, g * cog + c1, in_size, kernel, stride, pad,
-                dilation)
-
-    blocks = tasks.split(cog, taps * positions * x.itemsize,
-                         -(-numba.get_num_threads() // (n_b * groups)))
-    tasks.run([(n, g, c0, c1) for n in range(n_b) for g in range(groups) for c0, c1 in blocks],
-              work)
+    blocks = tasks.split(cog, taps * positions * x.itemsize, -(-threads // (n_b * groups)))
+    task_list = [(n, g, c0, c1) for n in range(n_b) for g in range(groups) for c0, c1 in blocks]
+    rows = max((c1 - c0 for c0, c1 in blocks), default=0) * taps
+    threads = min(threads, len(task_list))
+    with tasks.one_blas_thread():
+        K._scattered_transpose(blas.gemm_function(x.dtype), x3, w3, _bias_array(bias, x.dtype),
+                               tuple(in_size), tuple(kernel), tuple(stride), tuple(pad),
+                               tuple(dilation), _task_array(task_list, 4), threads,
+                               tasks.slot_rows("gemm-cols", threads, rows * positions, x.dtype), y)
     return y

@@ -30,14 +30,14 @@ from __future__ import annotations
 
 from ._numba_depthwise import _depthwise_forward, _depthwise_weight_grad  # noqa: F401
 from ._numba_direct import (  # noqa: F401
-    _all_finite,
+    _all_finite_parallel,
     _bias_grad,
     _conv_forward,
     _conv_forward_blocked,
     _conv_transpose_forward,
     _conv_weight_grad,
     _conv_weight_grad_exact,
-    _frame_finite,
+    _frame_finite_parallel,
     _transposed_as_conv_weights,
 )
 from ._numba_elementwise import _sigmoid_backward, _sigmoid_forward_f32  # noqa: F401

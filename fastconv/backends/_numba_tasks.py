@@ -1,20 +1,15 @@
-"""The task pool of the ``numba`` backend's BLAS paths (packing + BLAS, Winograd).
+"""Tasks and workspaces of the ``numba`` backend's BLAS paths (packing + BLAS, Winograd).
 
-BLAS must not be called inside ``prange`` (Numba's and OpenBLAS's thread pools spin against
-each other). Instead a few Python threads run tasks, each owning its outputs, with BLAS at one
-thread per task; the Numba kernels they call are serial and release the GIL.
-
-Also the backend's workspaces: temporaries kept from one call to the next, per thread slot
-(the BLAS paths' and the batch lanes' copies).
+The paths' kernels run a list of tasks on Numba's threads, each task owning its outputs, and
+call BLAS from those threads (:mod:`._numba_blas`) with BLAS held at one thread. Here: how a
+call is cut into tasks, BLAS's thread limit, and the backend's workspaces (temporaries kept
+from one call to the next, per thread: the BLAS paths' and the batch lanes' copies).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
 
 # Bytes of packed or transformed operands per task: small enough to stay in cache and to bound
@@ -23,18 +18,13 @@ TASK_BYTES = 4 << 20
 
 
 @functools.cache
-def _pool():
-    return ThreadPoolExecutor(max_workers=numba.config.NUMBA_NUM_THREADS,
-                              thread_name_prefix="fastconv")
-
-
-@functools.cache
 def _blas_threads():
-    """The loaded BLAS libraries, to run them one thread per task while tasks run in parallel."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - a dependency; without it BLAS keeps its threads
-        return None
+    """The loaded BLAS libraries (NumPy's, and SciPy's that the kernels call), to run them one
+    thread per calling thread while Numba's threads call them."""
+    from threadpoolctl import ThreadpoolController
+
+    from . import _numba_blas  # noqa: F401  (SciPy's BLAS loaded, to be found and limited)
+
     return ThreadpoolController().select(user_api="blas")
 
 
@@ -44,8 +34,7 @@ def one_blas_thread():
     after it returns, taking the cores from the tasks that follow: resnet-3x3's Winograd
     forward took 50-63 ms after a 0.05 ms product (the kernel's transform) on two BLAS
     threads, 28-33 ms after the same product on one (one process, interleaved)."""
-    blas = _blas_threads()
-    return blas.limit(limits=1) if blas is not None else contextlib.nullcontext()
+    return _blas_threads().limit(limits=1)
 
 
 def split(count, item_bytes, threads):
@@ -63,7 +52,7 @@ def split(count, item_bytes, threads):
 def image_row_tasks(n_images, rows, row_bytes, threads):
     """Tasks ``(n0, n1, r0, r1)``: whole images where they fit a task and there are images
     for every thread, else rows of one image (so that a single image keeps every thread
-    busy: BLAS runs one thread per task, see :func:`run`)."""
+    busy: BLAS runs one thread per task)."""
     if rows * row_bytes <= TASK_BYTES and n_images >= threads:
         return [(n0, n1, 0, rows) for n0, n1 in split(n_images, rows * row_bytes, threads)]
     return [(n, n + 1, r0, r1) for n in range(n_images)
@@ -101,34 +90,11 @@ def workspace(role, size, dtype, slot=0):
     return buf[:size]
 
 
-def buffer(role, slot, shape, dtype):
-    """:func:`workspace` shaped ``shape``: a task's temporary in thread ``slot``."""
-    return workspace(role, int(np.prod(shape)), dtype, slot).reshape(shape)
-
-
-def run(tasks, work):
-    """Call ``work(slot, *task)`` for every task; thread ``slot`` takes every slot-th task.
-
-    The assignment is static, so a thread's share, and any sum it keeps, is the same on every
-    run. BLAS runs one thread in each, even for a single task: a BLAS call on several threads
-    leaves them spinning for a while after it returns, and a Numba kernel launched then loses
-    a core (a 0.65 ms blocked convolution took 8 ms after a one-task GEMM on two BLAS
-    threads); callers split their work into enough tasks instead.
-    """
-    threads = min(numba.get_num_threads(), len(tasks))
-    if threads <= 1:
-        with one_blas_thread():
-            for task in tasks:
-                work(0, *task)
-        return max(threads, 1)
-
-    def share(slot):
-        for task in tasks[slot::threads]:
-            work(slot, *task)
-
-    with one_blas_thread():
-        list(_pool().map(share, range(threads)))
-    return threads
+def slot_rows(role, threads, size, dtype):
+    """:func:`workspace` as one row of ``size`` elements per thread (``(threads, size)``), each
+    row starting on its own cache line."""
+    size = -(-size // 16) * 16
+    return workspace(role, threads * size, dtype).reshape(threads, size)
 
 
 # Below this many positions per task a GEMM is too narrow for BLAS: split output channels

@@ -2,9 +2,9 @@
 any kernel depth) and their input gradients (as convolutions).
 
 F(4x4, 3x3) on channels-last copies of the input (:mod:`._numba_winograd_kernels`): 36 GEMMs
-per task, on BLAS in the task pool (:mod:`._numba_tasks`). (A weight gradient by F(2x2, 3x3)
-existed until measured on the zoo suite: packing + BLAS or ``kvector`` beat it on every layer
-it took, by 1.02-1.34x.)
+per task, on BLAS called by the Numba thread that runs the task (:mod:`._numba_blas`). (A
+weight gradient by F(2x2, 3x3) existed until measured on the zoo suite: packing + BLAS or
+``kvector`` beat it on every layer it took, by 1.02-1.34x.)
 """
 
 from __future__ import annotations
@@ -12,13 +12,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import _numba_blas as blas
 from . import _numba_tasks as tasks
-from ._numba_winograd_kernels import (
-    _channels_first,
-    _channels_last,
-    _winograd43_input,
-    _winograd43_output,
-)
+from . import _numba_winograd_kernels as K
 
 # Winograd pays once a GEMM has enough channels on both sides (ResNeXt's 16 channels per
 # group: forward 18.6 ms Winograd, 7.7 ms packing + BLAS at batch 16)
@@ -96,7 +92,7 @@ def _f43_weights(w, groups):
 def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
     """A 3x3 convolution at stride 1 (any dilation, kernel depth, padding) by F(4x4, 3x3),
     channels last. A task is one image, a block of output depth slices and a block of tile
-    rows; its 36 GEMMs per group and output slice run on BLAS in the task pool."""
+    rows; its 36 GEMMs per group and output slice run on BLAS on the task's thread."""
     n_b, c_in = x.shape[:2]
     k_out, kd = w.shape[0], w.shape[2]
     cg, kg = c_in // groups, k_out // groups
@@ -120,28 +116,22 @@ def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
     per_image = -(-numba.get_num_threads() // (n_b * -(-out_size[0] // od_block)))
     row_blocks = [starts[r0:r1] for starts in _tile_starts(out_size[1], dilation[1])
                   for r0, r1 in tasks.split(starts.size, row_bytes, per_image)]
-
-    def work(slot, n, od0, od1, rows):
-        r0 = int(rows[0])
-        hp = (int(rows[-1]) - r0) // step[0] + 6
-        xb = tasks.buffer("winograd-in", slot, (od1 - od0 - 1 + kd, hp, wp, c_in), dtype)
-        _channels_last(x, n, od0 - pad[0], dilation[0], r0, step[0], pad[1], pad[2], xb)
-        n_tiles = rows.size * cols.size
-        v = tasks.buffer("winograd-v", slot, (36, n_tiles, xb.shape[0] * cg), dtype)
-        m = tasks.buffer("winograd-m", slot, (36, n_tiles, kg), dtype)
-        yb = tasks.buffer("winograd-out", slot, (od1 - od0, 4 * rows.size, out_size[2], k_out),
-                          dtype)
-        for g in range(groups):
-            _winograd43_input(xb, (1, step[1]), (rows - r0) // step[0], cols, g * cg, cg,
-                              in_idx, in_coef, v)
-            for od in range(od0, od1):
-                lo = (od - od0) * cg
-                np.matmul(v[:, :, lo:lo + kd * cg], u[g], out=m)
-                _winograd43_output(m, step, rows, cols, out_size[1:], g * kg, out_idx,
-                                   out_coef, yb[od - od0])
-        for od in range(od0, od1):
-            _channels_first(yb[od - od0], rows, step[0], bias, y, n, od)
-
-    tasks.run([(n, od0, min(od0 + od_block, out_size[0]), rows) for n in range(n_b)
-               for od0 in range(0, out_size[0], od_block) for rows in row_blocks], work)
+    bounds = np.cumsum([0] + [rows.size for rows in row_blocks])
+    task_list = [(n, od0, min(od0 + od_block, out_size[0]), s0, s1) for n in range(n_b)
+                 for od0 in range(0, out_size[0], od_block)
+                 for s0, s1 in zip(bounds[:-1], bounds[1:])]
+    threads = min(numba.get_num_threads(), len(task_list))
+    most_rows = max(rows.size for rows in row_blocks)
+    most_tiles = most_rows * cols.size
+    tall = max((int(rows[-1]) - int(rows[0])) // step[0] + 6 for rows in row_blocks)
+    copies = [tasks.slot_rows(role, threads, size, dtype) for role, size in (
+        ("winograd-in", slices * tall * wp * c_in),
+        ("winograd-v", 36 * most_tiles * slices * cg),
+        ("winograd-m", 36 * most_tiles * kg),
+        ("winograd-out", od_block * 4 * most_rows * out_size[2] * k_out))]
+    with tasks.one_blas_thread():
+        K._winograd43(blas.gemm_function(dtype), x, u, bias, tuple(pad), tuple(dilation),
+                      tuple(out_size), np.array(task_list, dtype=np.int64).reshape(-1, 5),
+                      np.concatenate(row_blocks), cols, wp, in_idx, in_coef, out_idx, out_coef,
+                      threads, *copies, y)
     return y

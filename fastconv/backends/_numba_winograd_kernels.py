@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
-from ._numba_band import _valid_range
+from ._numba_band import _jit, _valid_range
+from ._numba_blas import NO_TRANSPOSE, _gemm
 
 # ------------------------------------------------------------------ Winograd forward
 # Winograd F(4x4, 3x3), channels last, for the forward pass. A task copies the input slices it
@@ -178,3 +179,53 @@ def _channels_first(yb, rows, step_h, bias, y, n, od):
                 dst = (((n * k_all + k) * d_out + od) * h_out + oh) * w_out
                 for q in range(w_out):
                     yf[np.uintp(dst + q)] = bf[np.uintp(src + q * k_all + k)] + b
+
+
+@njit(**_jit)
+def _winograd43(blas, x, u, bias, pad, dilation, out_size, tasks, row_starts, cols, wp,
+                in_idx, in_coef, out_idx, out_coef, threads, x_copy, v_copy, m_copy, y_copy, y):
+    """F(4x4, 3x3) over tasks ``(n, od0, od1, s0, s1)``: image ``n``, output depth slices
+    ``od0:od1``, the tiles of rows ``row_starts[s0:s1]`` (of one class modulo the dilation)
+    and columns ``cols`` (copied ``wp`` columns wide). Per group, the input tiles transformed
+    (``v``), then per output slice 36 GEMMs with the transformed weights ``u`` (groups, 36,
+    kd x cg, kg) into ``m``, whose output transform fills a channels-last block of ``y``
+    (``yb``), put back with the bias at the end. The ``*_copy`` arrays hold one workspace row
+    per thread."""
+    c_in = x.shape[1]
+    groups, kdcg, kg = u.shape[0], u.shape[2], u.shape[3]
+    cg = c_in // groups
+    kd = kdcg // cg
+    k_out, w_out = y.shape[1], y.shape[4]
+    step = (dilation[1], dilation[2])
+    uf = u.reshape(u.size)
+    for slot in prange(threads):
+        for t in range(slot, tasks.shape[0], threads):
+            n, od0, od1, s0, s1 = tasks[t, 0], tasks[t, 1], tasks[t, 2], tasks[t, 3], tasks[t, 4]
+            rows = row_starts[s0:s1]
+            r0 = rows[0]
+            hp = (rows[rows.size - 1] - r0) // step[0] + 6
+            slices = od1 - od0 - 1 + kd
+            xb = x_copy[slot][:slices * hp * wp * c_in].reshape((slices, hp, wp, c_in))
+            _channels_last(x, n, od0 - pad[0], dilation[0], r0, step[0], pad[1], pad[2], xb)
+            n_tiles = rows.size * cols.size
+            width = slices * cg
+            v = v_copy[slot][:36 * n_tiles * width].reshape((36, n_tiles, width))
+            m = m_copy[slot][:36 * n_tiles * kg].reshape((36, n_tiles, kg))
+            yb = y_copy[slot][:(od1 - od0) * 4 * rows.size * w_out * k_out].reshape(
+                (od1 - od0, 4 * rows.size, w_out, k_out))
+            vf, mf = v.reshape(v.size), m.reshape(m.size)
+            tile_rows = (rows - r0) // step[0]
+            for g in range(groups):
+                _winograd43_input(xb, (1, step[1]), tile_rows, cols, g * cg, cg, in_idx,
+                                  in_coef, v)
+                for od in range(od0, od1):
+                    lo = (od - od0) * cg
+                    for i in range(36):
+                        _gemm(blas, NO_TRANSPOSE, NO_TRANSPOSE, n_tiles, kg, kd * cg,
+                              vf[i * n_tiles * width + lo:], width,
+                              uf[(g * 36 + i) * kdcg * kg:], kg, 0.0,
+                              mf[i * n_tiles * kg:], kg)
+                    _winograd43_output(m, step, rows, cols, (out_size[1], out_size[2]),
+                                       g * kg, out_idx, out_coef, yb[od - od0])
+            for od in range(od0, od1):
+                _channels_first(yb[od - od0], rows, step[0], bias, y, n, od)

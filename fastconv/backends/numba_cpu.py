@@ -27,9 +27,9 @@ its rules prefer; the first that is exact for the operands' NaN and Inf is taken
   convolutions), and for pooling (:mod:`._numba_direct`, :mod:`._numba_pooling`;
   :mod:`._numba_kernels` names every kernel).
 
-The BLAS paths run as tasks on a few Python threads (:mod:`._numba_tasks`). Either way each
-output element is written by one task in a fixed order: no atomics, and results are bitwise
-repeatable for a fixed thread count.
+The BLAS paths run as tasks on Numba's threads, each calling BLAS itself (:mod:`._numba_tasks`,
+:mod:`._numba_blas`). Either way each output element is written by one task in a fixed order:
+no atomics, and results are bitwise repeatable for a fixed thread count.
 """
 
 from __future__ import annotations
@@ -467,24 +467,10 @@ def _grouped_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
     return gw.reshape(k_out, cg, *kernel)
 
 
-def _all_true(kernel, calls):
-    """Whether ``kernel(*args)`` holds for every ``args`` in ``calls``, run on the task pool
-    (serial GIL-free checks: a parallel Numba kernel left its threads spinning into the BLAS
-    tasks after it)."""
-    results = [True] * len(calls)
-
-    def check(slot, i):
-        results[i] = kernel(*calls[i])
-
-    tasks.run([(i,) for i in range(len(calls))], check)
-    return all(results)
-
-
 def _all_finite(*arrays):
-    """Whether the arrays hold no NaN or Inf: one pass, in ranges on the task pool."""
+    """Whether the arrays hold no NaN or Inf: one parallel pass over each."""
     threads = numba.get_num_threads()
-    return _all_true(K._all_finite, [(f, lo, hi) for f in (a.reshape(-1) for a in arrays)
-                                     for lo, hi in tasks.split(f.size, 0, threads)])
+    return all(K._all_finite_parallel(a.reshape(-1), threads) for a in arrays)
 
 
 def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_size,
@@ -821,7 +807,7 @@ def _as_conv_padding(kernel, pad_lo, dilation):
 def _frame_finite(gy, in_size, stride, pad_lo, dilation, kernel):
     """Whether ``gy`` is finite at every output whose window reaches into the padding (below
     0, or past the input's end for the last tap): only there can it meet the padding's zeros.
-    Reads only that frame, in ranges of planes on the task pool (depthwise 3x3 at 56x56 with
+    Reads only that frame, in ranges of planes per thread (depthwise 3x3 at 56x56 with
     padding 1: two rows and two columns of each plane)."""
     lo, hi = [], []
     for size, o_n, s, p, d, k in zip(in_size, gy.shape[2:], stride, pad_lo, dilation, kernel):
@@ -829,10 +815,8 @@ def _frame_finite(gy, in_size, stride, pad_lo, dilation, kernel):
         hi.append(max(lo[-1], min(o_n, -(-(size + p - d * (k - 1)) // s))))  # last tap out
     if all(a == 0 for a in lo) and tuple(hi) == tuple(gy.shape[2:]):
         return True  # no window reaches the padding
-    planes = gy.reshape(-1, *gy.shape[2:])
-    ranges = tasks.split(planes.shape[0], planes[0].nbytes, numba.get_num_threads())
-    return _all_true(K._frame_finite, [(planes, p0, p1, tuple(lo), tuple(hi))
-                                       for p0, p1 in ranges])
+    return K._frame_finite_parallel(gy.reshape(-1, *gy.shape[2:]), tuple(lo), tuple(hi),
+                                    numba.get_num_threads())
 
 
 def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, kernel,
