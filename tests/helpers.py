@@ -14,7 +14,7 @@ _NO_BLOCKED = {"numba_cpu.BLOCKED": False}
 _ANY_KVECTOR = {"numba_cpu.KVECTOR_MIN_BLOCKS": 0, "numba_cpu.KVECTOR_MIN_DEPTH": 1,
                 "numba_cpu.KVECTOR_MIN_CHANNELS": 1, "numba_cpu.KVECTOR_MIN_POSITIONS": 1,
                 "numba_cpu.KVECTOR_MAX_MACS": 10**18,
-                "numba_cpu.KVECTOR_POINTWISE_MAX_MACS": 10**18, **_NO_WINOGRAD}
+                "numba_cpu.KVECTOR_THIN_IMAGE": 10**18, **_NO_WINOGRAD}
 NUMBA_WAYS = {
     "direct": {"_numba_gemm.GEMM_MIN_WORK": 10**9, **_NO_WINOGRAD, **_NO_BLOCKED},
     "gemm": {"_numba_gemm.GEMM_MIN_WORK": 0, "_numba_gemm.GEMM_MIN_CHANNELS": 0,

@@ -152,9 +152,8 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 # CPUs with AVX-512) are chosen, from the zoo suite's layers, each way forced and timed
 # interleaved (docs/benchmarks.md): forward, stride-1 transposed and weight gradient of calls of
 # at most KVECTOR_MAX_MACS multiply-adds, ahead of `blocked` and Winograd (ResNet-18's layer1
-# to layer3 at batch 1: 0.7-1.3 ms against 1.0-1.4 ms blocked; ResNet-50's 1x1 layers at
-# batch 1: 0.4-0.7 against 0.6-1.3 ms packing + BLAS; weight gradients 1.1-1.9 against
-# 1.2-3.0 ms), given
+# to layer3 at batch 1: 0.7-1.3 ms against 1.0-1.4 ms blocked; weight gradients 1.1-1.9
+# against 1.2-3.0 ms), given
 # - a whole block of filters per group (64 float32, 32 float64: with fewer the zero filler is
 #   computed too; ResNeXt's 4-32 per group lost 1.1-10x) and
 #   KVECTOR_MIN_CHANNELS input channels per group (each channel is one step of the inner loop:
@@ -162,12 +161,14 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 # - at least KVECTOR_MIN_POSITIONS output positions in the batch: the weights are copied into
 #   blocks on every call, which a 7x7 image does not pay for (ResNet-18's 512-channel layer4
 #   at batch 1: 2.1 ms against 1.6 blocked);
-# - for 1x1 kernels, at most KVECTOR_POINTWISE_MAX_MACS: BLAS needs no packing there, and at
-#   larger sizes the copies in and out of the channels-last layout cost more than its GEMM
-#   loses (MobileNetV2's 576 -> 96 projection at batch 16: 10.9 ms against 8.5), except on
-#   images of at most KVECTOR_THIN_IMAGE positions, whose per-image GEMMs are too thin for
-#   BLAS (ResNet-50's 512 -> 2048 at 7x7, batch 16: forward 7.2 against 9.2 ms, input
-#   gradient 6.9 against 9.9; at 14x14, 1024 -> 256: 8.1 against 7.1).
+# - for 1x1 kernels, only images of at most KVECTOR_THIN_IMAGE positions, whose per-image
+#   GEMMs are too thin for BLAS (ResNet-50's 512 -> 2048 at 7x7, batch 16: forward 6.6
+#   against 8.5 ms, input gradient 7.7 against 9.2; at 14x14, 1024 -> 256: 7.4 against 6.4).
+#   Elsewhere BLAS needs no packing, and the copies in and out of the channels-last layout
+#   cost more than its GEMM loses, at batch 1 too since BLAS runs on Numba's threads
+#   (ResNet-50's 1x1 layers at batch 1: forward 0.23-0.78 ms against 0.33-1.02 kvector,
+#   input gradient 0.24-0.80 against 0.37-1.49; MobileNetV2's 576 -> 96 projection at 14x14
+#   even).
 # Larger calls (training batches), once the transposed kernel's flip went into the copy of the
 # weights, each way forced and timed per primitive on the zoo suite:
 # - forward and input gradient at stride 1 where Winograd does not take the call: ResNet-18's
@@ -195,7 +196,6 @@ KVECTOR_MIN_BLOCKS = 1
 KVECTOR_MIN_CHANNELS = 16
 KVECTOR_MIN_DEPTH = 64
 KVECTOR_MIN_POSITIONS = 128
-KVECTOR_POINTWISE_MAX_MACS = 1 << 26
 # Positions of one task's chunk (its sums buffer stays in the L2 cache), and weight elements of
 # one block of input channels (read from the L2 cache by every position of the chunk).
 KVECTOR_CHUNK = 240
@@ -510,12 +510,11 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
 
 def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize, large):
     """Whether ``kvector`` is the way, by the rules above; ``large``: whether it may take the
-    call above KVECTOR_MAX_MACS (KVECTOR_POINTWISE_MAX_MACS for 1x1 kernels)."""
+    call above KVECTOR_MAX_MACS (1x1 kernels: whether it may take it at all)."""
     positions, taps = n_batch * math.prod(out_size), math.prod(kernel)
     macs = positions * groups * kg * cg * taps
     return (_kvector_available() and kg >= KVECTOR_MIN_BLOCKS * K.block_filters(itemsize)
-            and (large
-                 or macs <= (KVECTOR_MAX_MACS if taps > 1 else KVECTOR_POINTWISE_MAX_MACS))
+            and (large or (taps > 1 and macs <= KVECTOR_MAX_MACS))
             and cg >= KVECTOR_MIN_CHANNELS and cg * taps >= KVECTOR_MIN_DEPTH
             and positions >= KVECTOR_MIN_POSITIONS)
 
