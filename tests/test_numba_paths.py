@@ -485,6 +485,9 @@ TRAINING_CHOICES = [
     ((16, 1024, 1, 14, 14), (256, 1024, 1, 1, 1), 1, ("gemm", "gemm", "gemm")),
     ((16, 256, 1, 14, 14), (512, 256, 1, 3, 3), 2, ("gemm", "gemm", "gemm")),
     ((8, 32, 1, 1, 16385), (64, 32, 1, 1, 2), 1, ("blocked", "blocked", "gemm")),
+    ((1, 512, 2, 7, 7), (512, 512, 3, 3, 3), 1, ("blocked", "gemm", "gemm")),  # few positions
+    ((1, 64, 1, 56, 56), (256, 64, 1, 1, 1), 1, ("gemm", "gemm", "gemm")),  # 1x1, batch 1
+    ((1, 1024, 1, 14, 14), (256, 1024, 1, 1, 1), 1, ("gemm", "gemm", "gemm")),
 ]
 
 
@@ -493,7 +496,8 @@ TRAINING_CHOICES = [
 def test_training_batch_choices(x_shape, w_shape, stride, expected):
     """The rules for large calls: kvector at stride 1 where Winograd does not take the call
     (and ahead of it for 3-D kernels), 1x1 kernels on 7x7 images, weight gradients of few
-    positions; Winograd for 2-D kernels on large images; packing + BLAS otherwise."""
+    positions; Winograd for 2-D kernels on large images; the blocked forward for calls of few
+    positions; packing + BLAS otherwise (1x1 kernels at batch 1 too)."""
     pad = tuple((k - 1) // 2 for k in w_shape[2:])
     strides = (1, stride, stride)
     y_shape = fc.conv_output_shape(x_shape, w_shape, stride=strides, padding=pad)

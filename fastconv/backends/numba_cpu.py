@@ -100,10 +100,17 @@ MIXING = frozenset({"winograd"})
 #   groups of few (ResNet-18's 7x7 stem at batch 16 18 vs 31 ms, ResNeXt's 4 channels per
 #   group 4.5 vs 8.9 ms); with more, OpenBLAS's GEMMs run nearer the peak (128 channels x 9
 #   taps at stride 2, batch 16: 22.7 ms blocked, 16.9 ms packed);
+# - or calls of at most BLOCKED_MAX_POSITIONS output positions (images x positions) however
+#   deep, before Winograd: BLAS's products are then too narrow (C3D's conv5a at batch 1, 98
+#   positions, 27 taps of 512 channels: 5.2-5.6 ms blocked, 7.4-7.8 packing + BLAS, PyTorch
+#   6.0-6.2; 1024 channels at 7x7: 5.9 against 7.0; 512 -> 1024 at 7x7, batch 2: 4.6 against
+#   4.8); forward only: the stride-1 transposed convolution lost there (C3D's conv5a input
+#   gradient at batch 1: 11.5 against 9.1 ms; 1024 channels at 7x7: 14.8 against 6.2);
 # - never 1x1 kernels (the sums go to memory after every 16 channels) nor fewer than four
 #   filters per group (a depthwise convolution would compute four times its work).
 BLOCKED = True
 BLOCKED_MAX_MACS = 1 << 28
+BLOCKED_MAX_POSITIONS = 128
 BLOCKED_MAX_DEPTH = 512
 
 # Elements of a band's copy over all of a task's input channels in the blocked direct kernel:
@@ -112,13 +119,16 @@ BLOCKED_MAX_DEPTH = 512
 BLOCKED_BAND_ELEMS = 1 << 17
 
 
-def _blocked_fits(n_batch, cg, kg, kernel, out_size):
+def _blocked_fits(n_batch, cg, kg, kernel, out_size, forward=False):
     """Whether the blocked kernel is the way, by the rules above: ``"small"`` (before
-    Winograd), ``"thin"`` (after it), or ``None``."""
+    Winograd), ``"thin"`` (after it), or ``None``; ``forward``: a forward convolution, not a
+    stride-1 transposed one."""
     taps = math.prod(kernel)
     if not BLOCKED or taps == 1 or kg < 4:
         return None
-    if n_batch * math.prod(out_size) * kg * cg * taps <= BLOCKED_MAX_MACS:
+    positions = n_batch * math.prod(out_size)
+    if (positions * kg * cg * taps <= BLOCKED_MAX_MACS
+            or (forward and positions <= BLOCKED_MAX_POSITIONS)):
         return "small"
     return "thin" if cg * taps <= BLOCKED_MAX_DEPTH else None
 
@@ -489,7 +499,8 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
             and lanes.lanes_fit(x_shape, k_out, kernel, stride, pad_lo, dilation, groups,
                                 out_size)):
         ways.append("lanes")
-    blocked = _blocked_fits(x_shape[0] * groups, cg, k_out // groups, kernel, out_size)
+    blocked = _blocked_fits(x_shape[0] * groups, cg, k_out // groups, kernel, out_size,
+                            forward=True)
     winograd_fits = winograd.fits(kernel, stride, cg, k_out // groups, x_shape[0], out_size)
     if _kvector_fits(x_shape[0], groups, cg, k_out // groups, kernel, out_size, itemsize,
                      _kvector_large(cg, kernel, stride, out_size, winograd_fits)):
