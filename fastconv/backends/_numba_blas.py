@@ -6,8 +6,8 @@ Numba's threads packs its tasks' operands and multiplies them by calling BLAS's 
 ``scipy.linalg.cython_blas``), with BLAS held at one thread
 (:func:`._numba_tasks.one_blas_thread`). BLAS then starts no threads of its own, so nothing spins
 against Numba's pool (the trap of calling a multi-threaded BLAS inside ``prange``), and a call
-costs one launch of Numba's pool: a few microseconds, where a pool of Python threads took 30-100
-(ResNet-50's first 1x1 layer at batch 1 went 0.33 -> 0.14 ms).
+costs one launch of Numba's pool: a few microseconds, where handing tasks to a pool of Python
+threads took 30-100 (ResNet-50's first 1x1 layer at batch 1 went 0.38-0.49 -> 0.23-0.26 ms).
 
 The function is passed to the kernels as an argument, not read as a global: its address
 differs from process to process, and a kernel that embeds it could not be cached on disk.

@@ -65,17 +65,13 @@ def is_pointwise(kernel, stride, pad):
     return all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not any(pad)
 
 
-def _task_array(task_list, width):
-    return np.array(task_list, dtype=np.int64).reshape(-1, width)
-
-
 def _pointwise(w3, w_transposed, x, bias, groups, y, threads):
     """:func:`K._pointwise` over :func:`tasks.position_tasks` (``x`` and ``y`` 3-D)."""
     n_b, positions, k_out = x.shape[0], x.shape[2], y.shape[1]
     task_list = tasks.position_tasks(n_b, positions, k_out // groups, threads)
     with tasks.one_blas_thread():
         K._pointwise(blas.gemm_function(x.dtype), w3, w_transposed, x, _bias_array(bias, x.dtype),
-                     _task_array(task_list, 5), min(threads, len(task_list)), y)
+                     tasks.task_array(task_list), min(threads, len(task_list)), y)
 
 
 def conv_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_size):
@@ -96,7 +92,7 @@ def conv_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_size):
     with tasks.one_blas_thread():
         K._packed_forward(blas.gemm_function(x.dtype), x, w3, _bias_array(bias, x.dtype),
                           tuple(kernel), tuple(stride), tuple(pad), tuple(dilation),
-                          tuple(out_size), _task_array(task_list, 4), threads,
+                          tuple(out_size), tasks.task_array(task_list), threads,
                           tasks.slot_rows("gemm-cols", threads, ck * span, x.dtype),
                           tasks.slot_rows("gemm-prod", threads, kg * span, x.dtype), y)
     return y.reshape(n_b, k_out, *out_size)
@@ -130,7 +126,7 @@ def conv_weight_grad_gemm(x, gy, stride, pad, dilation, groups, kernel):
         partial = np.zeros((used, k_out, ck), dtype=x.dtype)  # one sum per thread, fixed order
         with tasks.one_blas_thread():
             K._pointwise_weight_grad(gemm, x.reshape(n_b, c_in, rows * ow), gy3, groups,
-                                     _task_array(task_list, 5), used, partial)
+                                     tasks.task_array(task_list), used, partial)
         return tasks.sum_slots(partial, used).reshape(k_out, cg, *kernel)
     task_list = tasks.image_row_tasks(n_b, rows, ck * ow * x.itemsize, threads)
     span = max(((n1 - n0) * (r1 - r0) * ow for n0, n1, r0, r1 in task_list), default=0)
@@ -138,7 +134,7 @@ def conv_weight_grad_gemm(x, gy, stride, pad, dilation, groups, kernel):
     partial = np.zeros((used, k_out, ck), dtype=x.dtype)
     with tasks.one_blas_thread():
         K._packed_weight_grad(gemm, x, gy3, groups, tuple(kernel), tuple(stride), tuple(pad),
-                              tuple(dilation), tuple(out_size), _task_array(task_list, 4), used,
+                              tuple(dilation), tuple(out_size), tasks.task_array(task_list), used,
                               tasks.slot_rows("gemm-cols", used, ck * span, x.dtype),
                               tasks.slot_rows("gemm-grads", used, kg * span, x.dtype), partial)
     return tasks.sum_slots(partial, used).reshape(k_out, cg, *kernel)
@@ -163,6 +159,6 @@ def conv_transpose_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_s
     with tasks.one_blas_thread():
         K._scattered_transpose(blas.gemm_function(x.dtype), x3, w3, _bias_array(bias, x.dtype),
                                tuple(in_size), tuple(kernel), tuple(stride), tuple(pad),
-                               tuple(dilation), _task_array(task_list, 4), threads,
+                               tuple(dilation), tasks.task_array(task_list), threads,
                                tasks.slot_rows("gemm-cols", threads, rows * positions, x.dtype), y)
     return y

@@ -19,11 +19,11 @@ TASK_BYTES = 4 << 20
 
 @functools.cache
 def _blas_threads():
-    """The loaded BLAS libraries (NumPy's, and SciPy's that the kernels call), to run them one
+    """The loaded BLAS libraries (NumPy's, and the one the kernels call), to run them one
     thread per calling thread while Numba's threads call them."""
     from threadpoolctl import ThreadpoolController
 
-    from . import _numba_blas  # noqa: F401  (SciPy's BLAS loaded, to be found and limited)
+    from . import _numba_blas  # noqa: F401  (the kernels' BLAS loaded, to be found and limited)
 
     return ThreadpoolController().select(user_api="blas")
 
@@ -88,6 +88,12 @@ def workspace(role, size, dtype, slot=0):
     if buf is None or buf.size < size:
         buf = _workspace[key] = aligned_empty(size, dtype)
     return buf[:size]
+
+
+def task_array(task_list):
+    """Tasks (tuples of ints, one width) as the rows of an int64 array, the kernels' form."""
+    width = len(task_list[0]) if task_list else 0
+    return np.array(task_list, dtype=np.int64).reshape(-1, width)
 
 
 def slot_rows(role, threads, size, dtype):

@@ -131,7 +131,7 @@ def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
         ("winograd-out", od_block * 4 * most_rows * out_size[2] * k_out))]
     with tasks.one_blas_thread():
         K._winograd43(blas.gemm_function(dtype), x, u, bias, tuple(pad), tuple(dilation),
-                      tuple(out_size), np.array(task_list, dtype=np.int64).reshape(-1, 5),
+                      tuple(out_size), tasks.task_array(task_list),
                       np.concatenate(row_blocks), cols, wp, in_idx, in_coef, out_idx, out_coef,
                       threads, *copies, y)
     return y
