@@ -1,8 +1,8 @@
 """Non-zero padding modes (reflect, replicate, circular) and their gradient.
 
 Each mode is an index map per axis: padded position ``j`` reads input position ``source[j]``.
-Padding is then a ``take`` along each axis, and its gradient folds the padded gradient back
-with a one-hot matrix, so both work unchanged on NumPy and CuPy arrays.
+Padding is then a ``take`` along each axis, and its gradient adds each padded slice back into
+the slice it copied, so both work unchanged on NumPy and CuPy arrays.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ def pad(x, padding, mode):
 
 
 def pad_backward(grad_padded, padding, mode):
-    """Gradient of :func:`pad`: every padded position adds into the input position it read."""
+    """Gradient of :func:`pad`: every padded position adds into the input position it read.
+
+    The pads are added one slice at a time (a pad is narrower than the input), so a NaN or an
+    infinity reaches only the position it was copied from, as in PyTorch."""
     xp = _namespace(grad_padded)
     g = grad_padded
     first = g.ndim - len(padding)
@@ -44,10 +47,11 @@ def pad_backward(grad_padded, padding, mode):
         if lo or hi:
             size = g.shape[axis] - lo - hi
             src = source_index(size, lo, hi, mode)
-            fold = np.zeros((src.size, size), dtype=g.dtype)
-            fold[np.arange(src.size), src] = 1
-            moved = xp.moveaxis(g, axis, -1) @ xp.asarray(fold)
-            g = xp.moveaxis(moved, -1, axis)
+            moved = xp.moveaxis(g, axis, 0)
+            folded = moved[lo:lo + size].copy()
+            for j in (*range(lo), *range(lo + size, lo + size + hi)):
+                folded[src[j]] += moved[j]
+            g = xp.moveaxis(folded, 0, axis)
     return xp.ascontiguousarray(g)
 
 

@@ -207,3 +207,27 @@ def test_large_float32_like_torch_onednn(rng):
     for got, e, what in zip(_fastconv_results(case, x, w, gy), expected,
                             ("output", "grad_input", "grad_weight", "grad_bias")):
         _assert_same_nonfinite(got, e, what)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("where", ["input", "grad_output"])
+def test_nonfinite_padding_modes_like_torch(mode, where, backend, dtype, rng):
+    """A padding mode's gradient adds each padded element back into the one it copied: a NaN
+    or an infinity there reaches that element only (a matrix product with a one-hot fold
+    spread it over the whole row)."""
+    x = randn(rng, (2, 3, 7, 8), dtype)
+    w = randn(rng, (4, 3, 3, 3), dtype)
+    pads = ((2, 1), (1, 2))
+    gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, padding=pads), dtype)
+    spoiled = _spoil(x if where == "input" else gy, "mixed", rng)
+    x, gy = (spoiled, gy) if where == "input" else (x, spoiled)
+    tx = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+    tw = torch.tensor(w, dtype=torch.float32, requires_grad=True)
+    padded = torch.nn.functional.pad(tx, (1, 2, 2, 1), mode=mode)
+    ty = torch.nn.functional.conv2d(padded, tw)
+    ty.backward(torch.tensor(gy, dtype=torch.float32))
+    y = fc.conv2d(x, w, padding=pads, padding_mode=mode)
+    gx, gw, _ = fc.conv2d_backward(gy, x, w, padding=pads, padding_mode=mode)
+    for got, want, what in ((y, ty, "output"), (gx, tx.grad, "grad_input"),
+                            (gw, tw.grad, "grad_weight")):
+        _assert_same_nonfinite(got, want.detach().numpy(), what)
