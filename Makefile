@@ -8,7 +8,8 @@ OUT ?= runs/lenet
 .PHONY: test test-gpu demo data lint clean
 
 # Two stamps: the demo needs the package and matplotlib only; the tests add the dev extra
-# (PyTorch as the oracle, pytest, hypothesis, ruff), hundreds of MB the demo never imports.
+# (PyTorch as the oracle, pytest, hypothesis, ruff), hundreds of MB the demo never imports,
+# and the dask extra (Dask and dask.distributed, for the Dask tests' cluster).
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 
@@ -19,7 +20,7 @@ $(DEMO_STAMP): pyproject.toml
 
 $(TEST_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev,plot]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,plot,dask]'
 	touch $@ $(DEMO_STAMP)
 
 # Fashion-MNIST: found already (see fastconv.data), or installed from Debian's package where

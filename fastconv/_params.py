@@ -338,6 +338,23 @@ def pool_spec(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode):
                     lift(dilation, 1), bool(ceil_mode), lift(in_size, 1), lift(out, 1))
 
 
+def avg_pool_spec(fn, nd, x, kernel_size, stride, padding, ceil_mode, divisor_override):
+    """Validate an average pooling call: its spec, and ``divisor_override`` as an int (0 for
+    none)."""
+    spec = pool_spec(fn, nd, x, kernel_size, stride, padding, 1, ceil_mode)
+    if nd == 3:
+        check_avg_pool3d_input(fn, spec)
+    return spec, check_divisor_override(fn, divisor_override)
+
+
+def avg_pool_setup(fn, nd, x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                   count_include_pad=True, divisor_override=None):
+    """An in-memory average pooling's spec and its divisors (see :func:`avg_pool_divisor`)."""
+    spec, override = avg_pool_spec(fn, nd, x, kernel_size, stride, padding, ceil_mode,
+                                   divisor_override)
+    return spec, avg_pool_divisor(spec, count_include_pad, override, x.dtype)
+
+
 def check_avg_pool3d_input(fn, spec: PoolSpec):
     """PyTorch's avg_pool3d (alone among the pooling ops) needs the unpadded input to hold a
     whole kernel; fastconv follows it so that the two accept the same calls."""
@@ -381,11 +398,20 @@ def avg_pool_divisor(spec: PoolSpec, count_include_pad, divisor_override, dtype=
 @functools.lru_cache(maxsize=128)
 def _window_divisor(in_size, kernel, stride, padding, out_size, count_include_pad,
                     divisor_override, dtype):
+    return window_divisor(in_size, kernel, stride, padding, [(0, o) for o in out_size],
+                          count_include_pad, divisor_override, dtype)
+
+
+def window_divisor(in_size, kernel, stride, padding, out_ranges, count_include_pad,
+                   divisor_override, dtype):
+    """The divisors of the output windows ``[o0, o1)`` per axis (``out_ranges``), a NumPy
+    array of ``dtype``: a block of the whole divisor (Dask computes one per block)."""
+    shape = tuple(o1 - o0 for o0, o1 in out_ranges)
     if divisor_override:
-        return np.full(out_size, divisor_override, dtype=dtype)
+        return np.full(shape, divisor_override, dtype=dtype)
     counts = []
-    for size, k, s, p, o in zip(in_size, kernel, stride, padding, out_size):
-        start = np.arange(o) * s - p
+    for size, k, s, p, (o0, o1) in zip(in_size, kernel, stride, padding, out_ranges):
+        start = np.arange(o0, o1) * s - p
         end = np.minimum(start + k, size + p)
         if not count_include_pad:
             start, end = np.maximum(start, 0), np.minimum(end, size)

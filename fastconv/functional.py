@@ -41,6 +41,17 @@ __all__ = [
 # --------------------------------------------------------------------------- plumbing
 
 
+def _lazy(*arrays):
+    """Whether a call takes the Dask path (its input or ``grad_output`` is a Dask array)."""
+    return any(type(a).__module__.startswith("dask.") for a in arrays)
+
+
+def _dask():
+    from . import _dask  # imported on first use: Dask is an optional extra
+
+    return _dask
+
+
 def _backend_for(fn, **arrays):
     """Check the arrays (type, float dtype, one device) and return the backend module."""
     xp = P.array_namespace(fn, **arrays)
@@ -79,6 +90,9 @@ def _padded_input(x5, spec):
 
 
 def _conv(fn, nd, x, weight, bias, stride, padding, dilation, groups, padding_mode):
+    if _lazy(x, weight, bias):
+        return _dask().conv(fn, nd, x, weight, bias, stride, padding, dilation, groups,
+                            padding_mode)
     be = _backend_for(fn, input=x, weight=weight, bias=bias)
     spec = P.conv_spec(fn, nd, x, weight, bias, stride, padding, dilation, groups, padding_mode)
     x5, pad_lo = _padded_input(_to5d(x, nd, spec.batched), spec)
@@ -89,6 +103,9 @@ def _conv(fn, nd, x, weight, bias, stride, padding, dilation, groups, padding_mo
 
 def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, groups,
                    padding_mode, input_grad=True):
+    if _lazy(grad_output, x, weight):
+        return _dask().conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation,
+                                     groups, padding_mode, input_grad)
     be = _backend_for(fn, input=x, weight=weight, grad_output=grad_output)
     spec = P.conv_spec(fn, nd, x, weight, None, stride, padding, dilation, groups, padding_mode)
     P.check_grad_output(fn, grad_output,
@@ -110,6 +127,9 @@ def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, gr
 
 
 def _conv_transpose(fn, nd, x, weight, bias, stride, padding, output_padding, groups, dilation):
+    if _lazy(x, weight, bias):
+        return _dask().conv_transpose(fn, nd, x, weight, bias, stride, padding, output_padding,
+                                      groups, dilation)
     be = _backend_for(fn, input=x, weight=weight, bias=bias)
     spec = P.conv_transpose_spec(fn, nd, x, weight, bias, stride, padding, output_padding,
                                  groups, dilation)
@@ -120,6 +140,9 @@ def _conv_transpose(fn, nd, x, weight, bias, stride, padding, output_padding, gr
 
 def _conv_transpose_backward(fn, nd, grad_output, x, weight, stride, padding, output_padding,
                              groups, dilation):
+    if _lazy(grad_output, x, weight):
+        return _dask().conv_transpose_backward(fn, nd, grad_output, x, weight, stride, padding,
+                                               output_padding, groups, dilation)
     be = _backend_for(fn, input=x, weight=weight, grad_output=grad_output)
     spec = P.conv_transpose_spec(fn, nd, x, weight, None, stride, padding, output_padding,
                                  groups, dilation)
@@ -140,6 +163,9 @@ def _conv_transpose_backward(fn, nd, grad_output, x, weight, stride, padding, ou
 
 
 def _max_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    if _lazy(x):
+        return _dask().max_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode,
+                                return_indices)
     be = _backend_for(fn, input=x)
     spec = P.pool_spec(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode)
     y, idx = be.max_pool_forward(_to5d(x, nd, spec.batched), spec.kernel, spec.stride,
@@ -150,6 +176,9 @@ def _max_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, retu
 
 def _max_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding, dilation,
                        ceil_mode, indices):
+    if _lazy(grad_output, x, indices):
+        return _dask().max_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding,
+                                         dilation, ceil_mode, indices)
     be = _backend_for(fn, input=x, grad_output=grad_output)
     spec = P.pool_spec(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode)
     out_shape = _output_shape(x, nd, spec.batched, x.shape[-nd - 1], spec.out_size)
@@ -168,21 +197,14 @@ def _max_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding, dil
     return _from5d(gx, nd, spec.batched)
 
 
-def _avg_pool_setup(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                    divisor_override):
-    spec = P.pool_spec(fn, nd, x, kernel_size, stride, padding, 1, ceil_mode)
-    if nd == 3:
-        P.check_avg_pool3d_input(fn, spec)
-    override = P.check_divisor_override(fn, divisor_override)
-    divisor = P.avg_pool_divisor(spec, count_include_pad, override, x.dtype)
-    return spec, divisor
-
-
 def _avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
               divisor_override):
+    if _lazy(x):
+        return _dask().avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode,
+                                count_include_pad, divisor_override)
     be = _backend_for(fn, input=x)
-    spec, divisor = _avg_pool_setup(fn, nd, x, kernel_size, stride, padding, ceil_mode,
-                                    count_include_pad, divisor_override)
+    spec, divisor = P.avg_pool_setup(fn, nd, x, kernel_size, stride, padding, ceil_mode,
+                                     count_include_pad, divisor_override)
     y = be.avg_pool_forward(_to5d(x, nd, spec.batched), spec.kernel, spec.stride, spec.padding,
                             spec.out_size, divisor)
     return _from5d(y, nd, spec.batched)
@@ -190,9 +212,12 @@ def _avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_
 
 def _avg_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding, ceil_mode,
                        count_include_pad, divisor_override):
+    if _lazy(grad_output, x):
+        return _dask().avg_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding,
+                                         ceil_mode, count_include_pad, divisor_override)
     be = _backend_for(fn, input=x, grad_output=grad_output)
-    spec, divisor = _avg_pool_setup(fn, nd, x, kernel_size, stride, padding, ceil_mode,
-                                    count_include_pad, divisor_override)
+    spec, divisor = P.avg_pool_setup(fn, nd, x, kernel_size, stride, padding, ceil_mode,
+                                     count_include_pad, divisor_override)
     channels = x.shape[-nd - 1]
     P.check_grad_output(fn, grad_output,
                         _output_shape(x, nd, spec.batched, channels, spec.out_size), x.dtype)
@@ -370,10 +395,13 @@ def corr2d(X, K):
     array([[19., 25.],
            [37., 43.]])
     """
-    xp = np
-    if P.is_cupy(X) or P.is_cupy(K):
-        xp = P.array_namespace("corr2d", X=X, K=K)  # both CuPy arrays, or a clear TypeError
-    X, K = xp.asarray(X), xp.asarray(K)
+    if _lazy(X):  # a Dask image: the kernel stays in memory, NumPy or CuPy
+        K = K if P.is_cupy(K) else np.asarray(K)
+    else:
+        xp = np
+        if P.is_cupy(X) or P.is_cupy(K):
+            xp = P.array_namespace("corr2d", X=X, K=K)  # both CuPy arrays, or a TypeError
+        X, K = xp.asarray(X), xp.asarray(K)
     for arg, a in (("X", X), ("K", K)):
         if a.ndim != 2:
             raise ValueError(f"corr2d: {arg} must be 2-D, got shape {a.shape}")

@@ -59,7 +59,7 @@ def _avg_pool_forward(x, kernel, stride, pad, out_size, divisor, threads, y):
     sw = stride[2]
     plane_in, plane_out = d_in * h_in * w_in, od_n * oh_n * ow_n
     pairs = kw == 2 and sw == 2 and pad[2] == 0 and 2 * ow_n <= w_in
-    whole_rows = kw == w_in and pad[2] == 0  # one window per row of output, ow_n == 1
+    whole_rows = kw == w_in and pad[2] == 0 and ow_n == 1  # one window per row of output
     columns = _column_ranges(ow_n, sw, kw, pad[2], w_in)
     xf = x.reshape(x.size)
     yf = y.reshape(y.size)

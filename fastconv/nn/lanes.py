@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .. import _backend
-from .. import functional as F
+from .. import _params as P
 
 
 @functools.cache
@@ -262,7 +262,7 @@ def _pool_geometry(x, options):
     if found is None:
         if len(_POOL_GEOMETRY) >= 64:
             _POOL_GEOMETRY.clear()
-        found = _POOL_GEOMETRY[key] = F._avg_pool_setup("AvgPool2d", 2, x, **options)
+        found = _POOL_GEOMETRY[key] = P.avg_pool_setup("AvgPool2d", 2, x, **options)
     return found
 
 
