@@ -76,7 +76,8 @@ def _train(args):
 def _evaluate(args):
     from .train import evaluate, format_confusion
 
-    accuracy, matrix, meta = evaluate(args.checkpoint, args.data, args.backend)
+    accuracy, matrix, meta = evaluate(args.checkpoint, args.data, args.backend,
+                                      scheduler=args.scheduler, workers=args.workers)
     print(f"{meta['config']['model']} after {meta['epoch']} epochs: "
           f"test accuracy {accuracy:.4f}")
     print(format_confusion(matrix))
@@ -167,6 +168,13 @@ def build_parser():
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--backend", default=None,
                           help="numpy, numba, cupy (on the GPU) or auto")
+    cluster = evaluate.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                         help="evaluate on the dask.distributed cluster of this scheduler, "
+                              "e.g. tcp://10.0.0.5:8786 (the dask extra)")
+    cluster.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                         help="evaluate on a local dask.distributed cluster of N worker "
+                              "processes, started and stopped here (the dask extra)")
     _data_argument(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
@@ -191,6 +199,16 @@ def build_parser():
     download.add_argument("--base-url", default=None, help="a mirror's folder URL")
     download.set_defaults(run=_download)
     return parser
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _data_argument(parser):

@@ -267,8 +267,14 @@ def plot_curves(history, path, title):
     plt.close(fig)
 
 
-def evaluate(path, data=None, backend=None):
-    """Test accuracy and confusion matrix of the model in checkpoint ``path``."""
+def evaluate(path, data=None, backend=None, scheduler=None, workers=None, batch_size=1000):
+    """Test accuracy and confusion matrix of the model in checkpoint ``path``.
+
+    With ``scheduler`` (a ``dask.distributed`` scheduler's address) or ``workers`` (that many
+    worker processes of a local cluster, started and stopped here) the test set is a Dask
+    array of ``batch_size`` images per block, and the cluster computes the predictions (the
+    ``dask`` extra); the figures are those of the in-memory run.
+    """
     model_state, _, meta = checkpoint.load(path)
     name = meta.get("config", {}).get("model")
     if name not in MODELS:
@@ -278,8 +284,32 @@ def evaluate(path, data=None, backend=None):
     model.to(_device(backend))
     _, _, x_test, y_test = load_fashion_mnist(data)
     with use_backend(backend) if backend else contextlib.nullcontext():
-        predictions = predict(model, x_test)
+        if scheduler is None and workers is None:
+            predictions = predict(model, x_test, batch_size)
+        else:
+            predictions = _predict_on_cluster(model, x_test, batch_size, scheduler, workers)
     return float((predictions == y_test).mean()), confusion_matrix(y_test, predictions), meta
+
+
+def _predict_on_cluster(model, x, batch_size, scheduler, workers):
+    """:func:`predict` on a ``dask.distributed`` cluster: the one at ``scheduler``, or a local
+    one of ``workers`` processes (one thread each: the kernels use the cores themselves)."""
+    try:
+        import dask.array as da
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise RuntimeError(f"evaluate on a cluster needs the dask extra: pip install "
+                           f"fastconv[dask] ({exc})") from exc
+    with contextlib.ExitStack() as stack:
+        if scheduler is None:
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True,
+                dashboard_address=None))
+            scheduler = cluster.scheduler_address
+        client = stack.enter_context(Client(scheduler))
+        model.eval()
+        images = da.from_array(x, chunks=(batch_size,) + x.shape[1:])
+        return model.forward(images).argmax(axis=1).compute(scheduler=client.get)
 
 
 def format_confusion(matrix):

@@ -43,3 +43,9 @@ def test_summary(capsys):
         capsys.readouterr().err)
     with pytest.raises(SystemExit):
         main(["summary", "--input-shape", "1,28,28"])
+
+
+def test_a_bad_bench_case_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--case", "max_pool1d N=1 C=1 W=9 k=2"])
+    assert exit_.value.code == 2 and "--case: 'max_pool1d" in capsys.readouterr().err

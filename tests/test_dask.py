@@ -316,3 +316,17 @@ def test_windows_past_a_blocks_end():
     lazy = da.from_array(x, chunks=((1,), (3,), (1, 1, 1, 2)))
     kw = {"kernel_size": (1, 2), "stride": 1, "padding": (0, 1), "count_include_pad": False}
     assert_same(fc.avg_pool2d(lazy, **kw), fc.avg_pool2d(x, **kw), x.dtype, "avg_pool2d")
+
+
+def test_a_model_in_evaluation_mode_runs_per_batch_block():
+    from fastconv.models import lenet
+
+    rng = np.random.default_rng(0)
+    model = lenet("modern", rng=rng).eval()
+    x = rng.random((250, 1, 28, 28), dtype=np.float32)
+    lazy = model.forward(da.from_array(x, chunks=(100, 1, 14, 28)))  # spatial chunks merged
+    assert lazy.shape == (250, 10) and lazy.chunks == ((100, 100, 50), (10,))
+    assert_same(lazy, model.forward(x), np.float32, "logits")
+    model.train()
+    with pytest.raises(ValueError, match="Sequential.forward: a Dask array needs evaluation"):
+        model.forward(da.from_array(x, chunks=100))

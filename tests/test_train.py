@@ -87,3 +87,17 @@ def test_cli_refuses_a_foreign_checkpoint(tmp_path, capsys):
     np.savez(tmp_path / "x.npz", a=np.zeros(2))
     assert main(["evaluate", "--checkpoint", str(tmp_path / "x.npz")]) == 2
     assert "not a fastconv checkpoint" in capsys.readouterr().err
+
+
+def test_cli_evaluate_on_a_local_cluster_prints_the_same(tmp_path, capsys):
+    """`fastconv evaluate --workers 2`: the test set as a Dask array, predicted by a local
+    dask.distributed cluster of two worker processes, gives the in-memory run's figures."""
+    pytest.importorskip("distributed", reason="needs the dask extra: pip install fastconv[dask]")
+    train(Config(model="lenet", epochs=1, batch_size=100, limit=600, out=str(tmp_path)),
+          progress=False, log=lambda _: None)
+    ckpt = str(tmp_path / "checkpoint.npz")
+    assert main(["evaluate", "--checkpoint", ckpt]) == 0
+    in_memory = capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", ckpt, "--workers", "2"]) == 0
+    assert capsys.readouterr().out == in_memory
+    assert "test accuracy" in in_memory and "Ankle boot" in in_memory

@@ -26,7 +26,7 @@ def add_arguments(parser):
     parser.add_argument("--suite", choices=sorted(SUITES), default=None,
                         help="a named set of cases (default: all, unless --case is given)")
     parser.add_argument("--case", action="append", default=[], metavar="SPEC",
-                        help="a case of your own (repeatable); see below")
+                        type=_case_argument, help="a case of your own (repeatable); see below")
     parser.add_argument("--backends", default=None,
                         help="comma-separated fastconv backends (default: all available); "
                              "cupy is compared with PyTorch on CUDA")
@@ -90,6 +90,14 @@ def _set_torch_tf32(allowed):
         return
     torch.backends.cudnn.allow_tf32 = allowed
     torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+def _case_argument(spec):
+    """``--case``'s parser: a bad spec is a usage error, not a traceback."""
+    try:
+        return parse_case(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--case: ")) from None
 
 
 def _set_threads(threads):
@@ -158,7 +166,7 @@ def run(args):
         print(report.compare(*args.compare))
         return 0
     suite = args.suite or (None if args.case else "all")
-    cases = (list(SUITES[suite]) if suite else []) + [parse_case(spec) for spec in args.case]
+    cases = (list(SUITES[suite]) if suite else []) + list(args.case)
     backends = (args.backends.split(",") if args.backends else fastconv.available_backends())
     unknown = set(backends) - set(fastconv.available_backends())
     if unknown:

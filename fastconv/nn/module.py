@@ -13,6 +13,7 @@ import numpy as np
 
 from .._params import is_cupy
 from . import lanes
+from .lazy import forward_blocks, is_dask
 
 
 def array_module(a):
@@ -243,7 +244,14 @@ class Sequential(Module):
     def __len__(self):
         return len(self.children)
 
+    def output_shape(self, input_shape):
+        for _, layer in self.children:
+            input_shape = layer.output_shape(input_shape)
+        return tuple(input_shape)
+
     def forward(self, x):
+        if is_dask(x):  # in evaluation mode, the whole model per batch block
+            return forward_blocks(self, x)
         # On the numba backend, runs of layers that take lanes hand each other lane arrays
         # (fastconv.nn.lanes): what is converted before which layer is kept for backward.
         layers = [layer for _, layer in self.children]
