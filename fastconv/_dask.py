@@ -34,15 +34,11 @@ import numpy as np
 from . import _backend
 from . import _blocks as B
 from . import _params as P
+from . import functional as F
 from ._padding import source_index
 
 _SPATIAL_AXES = (2, 3, 4)
 _NUMPY_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
-
-
-def is_dask(a):
-    """Whether ``a`` is a Dask array (told by its type's module: Dask need not be imported)."""
-    return type(a).__module__.startswith("dask.")
 
 
 # --------------------------------------------------------------------------- checks and lifting
@@ -65,14 +61,14 @@ def _check(fn, lazy, eager=()):
     """``lazy``: (name, array) pairs that must be Dask arrays with known chunks; ``eager``: the
     weights, in-memory arrays of the chunks' kind. Returns the chunks' array module."""
     for arg, a in eager:
-        if is_dask(a):
+        if P.is_dask(a):
             raise TypeError(f"{fn}: {arg} must be a NumPy or CuPy array (it goes whole to every "
                             f"block), got a Dask array; call {arg}.compute() first")
     module = None
     for arg, a in lazy:
         if a is None:
             continue
-        if not is_dask(a):
+        if not P.is_dask(a):
             raise TypeError(f"{fn}: {arg} must be a Dask array, as the other operands are, got "
                             f"{type(a).__name__}; wrap it with dask.array.from_array")
         if any(np.isnan(c) for axis in a.chunks for c in axis):
@@ -104,31 +100,15 @@ def _from5d(a, nd, batched):
     return a if batched else a[0]
 
 
-def _eager5d(a, nd):
-    return None if a is None else a.reshape(a.shape[:2] + (1,) * (P.SPATIAL - nd) + a.shape[2:])
-
-
 def _in_graph(a):
     """An in-memory operand as one key of the graph (``None`` stays ``None``)."""
     return None if a is None else dask.delayed(a, pure=True)
 
 
-def _backend_name():
-    return _backend.get_backend()
-
-
 def _resolved(fn, block, backend):
     """The backend module for a block: the chunk's kind under the caller's setting."""
     with _backend.use_backend(backend):
-        return _backend.resolve(fn, _module_of(block))
-
-
-def _module_of(block):
-    if isinstance(block, np.ndarray):
-        return np
-    import cupy
-
-    return cupy
+        return _backend.resolve(fn, P.array_module(block))
 
 
 def _meta(module, ndim, dtype):
@@ -175,9 +155,9 @@ def _conv_block(xb, w, bias, *, fn, backend, plans, stride, dilation, groups, bl
     geo = _geometry(plans, block_id)
     out = tuple(g.size for g in geo)
     if any(g.empty for g in geo):
-        return _constant_block(_module_of(xb), (xb.shape[0], w.shape[0]) + out, xb.dtype, bias)
+        return _constant_block(P.array_module(xb), (xb.shape[0], w.shape[0]) + out, xb.dtype, bias)
     be = _resolved(fn, xb, backend)
-    return be.conv_forward(_module_of(xb).ascontiguousarray(xb), w, stride,
+    return be.conv_forward(P.array_module(xb).ascontiguousarray(xb), w, stride,
                            tuple(g.pad for g in geo), dilation, groups, out, bias)
 
 
@@ -187,16 +167,16 @@ def _conv_transpose_block(xb, w, bias, *, fn, backend, plans, stride, dilation, 
     out = tuple(g.size for g in geo)
     if any(g.empty for g in geo):
         shape = (xb.shape[0], w.shape[1] * groups) + out
-        return _constant_block(_module_of(xb), shape, xb.dtype, bias)
+        return _constant_block(P.array_module(xb), shape, xb.dtype, bias)
     be = _resolved(fn, xb, backend)
-    return be.conv_transpose_forward(_module_of(xb).ascontiguousarray(xb), w, stride,
+    return be.conv_transpose_forward(P.array_module(xb).ascontiguousarray(xb), w, stride,
                                      tuple(g.pad for g in geo), dilation, groups, out, bias)
 
 
 def _weight_grad_block(xb, gyb, *, fn, backend, plans, stride, dilation, groups, kernel,
                        weight_shape, block_id=None):
     geo = _geometry(plans, block_id)
-    module = _module_of(xb)
+    module = P.array_module(xb)
     if any(g.empty for g in geo):
         gw = module.zeros(weight_shape, dtype=xb.dtype)
     else:
@@ -209,7 +189,7 @@ def _weight_grad_block(xb, gyb, *, fn, backend, plans, stride, dilation, groups,
 def _max_pool_block(xb, *, fn, backend, plans, kernel, stride, dilation, in_size, indices,
                     block_id=None):
     geo = _geometry(plans, block_id)
-    module = _module_of(xb)
+    module = P.array_module(xb)
     be = _resolved(fn, xb, backend)
     y, idx = be.max_pool_forward(module.ascontiguousarray(xb), kernel, stride,
                                  tuple(g.pad for g in geo), dilation,
@@ -226,7 +206,7 @@ def _max_pool_block(xb, *, fn, backend, plans, kernel, stride, dilation, in_size
 def _max_pool_backward_block(gyb, idxb, *, fn, backend, plans, kernel, stride, dilation,
                              in_size, block_id=None):
     geo = _geometry(plans, block_id)
-    module = _module_of(gyb)
+    module = P.array_module(gyb)
     size = tuple(g.size for g in geo)
     if any(g.empty for g in geo):
         return module.zeros(gyb.shape[:2] + size, dtype=gyb.dtype)
@@ -252,7 +232,7 @@ def _divisor(module, pool, out_ranges, dtype):
 
 def _avg_pool_block(xb, *, fn, backend, plans, pool, block_id=None):
     geo = _geometry(plans, block_id)
-    module = _module_of(xb)
+    module = P.array_module(xb)
     ranges = [(g.origin, g.origin + g.size) for g in geo]
     be = _resolved(fn, xb, backend)
     return be.avg_pool_forward(module.ascontiguousarray(xb), pool[1], pool[2],
@@ -262,7 +242,7 @@ def _avg_pool_block(xb, *, fn, backend, plans, pool, block_id=None):
 
 def _avg_pool_backward_block(gyb, *, fn, backend, plans, pool, block_id=None):
     geo = _geometry(plans, block_id)
-    module = _module_of(gyb)
+    module = P.array_module(gyb)
     size = tuple(g.size for g in geo)
     if any(g.empty for g in geo):
         return module.zeros(gyb.shape[:2] + size, dtype=gyb.dtype)
@@ -276,16 +256,11 @@ def _avg_pool_backward_block(gyb, *, fn, backend, plans, pool, block_id=None):
 # --------------------------------------------------------------------------- graph pieces
 
 
-def _gather(source, result_bounds, spec_axes):
-    """Plans for a gather over ``source`` (5-D) with ``spec_axes`` (kernel, stride, pad,
-    dilation) per spatial axis, and the source re-cut to their regions."""
-    plans = tuple(B.gather_plan(bounds, k, s, p, d, source.shape[axis])
-                  for axis, bounds, (k, s, p, d) in zip(_SPATIAL_AXES, result_bounds, spec_axes))
-    return plans, _regions(source, plans)
-
-
-def _scatter(source, result_bounds, spec_axes):
-    plans = tuple(B.scatter_plan(bounds, k, s, p, d, source.shape[axis])
+def _cut(plan, source, result_bounds, spec_axes):
+    """Per spatial axis the ``plan`` (``_blocks.gather_plan`` or ``scatter_plan``) of the
+    result blocks ``result_bounds`` over ``source`` (5-D), with ``spec_axes`` (kernel,
+    stride, pad, dilation) per axis; and the source re-cut to their regions."""
+    plans = tuple(plan(bounds, k, s, p, d, source.shape[axis])
                   for axis, bounds, (k, s, p, d) in zip(_SPATIAL_AXES, result_bounds, spec_axes))
     return plans, _regions(source, plans)
 
@@ -309,7 +284,7 @@ def _weight_grad(fn, x_regions, gy, plans, spec, w_shape5, module):
     added up by Dask's tree reduction."""
     numblocks = gy.numblocks
     partials = da.map_blocks(
-        _weight_grad_block, x_regions, gy, fn=fn, backend=_backend_name(), plans=plans,
+        _weight_grad_block, x_regions, gy, fn=fn, backend=_backend.get_backend(), plans=plans,
         stride=spec.stride, dilation=spec.dilation, groups=spec.groups, kernel=spec.kernel,
         weight_shape=w_shape5, new_axis=list(range(5, 10)),
         chunks=tuple((1,) * n for n in numblocks) + tuple((s,) for s in w_shape5),
@@ -372,11 +347,11 @@ def conv(fn, nd, x, weight, bias, stride, padding, dilation, groups, padding_mod
     source, pads = _explicit_padding(x5, spec.padding, spec.padding_mode)
     pad_lo = tuple(lo for lo, _ in pads)
     result_bounds = _result_bounds(B.gather_bounds, source, spec, pad_lo)
-    plans, regions = _gather(source, result_bounds,
+    plans, regions = _cut(B.gather_plan, source, result_bounds,
                              _axes(spec.kernel, spec.stride, pad_lo, spec.dilation))
     y = da.map_blocks(
-        _conv_block, regions, _in_graph(_eager5d(weight, nd)), _in_graph(bias), fn=fn,
-        backend=_backend_name(), plans=plans, stride=spec.stride, dilation=spec.dilation,
+        _conv_block, regions, _in_graph(F._to5d(weight, nd)), _in_graph(bias), fn=fn,
+        backend=_backend.get_backend(), plans=plans, stride=spec.stride, dilation=spec.dilation,
         groups=spec.groups,
         chunks=(x5.chunks[0], (weight.shape[0],)) + tuple(_sizes(b) for b in result_bounds),
         dtype=x.dtype, meta=_meta(module, 5, x.dtype))
@@ -387,28 +362,27 @@ def conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, gro
                   padding_mode, input_grad=True):
     module = _check(fn, [("input", x), ("grad_output", grad_output)], [("weight", weight)])
     spec = P.conv_spec(fn, nd, x, weight, None, stride, padding, dilation, groups, padding_mode)
-    lead = x.shape[:1] if spec.batched else ()
     P.check_grad_output(fn, grad_output,
-                        lead + (weight.shape[0],) + tuple(spec.out_size[P.SPATIAL - nd:]),
+                        F._output_shape(x, nd, spec.batched, weight.shape[0], spec.out_size),
                         x.dtype)
     x5 = _to5d(x, nd, spec.batched).rechunk({1: -1})
     gy = _to5d(grad_output, nd, spec.batched).rechunk({0: x5.chunks[0], 1: -1})
     source, pads = _explicit_padding(x5, spec.padding, spec.padding_mode)
     pad_lo = tuple(lo for lo, _ in pads)
     axes = _axes(spec.kernel, spec.stride, pad_lo, spec.dilation)
-    w5 = _eager5d(weight, nd)
+    w5 = F._to5d(weight, nd)
     gx = None
     if input_grad:
-        plans, regions = _scatter(gy, _bounds(source), axes)
+        plans, regions = _cut(B.scatter_plan, gy, _bounds(source), axes)
         gx = da.map_blocks(
             _conv_transpose_block, regions, _in_graph(w5), None, fn=fn,
-            backend=_backend_name(), plans=plans, stride=spec.stride, dilation=spec.dilation,
+            backend=_backend.get_backend(), plans=plans, stride=spec.stride, dilation=spec.dilation,
             groups=spec.groups, chunks=source.chunks, dtype=x.dtype,
             meta=_meta(module, 5, x.dtype))
         if spec.padding_mode != "zeros":
             gx = _pad_backward(gx, spec.padding, spec.padding_mode, x5.chunks)
         gx = _from5d(gx, nd, spec.batched)
-    plans, regions = _gather(source, _bounds(gy), axes)
+    plans, regions = _cut(B.gather_plan, source, _bounds(gy), axes)
     gw = _weight_grad(fn, regions, gy, plans, spec, w5.shape, module).reshape(weight.shape)
     return gx, gw, gy.sum(axis=(0, 2, 3, 4))
 
@@ -419,12 +393,12 @@ def conv_transpose(fn, nd, x, weight, bias, stride, padding, output_padding, gro
                                  groups, dilation)
     x5 = _to5d(x, nd, spec.batched).rechunk({1: -1})
     result_bounds = _result_bounds(B.scatter_bounds, x5, spec, spec.pad_lo)
-    plans, regions = _scatter(x5, result_bounds,
+    plans, regions = _cut(B.scatter_plan, x5, result_bounds,
                               _axes(spec.kernel, spec.stride, spec.pad_lo, spec.dilation))
     channels = weight.shape[1] * spec.groups
     y = da.map_blocks(
-        _conv_transpose_block, regions, _in_graph(_eager5d(weight, nd)), _in_graph(bias),
-        fn=fn, backend=_backend_name(), plans=plans, stride=spec.stride,
+        _conv_transpose_block, regions, _in_graph(F._to5d(weight, nd)), _in_graph(bias),
+        fn=fn, backend=_backend.get_backend(), plans=plans, stride=spec.stride,
         dilation=spec.dilation, groups=spec.groups,
         chunks=(x5.chunks[0], (channels,)) + tuple(_sizes(b) for b in result_bounds),
         dtype=x.dtype, meta=_meta(module, 5, x.dtype))
@@ -436,18 +410,18 @@ def conv_transpose_backward(fn, nd, grad_output, x, weight, stride, padding, out
     module = _check(fn, [("input", x), ("grad_output", grad_output)], [("weight", weight)])
     spec = P.conv_transpose_spec(fn, nd, x, weight, None, stride, padding, output_padding,
                                  groups, dilation)
-    lead = x.shape[:1] if spec.batched else ()
-    P.check_grad_output(fn, grad_output, lead + (weight.shape[1] * spec.groups,)
-                        + tuple(spec.out_size[P.SPATIAL - nd:]), x.dtype)
+    P.check_grad_output(fn, grad_output, F._output_shape(x, nd, spec.batched, weight.shape[1]
+                                                         * spec.groups, spec.out_size),
+                        x.dtype)
     x5 = _to5d(x, nd, spec.batched).rechunk({1: -1})
     gy = _to5d(grad_output, nd, spec.batched).rechunk({0: x5.chunks[0], 1: -1})
-    w5 = _eager5d(weight, nd)
+    w5 = F._to5d(weight, nd)
     # the input gradient is a convolution of grad_output, and the weight gradient gathers
     # over the same regions of it
-    plans, regions = _gather(gy, _bounds(x5),
+    plans, regions = _cut(B.gather_plan, gy, _bounds(x5),
                              _axes(spec.kernel, spec.stride, spec.pad_lo, spec.dilation))
     gx = da.map_blocks(
-        _conv_block, regions, _in_graph(w5), None, fn=fn, backend=_backend_name(),
+        _conv_block, regions, _in_graph(w5), None, fn=fn, backend=_backend.get_backend(),
         plans=plans, stride=spec.stride, dilation=spec.dilation, groups=spec.groups,
         chunks=x5.chunks, dtype=x.dtype, meta=_meta(module, 5, x.dtype))
     gw = _weight_grad(fn, regions, x5, plans, spec, w5.shape, module).reshape(weight.shape)
@@ -456,11 +430,11 @@ def conv_transpose_backward(fn, nd, grad_output, x, weight, stride, padding, out
 
 def _max_pool5d(fn, x5, spec, module, return_indices):
     result_bounds = _result_bounds(B.gather_bounds, x5, spec, spec.padding)
-    plans, regions = _gather(x5, result_bounds,
+    plans, regions = _cut(B.gather_plan, x5, result_bounds,
                              _axes(spec.kernel, spec.stride, spec.padding, spec.dilation))
     chunks = x5.chunks[:2] + tuple(_sizes(b) for b in result_bounds)
     blocks = da.map_blocks(
-        _max_pool_block, regions, fn=fn, backend=_backend_name(), plans=plans,
+        _max_pool_block, regions, fn=fn, backend=_backend.get_backend(), plans=plans,
         kernel=spec.kernel, stride=spec.stride, dilation=spec.dilation, in_size=spec.in_size,
         indices=return_indices, chunks=chunks, dtype=x5.dtype, meta=_meta(module, 5, x5.dtype))
     if not return_indices:
@@ -485,15 +459,14 @@ def max_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding, dila
                       ceil_mode, indices):
     module = _check(fn, [("input", x), ("grad_output", grad_output)])
     spec = P.pool_spec(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode)
-    lead = x.shape[:1] if spec.batched else ()
-    out_shape = lead + (x.shape[-nd - 1],) + tuple(spec.out_size[P.SPATIAL - nd:])
+    out_shape = F._output_shape(x, nd, spec.batched, x.shape[-nd - 1], spec.out_size)
     P.check_grad_output(fn, grad_output, out_shape, x.dtype)
     x5 = _to5d(x, nd, spec.batched)
     gy = _to5d(grad_output, nd, spec.batched).rechunk({0: x5.chunks[0], 1: x5.chunks[1]})
     if indices is None:
         _, idx = _max_pool5d(fn, x5, spec, module, True)
     else:
-        if not is_dask(indices):
+        if not P.is_dask(indices):
             raise TypeError(f"{fn}: indices must be a Dask array like the input, got "
                             f"{type(indices).__name__}")
         if indices.dtype.kind not in "iu" or tuple(indices.shape) != out_shape:
@@ -502,10 +475,10 @@ def max_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding, dila
         idx = _to5d(indices.astype(np.int64), nd, spec.batched)
     idx = idx.rechunk(gy.chunks)
     axes = _axes(spec.kernel, spec.stride, spec.padding, spec.dilation)
-    plans, gy_regions = _scatter(gy, _bounds(x5), axes)
+    plans, gy_regions = _cut(B.scatter_plan, gy, _bounds(x5), axes)
     idx_regions = _regions(idx, plans)
     gx = da.map_blocks(
-        _max_pool_backward_block, gy_regions, idx_regions, fn=fn, backend=_backend_name(),
+        _max_pool_backward_block, gy_regions, idx_regions, fn=fn, backend=_backend.get_backend(),
         plans=plans, kernel=spec.kernel, stride=spec.stride, dilation=spec.dilation,
         in_size=spec.in_size, chunks=x5.chunks, dtype=x.dtype, meta=_meta(module, 5, x.dtype))
     return _from5d(gx, nd, spec.batched)
@@ -523,10 +496,10 @@ def avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_p
                                              ceil_mode, divisor_override)
     x5 = _to5d(x, nd, spec.batched)
     result_bounds = _result_bounds(B.gather_bounds, x5, spec, spec.padding)
-    plans, regions = _gather(x5, result_bounds,
+    plans, regions = _cut(B.gather_plan, x5, result_bounds,
                              _axes(spec.kernel, spec.stride, spec.padding, spec.dilation))
     y = da.map_blocks(
-        _avg_pool_block, regions, fn=fn, backend=_backend_name(), plans=plans,
+        _avg_pool_block, regions, fn=fn, backend=_backend.get_backend(), plans=plans,
         pool=_pool_geometry(spec, count_include_pad, divisor_override),
         chunks=x5.chunks[:2] + tuple(_sizes(b) for b in result_bounds), dtype=x.dtype,
         meta=_meta(module, 5, x.dtype))
@@ -538,15 +511,15 @@ def avg_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding, ceil
     module = _check(fn, [("input", x), ("grad_output", grad_output)])
     spec, divisor_override = P.avg_pool_spec(fn, nd, x, kernel_size, stride, padding,
                                              ceil_mode, divisor_override)
-    lead = x.shape[:1] if spec.batched else ()
-    P.check_grad_output(fn, grad_output, lead + (x.shape[-nd - 1],)
-                        + tuple(spec.out_size[P.SPATIAL - nd:]), x.dtype)
+    P.check_grad_output(fn, grad_output,
+                        F._output_shape(x, nd, spec.batched, x.shape[-nd - 1], spec.out_size),
+                        x.dtype)
     x5 = _to5d(x, nd, spec.batched)
     gy = _to5d(grad_output, nd, spec.batched).rechunk({0: x5.chunks[0], 1: x5.chunks[1]})
-    plans, regions = _scatter(gy, _bounds(x5),
+    plans, regions = _cut(B.scatter_plan, gy, _bounds(x5),
                               _axes(spec.kernel, spec.stride, spec.padding, spec.dilation))
     gx = da.map_blocks(
-        _avg_pool_backward_block, regions, fn=fn, backend=_backend_name(), plans=plans,
+        _avg_pool_backward_block, regions, fn=fn, backend=_backend.get_backend(), plans=plans,
         pool=_pool_geometry(spec, count_include_pad, divisor_override), chunks=x5.chunks,
         dtype=x.dtype, meta=_meta(module, 5, x.dtype))
     return _from5d(gx, nd, spec.batched)

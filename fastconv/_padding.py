@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._params import array_module
+
 
 def source_index(size, lo, hi, mode):
     """Input position read by each of the ``lo + size + hi`` padded positions (NumPy ints)."""
@@ -26,7 +28,7 @@ def source_index(size, lo, hi, mode):
 
 def pad(x, padding, mode):
     """Pad the trailing spatial axes of ``x`` by ``padding`` ``(lo, hi)`` pairs in ``mode``."""
-    xp = _namespace(x)
+    xp = array_module(x)
     first = x.ndim - len(padding)
     for axis, (lo, hi) in enumerate(padding, start=first):
         if lo or hi:
@@ -40,7 +42,7 @@ def pad_backward(grad_padded, padding, mode):
 
     The pads are added one slice at a time (a pad is narrower than the input), so a NaN or an
     infinity reaches only the position it was copied from, as in PyTorch."""
-    xp = _namespace(grad_padded)
+    xp = array_module(grad_padded)
     g = grad_padded
     first = g.ndim - len(padding)
     for axis, (lo, hi) in enumerate(padding, start=first):
@@ -53,11 +55,3 @@ def pad_backward(grad_padded, padding, mode):
                 folded[src[j]] += moved[j]
             g = xp.moveaxis(folded, 0, axis)
     return xp.ascontiguousarray(g)
-
-
-def _namespace(a):
-    if isinstance(a, np.ndarray):
-        return np
-    import cupy
-
-    return cupy

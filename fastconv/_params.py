@@ -89,6 +89,20 @@ def is_cupy(a):
     return type(a).__module__.startswith("cupy")
 
 
+def is_dask(a):
+    """Whether ``a`` is a Dask array (told by its type's module: Dask need not be imported)."""
+    return type(a).__module__.startswith("dask.")
+
+
+def array_module(a):
+    """NumPy, or CuPy for a CuPy array: the module whose functions take ``a``."""
+    if is_cupy(a):
+        import cupy
+
+        return cupy
+    return np
+
+
 def array_namespace(fn, **arrays):
     """Return the array module (NumPy, or CuPy) of the given arrays; ``None`` values are skipped.
 

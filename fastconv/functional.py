@@ -43,7 +43,7 @@ __all__ = [
 
 def _lazy(*arrays):
     """Whether a call takes the Dask path (its input or ``grad_output`` is a Dask array)."""
-    return any(type(a).__module__.startswith("dask.") for a in arrays)
+    return any(P.is_dask(a) for a in arrays)
 
 
 def _dask():
@@ -90,7 +90,7 @@ def _padded_input(x5, spec):
 
 
 def _conv(fn, nd, x, weight, bias, stride, padding, dilation, groups, padding_mode):
-    if _lazy(x, weight, bias):
+    if _lazy(x):
         return _dask().conv(fn, nd, x, weight, bias, stride, padding, dilation, groups,
                             padding_mode)
     be = _backend_for(fn, input=x, weight=weight, bias=bias)
@@ -103,7 +103,7 @@ def _conv(fn, nd, x, weight, bias, stride, padding, dilation, groups, padding_mo
 
 def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, groups,
                    padding_mode, input_grad=True):
-    if _lazy(grad_output, x, weight):
+    if _lazy(grad_output, x):
         return _dask().conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation,
                                      groups, padding_mode, input_grad)
     be = _backend_for(fn, input=x, weight=weight, grad_output=grad_output)
@@ -127,7 +127,7 @@ def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, gr
 
 
 def _conv_transpose(fn, nd, x, weight, bias, stride, padding, output_padding, groups, dilation):
-    if _lazy(x, weight, bias):
+    if _lazy(x):
         return _dask().conv_transpose(fn, nd, x, weight, bias, stride, padding, output_padding,
                                       groups, dilation)
     be = _backend_for(fn, input=x, weight=weight, bias=bias)
@@ -140,7 +140,7 @@ def _conv_transpose(fn, nd, x, weight, bias, stride, padding, output_padding, gr
 
 def _conv_transpose_backward(fn, nd, grad_output, x, weight, stride, padding, output_padding,
                              groups, dilation):
-    if _lazy(grad_output, x, weight):
+    if _lazy(grad_output, x):
         return _dask().conv_transpose_backward(fn, nd, grad_output, x, weight, stride, padding,
                                                output_padding, groups, dilation)
     be = _backend_for(fn, input=x, weight=weight, grad_output=grad_output)
@@ -176,7 +176,7 @@ def _max_pool(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode, retu
 
 def _max_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding, dilation,
                        ceil_mode, indices):
-    if _lazy(grad_output, x, indices):
+    if _lazy(grad_output, x):
         return _dask().max_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding,
                                          dilation, ceil_mode, indices)
     be = _backend_for(fn, input=x, grad_output=grad_output)

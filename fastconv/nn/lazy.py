@@ -18,10 +18,6 @@ import numpy as np
 _ONE_AT_A_TIME = threading.Lock()
 
 
-def is_dask(x):
-    return type(x).__module__.startswith("dask.")
-
-
 def forward_blocks(model, x):
     """``model.forward`` of a Dask array ``x`` ``(N, ...)``, lazily, block by batch block.
 
@@ -55,7 +51,8 @@ def _forward_block(block, model, backend):
     """The model on one block, under the backend setting of the call that built the graph;
     a block is moved to the model's device and the result back to the block's."""
     from .._backend import use_backend
-    from .module import array_module, to_numpy
+    from .._params import array_module
+    from .module import to_numpy
 
     xp = array_module(model.parameters()[0].data) if model.parameters() else array_module(block)
     with _ONE_AT_A_TIME, use_backend(backend):

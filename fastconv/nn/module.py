@@ -11,18 +11,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._params import is_cupy
+from .._params import array_module, is_cupy, is_dask
 from . import lanes
-from .lazy import forward_blocks, is_dask
-
-
-def array_module(a):
-    """NumPy, or CuPy for a CuPy array, so that layers run on whatever arrays they are given."""
-    if is_cupy(a):
-        import cupy
-
-        return cupy
-    return np
+from .lazy import forward_blocks
 
 
 def to_numpy(a):
