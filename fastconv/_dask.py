@@ -25,11 +25,14 @@ chunked as the input. A block reads its own source chunk plus a halo of at most
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import operator
 
 import dask
 import dask.array as da
 import numpy as np
+from dask.highlevelgraph import HighLevelGraph
 
 from . import _backend
 from . import _blocks as B
@@ -120,16 +123,77 @@ def _meta(module, ndim, dtype):
 
 def _regions(a, plans):
     """``a`` re-cut along the spatial axes so that its block ``i`` along each axis is the
-    source region of the result's block ``i`` (overlapping regions are copied)."""
-    for axis, plan in zip(_SPATIAL_AXES, plans):
-        spans = [(b.start, b.stop) for b in plan]
-        bounds = B.chunk_bounds(a.chunks[axis])
-        if spans == list(zip(bounds[:-1], bounds[1:])):
-            continue
-        cut = (slice(None),) * axis
-        pieces = [a[cut + (slice(start, stop),)] for start, stop in spans]
-        a = da.concatenate(pieces, axis=axis).rechunk({axis: tuple(e - s for s, e in spans)})
-    return a
+    source region of the result's block ``i``.
+
+    A region takes whole chunks as they are and a copy of the part it needs of any other chunk
+    it overlaps (a halo: a few planes), so that a chunk's memory is freed once its own block is
+    done and only halos travel between workers. One task per region assembles it (a region
+    inside one chunk is a view of it): one copy of the data in all, where cutting axis by axis
+    would concatenate the whole array once per axis."""
+    spans = [[(b.start, b.stop) for b in plan] for plan in plans]
+    bounds = [B.chunk_bounds(a.chunks[axis]) for axis in _SPATIAL_AXES]
+    if all(s == list(zip(b[:-1], b[1:])) for s, b in zip(spans, bounds)):
+        return a
+    token = dask.base.tokenize(a.name, spans)
+    name, halo = "fastconv-regions-" + token, "fastconv-halo-" + token
+    per_axis = [[_overlaps(b, start, stop) for start, stop in s] for s, b in zip(spans, bounds)]
+    graph = {}
+    for n, c in itertools.product(range(len(a.chunks[0])), range(len(a.chunks[1]))):
+        for block in itertools.product(*(range(len(s)) for s in spans)):
+            shape = (a.chunks[0][n], a.chunks[1][c]) + tuple(
+                stop - start for s, i in zip(spans, block) for start, stop in [s[i]])
+            keys, places = [], []
+            for parts in itertools.product(*(axis[i] for axis, i in zip(per_axis, block))):
+                chunk = (a.name, n, c) + tuple(index for index, _, _ in parts)
+                src = tuple(part for _, part, _ in parts)
+                whole = all(part == slice(0, b[index + 1] - b[index])
+                            for (index, part, _), b in zip(parts, bounds))
+                if not whole:
+                    key = (halo, n, c) + block + chunk[3:]
+                    graph[key] = (_copied, chunk, src)
+                    chunk, src = key, (slice(None),) * 3
+                keys.append(chunk)
+                places.append((src, tuple(dst for _, _, dst in parts)))
+            graph[(name, n, c) + block] = (_assemble, shape, places, keys)
+    chunks = a.chunks[:2] + tuple(tuple(stop - start for start, stop in s) for s in spans)
+    layer = HighLevelGraph.from_collections(name, graph, dependencies=[a])
+    return da.Array(layer, name, chunks, meta=a._meta)
+
+
+def _copied(chunk, src):
+    """A copy of part of a chunk (a view would keep the whole chunk in memory)."""
+    return chunk[(slice(None), slice(None)) + src].copy()
+
+
+def _overlaps(bounds, start, stop):
+    """The chunks of one axis that overlap ``[start, stop)``, each as (chunk index, slice in the
+    chunk, slice in the region); an empty region takes an empty slice of a neighbouring
+    chunk (its block still needs the chunks' kind and dtype)."""
+    last = len(bounds) - 2
+    first = min(max(bisect.bisect_right(bounds, start) - 1, 0), last)
+    if start == stop:
+        return [(first, slice(0, 0), slice(0, 0))]
+    parts = []
+    for chunk in range(first, last + 1):
+        lo, hi = max(start, bounds[chunk]), min(stop, bounds[chunk + 1])
+        if bounds[chunk] >= stop:
+            break
+        if lo < hi:
+            parts.append((chunk, slice(lo - bounds[chunk], hi - bounds[chunk]),
+                          slice(lo - start, hi - start)))
+    return parts
+
+
+def _assemble(shape, places, chunks):
+    """One region from the parts of the chunks it overlaps (``places``: (slices in the chunk,
+    slices in the region) per chunk)."""
+    (src, dst), first = places[0], chunks[0]
+    if len(chunks) == 1:
+        return first[(slice(None), slice(None)) + src]
+    region = P.array_module(first).empty(shape, dtype=first.dtype)
+    for (src, dst), chunk in zip(places, chunks):
+        region[(slice(None), slice(None)) + dst] = chunk[(slice(None), slice(None)) + src]
+    return region
 
 
 def _geometry(plans, block_id):

@@ -243,6 +243,38 @@ def test_gather_regions_hold_every_read_and_no_more_than_the_halo():
             assert block.stop - block.start <= chunk + d * (k - 1) + s - 1 + 2 * p
 
 
+def test_a_region_waits_on_its_own_chunk_and_copies_of_its_neighbours_halos():
+    # memory: a block that needed its neighbours' whole chunks would keep them all in memory
+    # (27 chunks for a 3-D block) and send them whole between workers
+    x = da.random.default_rng(0).standard_normal((1, 1, 24, 24, 24), chunks=(1, 1, 8, 8, 8))
+    y = fc.conv3d(x, np.ones((1, 1, 3, 3, 3)), padding=1)
+    graph = y.__dask_graph__()
+    dependencies = graph.get_all_dependencies()
+    chunks = set(dask.core.flatten(x.__dask_keys__()))
+    regions = [key for key in graph if key[0].startswith("fastconv-regions")]
+    assert len(regions) == 27
+    for key in regions:
+        whole = dependencies[key] & chunks
+        assert whole == {(x.name,) + key[1:]}, key
+        assert all(dep[0].startswith("fastconv-halo") for dep in dependencies[key] - whole)
+    assert len(dependencies[regions[0][:2] + (0, 1, 1, 1)]) == 27  # the centre: 26 halos
+
+
+def test_empty_chunks_are_blocks_like_any_other():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 12, 9))
+    w = rng.standard_normal((4, 3, 3, 2))
+    xd = da.from_array(x, chunks=((1, 1), (3,), (0, 5, 0, 7), (4, 0, 5)))
+    for op, args in [(fc.conv2d, (w,)), (fc.max_pool2d, (2,)), (fc.avg_pool2d, (3, 2, 1))]:
+        kw = {"padding": 1} if op is fc.conv2d else {}
+        assert_same(op(xd, *args, **kw), op(x, *args, **kw), x.dtype, op.__name__)
+    gy = rng.standard_normal(fc.conv2d(x, w, padding=1).shape)
+    gyd = da.from_array(gy, chunks=((1, 1), (4,), (0, 5, 0, 7), (5, 0, 5)))
+    for lazy, eager in zip(fc.conv2d_backward(gyd, xd, w, padding=1),
+                           fc.conv2d_backward(gy, x, w, padding=1)):
+        assert_same(lazy, eager, x.dtype, "conv2d_backward")
+
+
 # --------------------------------------------------------------------------- errors
 
 
