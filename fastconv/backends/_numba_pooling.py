@@ -178,8 +178,11 @@ def _first_in_bounds(o_pos, stride, pad, dilation):
 
 
 @njit(**_jit)
-def _max_pool_forward(x, kernel, stride, pad, dilation, out_size, with_indices, y, idx):
-    """Max pooling, one (image, channel) plane per task, in bands of rows (as the convolution).
+def _max_pool_forward(x, kernel, stride, pad, dilation, out_size, with_indices, threads, y,
+                      idx):
+    """Max pooling, a contiguous run of (image, channel) planes per thread (its scratch
+    allocated once, not per plane: at batch 1 the allocations cost as much as small planes),
+    each plane in bands of rows (as the convolution).
 
     Taps run in the window's raster order and a candidate replaces the current best when it is
     larger or NaN, so the first maximum and the last NaN win, as in PyTorch; padding reads as
@@ -205,60 +208,62 @@ def _max_pool_forward(x, kernel, stride, pad, dilation, out_size, with_indices, 
     yf = y.reshape(y.size)
     idf = idx.reshape(idx.size)
     lowest = x.dtype.type(-np.inf)
-    for task in prange(n_batch * c_in):
+    for part in prange(threads):
         buf = np.empty(sh * sw * hb_most * pitch, dtype=x.dtype)
         best = np.empty(band * pitch, dtype=x.dtype)
         won = np.empty(band * pitch, dtype=np.int32)
-        for od in range(od_n):
-            d0 = _first_in_bounds(od, stride[0], pad[0], dilation[0])
-            for oh0 in range(0, oh_n, band):
-                rows = min(band, oh_n - oh0)
-                hb = _band_height(rows, sh, kh, dilation[1])
-                span = (rows - 1) * pitch + ow_n
-                for i in range(span):
-                    best[np.uintp(i)] = lowest
-                    won[np.uintp(i)] = -1
-                for rd in range(kd):
-                    i_d = od * stride[0] - pad[0] + rd * dilation[0]
-                    if i_d < 0 or i_d >= d_in:
-                        continue
-                    _fill_band(buf, 0, xf, task * plane_in + i_d * h_in * w_in, h_in, w_in,
-                               oh0 * sh - pad[1], -pad[2], sh, sw, hb, pitch, lowest)
-                    for rh in range(kh):
-                        eh = rh * dilation[1]
-                        for rw in range(kw):
-                            ew = rw * dilation[2]
-                            src = (((eh % sh) * sw + ew % sw) * hb + eh // sh) * pitch
-                            src += ew // sw
-                            if with_indices:
-                                tap = np.int32((rd * kh + rh) * kw + rw)
-                                for i in range(span):
-                                    v = buf[np.uintp(src + i)]
-                                    b = best[np.uintp(i)]
-                                    take = (v > b) | (v != v)
-                                    best[np.uintp(i)] = v if take else b
-                                    won[np.uintp(i)] = tap if take else won[np.uintp(i)]
-                            else:
-                                for i in range(span):
-                                    v = buf[np.uintp(src + i)]
-                                    b = best[np.uintp(i)]
-                                    best[np.uintp(i)] = v if (v > b) | (v != v) else b
-                for r in range(rows):
-                    oh = oh0 + r
-                    dst = ((task * od_n + od) * oh_n + oh) * ow_n
-                    for ow in range(ow_n):
-                        yf[np.uintp(dst + ow)] = best[np.uintp(r * pitch + ow)]
-                    if with_indices:
-                        h0 = _first_in_bounds(oh, stride[1], pad[1], dilation[1])
-                        corner = ((od * stride[0] - pad[0]) * h_in
-                                  + oh * stride[1] - pad[1]) * w_in - pad[2]
+        t0, t1 = _share(n_batch * c_in, part, threads)
+        for task in range(t0, t1):
+            for od in range(od_n):
+                d0 = _first_in_bounds(od, stride[0], pad[0], dilation[0])
+                for oh0 in range(0, oh_n, band):
+                    rows = min(band, oh_n - oh0)
+                    hb = _band_height(rows, sh, kh, dilation[1])
+                    span = (rows - 1) * pitch + ow_n
+                    for i in range(span):
+                        best[np.uintp(i)] = lowest
+                        won[np.uintp(i)] = -1
+                    for rd in range(kd):
+                        i_d = od * stride[0] - pad[0] + rd * dilation[0]
+                        if i_d < 0 or i_d >= d_in:
+                            continue
+                        _fill_band(buf, 0, xf, task * plane_in + i_d * h_in * w_in, h_in, w_in,
+                                   oh0 * sh - pad[1], -pad[2], sh, sw, hb, pitch, lowest)
+                        for rh in range(kh):
+                            eh = rh * dilation[1]
+                            for rw in range(kw):
+                                ew = rw * dilation[2]
+                                src = (((eh % sh) * sw + ew % sw) * hb + eh // sh) * pitch
+                                src += ew // sw
+                                if with_indices:
+                                    tap = np.int32((rd * kh + rh) * kw + rw)
+                                    for i in range(span):
+                                        v = buf[np.uintp(src + i)]
+                                        b = best[np.uintp(i)]
+                                        take = (v > b) | (v != v)
+                                        best[np.uintp(i)] = v if take else b
+                                        won[np.uintp(i)] = tap if take else won[np.uintp(i)]
+                                else:
+                                    for i in range(span):
+                                        v = buf[np.uintp(src + i)]
+                                        b = best[np.uintp(i)]
+                                        best[np.uintp(i)] = v if (v > b) | (v != v) else b
+                    for r in range(rows):
+                        oh = oh0 + r
+                        dst = ((task * od_n + od) * oh_n + oh) * ow_n
                         for ow in range(ow_n):
-                            t = won[np.uintp(r * pitch + ow)]
-                            if t >= 0:
-                                idf[np.uintp(dst + ow)] = corner + ow * sw + tap_offset[t]
-                            else:
-                                w0 = _first_in_bounds(ow, sw, pad[2], dilation[2])
-                                idf[np.uintp(dst + ow)] = (d0 * h_in + h0) * w_in + w0
+                            yf[np.uintp(dst + ow)] = best[np.uintp(r * pitch + ow)]
+                        if with_indices:
+                            h0 = _first_in_bounds(oh, stride[1], pad[1], dilation[1])
+                            corner = ((od * stride[0] - pad[0]) * h_in
+                                      + oh * stride[1] - pad[1]) * w_in - pad[2]
+                            for ow in range(ow_n):
+                                t = won[np.uintp(r * pitch + ow)]
+                                if t >= 0:
+                                    idf[np.uintp(dst + ow)] = corner + ow * sw + tap_offset[t]
+                                else:
+                                    w0 = _first_in_bounds(ow, sw, pad[2], dilation[2])
+                                    idf[np.uintp(dst + ow)] = (d0 * h_in + h0) * w_in + w0
     return y, idx
 
 

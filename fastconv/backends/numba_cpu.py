@@ -915,7 +915,8 @@ def avg_pool_backward(gy, kernel, stride, pad_lo, in_size, divisor):
 def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices=True):
     y = np.empty((*x.shape[:2], *out_size), dtype=x.dtype)
     idx = np.empty(y.shape if indices else (0,) * 5, dtype=np.int64)
-    K._max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices, y, idx)
+    K._max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices,
+                        numba.get_num_threads(), y, idx)
     return y, (idx if indices else None)
 
 
