@@ -293,7 +293,8 @@ def evaluate(path, data=None, backend=None, scheduler=None, workers=None, batch_
 
 def _predict_on_cluster(model, x, batch_size, scheduler, workers):
     """:func:`predict` on a ``dask.distributed`` cluster: the one at ``scheduler``, or a local
-    one of ``workers`` processes (one thread each: the kernels use the cores themselves)."""
+    one of ``workers`` processes (one task thread each, and the cores shared out among their
+    Numba threads, so that the kernels do not oversubscribe them)."""
     try:
         import dask.array as da
         from distributed import Client, LocalCluster
@@ -302,9 +303,12 @@ def _predict_on_cluster(model, x, batch_size, scheduler, workers):
                            f"fastconv[dask] ({exc})") from exc
     with contextlib.ExitStack() as stack:
         if scheduler is None:
+            import numba
+
+            threads = max(1, numba.config.NUMBA_NUM_THREADS // workers)
             cluster = stack.enter_context(LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True,
-                dashboard_address=None))
+                dashboard_address=None, env={"NUMBA_NUM_THREADS": str(threads)}))
             scheduler = cluster.scheduler_address
         client = stack.enter_context(Client(scheduler))
         model.eval()
