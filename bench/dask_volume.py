@@ -102,7 +102,7 @@ def run(tool, workers, args, weight):
         "mib_per_s": round(voxels * 4 / seconds / 2**20, 1),
         "worker_rss_before_mib": [round(a["rss"] / 2**20) for a in before.values()],
         "peak_worker_rss_mib": [round(a["peak_rss"] / 2**20) for a in after.values()],
-        "workers_restarted": bool(restarted), "workers_paused": paused,
+        "workers_restarted": restarted, "workers_paused": paused,
         "spilled_mib": round(sum(spilled.values()) / 2**20),
         "graph_tasks": tasks, "max_abs_error": check(args, weight, zarr.open_array(args.output)),
     }

@@ -134,30 +134,30 @@ def _regions(a, plans):
     bounds = [B.chunk_bounds(a.chunks[axis]) for axis in _SPATIAL_AXES]
     if all(s == list(zip(b[:-1], b[1:])) for s, b in zip(spans, bounds)):
         return a
+    sizes = [tuple(stop - start for start, stop in s) for s in spans]
     token = dask.base.tokenize(a.name, spans)
     name, halo = "fastconv-regions-" + token, "fastconv-halo-" + token
     per_axis = [[_overlaps(b, start, stop) for start, stop in s] for s, b in zip(spans, bounds)]
     graph = {}
     for n, c in itertools.product(range(len(a.chunks[0])), range(len(a.chunks[1]))):
         for block in itertools.product(*(range(len(s)) for s in spans)):
-            shape = (a.chunks[0][n], a.chunks[1][c]) + tuple(
-                stop - start for s, i in zip(spans, block) for start, stop in [s[i]])
+            shape = (a.chunks[0][n], a.chunks[1][c]) + tuple(s[i] for s, i in zip(sizes, block))
+            overlapped = list(itertools.product(*(axis[i] for axis, i in zip(per_axis, block))))
             keys, places = [], []
-            for parts in itertools.product(*(axis[i] for axis, i in zip(per_axis, block))):
+            for parts in overlapped:
                 chunk = (a.name, n, c) + tuple(index for index, _, _ in parts)
                 src = tuple(part for _, part, _ in parts)
                 whole = all(part == slice(0, b[index + 1] - b[index])
                             for (index, part, _), b in zip(parts, bounds))
-                if not whole:
+                if len(overlapped) > 1 and not whole:
                     key = (halo, n, c) + block + chunk[3:]
                     graph[key] = (_copied, chunk, src)
                     chunk, src = key, (slice(None),) * 3
                 keys.append(chunk)
                 places.append((src, tuple(dst for _, _, dst in parts)))
             graph[(name, n, c) + block] = (_assemble, shape, places, keys)
-    chunks = a.chunks[:2] + tuple(tuple(stop - start for start, stop in s) for s in spans)
     layer = HighLevelGraph.from_collections(name, graph, dependencies=[a])
-    return da.Array(layer, name, chunks, meta=a._meta)
+    return da.Array(layer, name, a.chunks[:2] + tuple(sizes), meta=a._meta)
 
 
 def _copied(chunk, src):
@@ -175,9 +175,9 @@ def _overlaps(bounds, start, stop):
         return [(first, slice(0, 0), slice(0, 0))]
     parts = []
     for chunk in range(first, last + 1):
-        lo, hi = max(start, bounds[chunk]), min(stop, bounds[chunk + 1])
         if bounds[chunk] >= stop:
             break
+        lo, hi = max(start, bounds[chunk]), min(stop, bounds[chunk + 1])
         if lo < hi:
             parts.append((chunk, slice(lo - bounds[chunk], hi - bounds[chunk]),
                           slice(lo - start, hi - start)))
@@ -187,9 +187,9 @@ def _overlaps(bounds, start, stop):
 def _assemble(shape, places, chunks):
     """One region from the parts of the chunks it overlaps (``places``: (slices in the chunk,
     slices in the region) per chunk)."""
-    (src, dst), first = places[0], chunks[0]
-    if len(chunks) == 1:
-        return first[(slice(None), slice(None)) + src]
+    first = chunks[0]
+    if len(chunks) == 1:  # inside one chunk: a view of it
+        return first[(slice(None), slice(None)) + places[0][0]]
     region = P.array_module(first).empty(shape, dtype=first.dtype)
     for (src, dst), chunk in zip(places, chunks):
         region[(slice(None), slice(None)) + dst] = chunk[(slice(None), slice(None)) + src]
