@@ -21,12 +21,13 @@ import os
 
 from numba.core import caching, config
 
-# the modules whose @njit functions call each other: one stamp for all of them
+# the modules whose @njit functions call each other, and the one that sets how some of them are
+# optimised: one stamp for all of them
 KERNEL_MODULES = ("_numba_simd", "_numba_band", "_numba_direct", "_numba_kvector",
                   "_numba_depthwise", "_numba_grouped",
                   "_numba_pooling", "_numba_packing", "_numba_winograd_kernels",
                   "_numba_lane_kernels", "_numba_elementwise", "_numba_blas",
-                  "_numba_gemm_kernels")
+                  "_numba_gemm_kernels", "_numba_optimisation")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL_FILES = tuple(os.path.join(_HERE, f"{name}.py") for name in KERNEL_MODULES)
 

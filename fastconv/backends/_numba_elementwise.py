@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
-from ._numba_band import _jit
+from ._numba_band import _jit_o2
 
 # Element-wise kernels for fastconv.nn's activations: one pass over memory instead of NumPy's
 # one per operation, on every thread.
@@ -19,7 +19,7 @@ _EXP2_COEFFS = (1.5403530393381609e-4, 1.3333558146428443e-3, 9.6181291076284772
                 5.5504108664821580e-2, 2.4022650695910071e-1, 6.9314718055994531e-1, 1.0)
 
 
-@njit(**_jit)
+@njit(**_jit_o2)
 def _sigmoid_forward_f32(x, y):
     """``1 / (1 + exp(-x))`` of float32 ``x``, flat. ``exp(-x) = 2**(n + f)``: ``2**f`` by a
     polynomial, ``2**n`` by writing ``n`` into a float's exponent bits, so the loop vectorises
@@ -56,7 +56,7 @@ def _sigmoid_forward_f32(x, y):
     return y
 
 
-@njit(**_jit)
+@njit(**_jit_o2)
 def _sigmoid_backward(y, gy, g):
     """``g = gy * y * (1 - y)``, flat, in one pass."""
     n = y.size

@@ -7,7 +7,7 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
-from ._numba_band import _jit, _valid_range
+from ._numba_band import _jit_o2, _valid_range
 from ._numba_simd import VECTOR_BYTES, _vfma, _vload, _vsplat, _vstore
 
 # Batch-lane kernels, for many small images. The input is copied with the batch innermost, in
@@ -21,7 +21,7 @@ from ._numba_simd import VECTOR_BYTES, _vfma, _vload, _vsplat, _vstore
 LANE_SKEW = 64
 
 
-@njit(**_jit)
+@njit(**_jit_o2)
 def _to_lanes(x, lanes, c_lanes, pad, size, pitch, slack, out):
     """``x`` (N, C, 1, H, W) as flat lanes, written to ``out`` (of exactly this size): groups
     of ``c_lanes`` planes (size[0], size[1], lanes), ``pitch`` elements apart (zeros between),
@@ -54,7 +54,7 @@ def _to_lanes(x, lanes, c_lanes, pad, size, pitch, slack, out):
     return out
 
 
-@njit(**_jit)
+@njit(**_jit_o2)
 def _from_lanes(yl, pitch, c_held, lanes, y):
     """Flat lanes (groups, c_held planes ``pitch`` elements apart, OH, OW, lanes) back to
     ``y`` (N, K, 1, OH, OW)."""
@@ -313,7 +313,7 @@ def _lane_conv_start(w4, k_held, out_size, lanes, slack, y):
     return w4.reshape(w4.size), out_size[0] * out_size[1] * lanes + LANE_SKEW, -(-k_held // 4)
 
 
-@njit(**_jit)
+@njit(**_jit_o2)
 def _lane_conv(xl, x_pitch, c_held, w4, bias4, k_held, groups, c_in, size, window, dilation,
                out_size, lanes, slack, y):
     """Stride-1 convolution of flat lanes ``xl`` (groups, ``c_held`` planes of size x lanes
@@ -336,7 +336,7 @@ def _lane_conv(xl, x_pitch, c_held, w4, bias4, k_held, groups, c_in, size, windo
     return y
 
 
-@njit(**_jit)
+@njit(**_jit_o2)
 def _lane_conv_wide(xl, x_pitch, c_held, w4, bias4, k_held, groups, c_in, size, window,
                     dilation, out_size, lanes, slack, y):
     """:func:`_lane_conv` by :func:`_lane_conv_block_wide` (explicit 512-bit vectors)."""
@@ -381,7 +381,7 @@ def _lane_nchw_store(s, g, k0, kc, plane, lanes, k_out, y):
                 yf[np.uintp(dst + p)] = s[np.uintp(src + p * lanes)]
 
 
-@njit(**_jit)
+@njit(**_jit_o2)
 def _lane_conv_nchw(xl, x_pitch, c_held, w4, bias4, k_out, c_in, size, window, dilation,
                     out_size, lanes, scratch, y):
     """:func:`_lane_conv` with its output written straight to ``y`` (N, K, 1, OH, OW): each
@@ -397,7 +397,7 @@ def _lane_conv_nchw(xl, x_pitch, c_held, w4, bias4, k_out, c_in, size, window, d
     return y
 
 
-@njit(**_jit)
+@njit(**_jit_o2)
 def _lane_conv_nchw_wide(xl, x_pitch, c_held, w4, bias4, k_out, c_in, size, window, dilation,
                          out_size, lanes, scratch, y):
     """:func:`_lane_conv_nchw` by :func:`_lane_conv_block_wide` (explicit 512-bit vectors)."""
@@ -574,7 +574,7 @@ def _lane_grad_store(gw, acc, k0, c, kc):
                 gw[k0 + i, c, rh, rw] = acc[rh, rw // 3, 3 * i + rw % 3]
 
 
-@njit(**_jit)
+@njit(**_jit_o2)
 def _lane_weight_grad(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, c_in, size,
                       dilation, kernel, lanes):
     """Weight gradient (k_held rounded up to four, C, KH, KW; zeros past ``k_held``) of
@@ -599,7 +599,7 @@ def _lane_weight_grad(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, c_in, si
     return gw
 
 
-@njit(**_jit)
+@njit(**_jit_o2)
 def _lane_weight_grad_wide(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, c_in, size,
                            dilation, kernel, lanes):
     """:func:`_lane_weight_grad` by :func:`_lane_grad_task_wide` (explicit 512-bit vectors)."""
@@ -617,7 +617,7 @@ def _lane_weight_grad_wide(xl, x_pitch, c_held, gl, g_pitch, k_held, groups, c_i
 # (H, W, lanes), ``pitch`` elements apart, ``c_held`` planes per group of images.
 
 
-@njit(**_jit)
+@njit(**_jit_o2)
 def _lanes_padded(xl, pitch, planes, in_size, pad, size, lanes, slack, out):
     """Planes of ``xl`` copied into dense planes of ``size`` (H, W) with ``pad`` (top, left)
     rows and columns of zeros before them and zeros after, plus ``slack`` zeros at the end:
@@ -645,7 +645,7 @@ def _lanes_padded(xl, pitch, planes, in_size, pad, size, lanes, slack, out):
     return out
 
 
-@njit(**_jit)
+@njit(**_jit_o2)
 def _lane_avg_pool_forward(xl, pitch, planes, in_size, kernel, stride, pad, out_size, divisor,
                            lanes, out_pitch, slack, y):
     """2-D average pooling of lane planes into planes ``out_pitch`` apart (zeros between, then
@@ -680,7 +680,7 @@ def _lane_avg_pool_forward(xl, pitch, planes, in_size, kernel, stride, pad, out_
     return y
 
 
-@njit(**_jit)
+@njit(**_jit_o2)
 def _lane_avg_pool_backward(gl, pitch, planes, out_size, kernel, stride, pad, in_size, divisor,
                             lanes, in_pitch, slack, sigmoid_out, gx):
     """The adjoint of :func:`_lane_avg_pool_forward` (input planes ``in_pitch`` apart, written
@@ -718,7 +718,7 @@ def _lane_avg_pool_backward(gl, pitch, planes, out_size, kernel, stride, pad, in
     return gx
 
 
-@njit(cache=True, parallel=True, nogil=True, fastmath={"reassoc"})
+@njit(**_jit_o2, fastmath={"reassoc"})
 def _lane_channel_sums(gl, pitch, c_held, groups, k_out, plane):
     """Per channel ``k < k_out``, the sum of its ``plane`` elements in every group (the bias
     gradient; lanes past the batch hold zeros), one channel per task."""
