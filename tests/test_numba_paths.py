@@ -442,6 +442,8 @@ def test_blocked_kernel(x_shape, w_shape, kw, tasks, dtype, rng, monkeypatch):
 KVECTOR_CASES = [*BLOCKED_CASES,
                  ((2, 6, 7, 5), (70, 6, 3, 3), {"padding": 1}),  # a block and 6 filters more
                  ((1, 8, 9, 9), (130, 4, 1, 1), {"groups": 2}),  # 65 per group, 1x1
+                 # the second group's weights copied a vector's worth at a time too
+                 ((2, 36, 5, 5), (130, 18, 3, 3), {"groups": 2, "padding": 1}),
                  ((3, 5, 6), (33, 5, 1), {"stride": 2})]
 
 
@@ -486,6 +488,9 @@ TRAINING_CHOICES = [
     ((16, 256, 1, 14, 14), (512, 256, 1, 3, 3), 2, ("gemm", "gemm", "gemm")),
     ((8, 32, 1, 1, 16385), (64, 32, 1, 1, 2), 1, ("blocked", "blocked", "gemm")),
     ((1, 512, 2, 7, 7), (512, 512, 3, 3, 3), 1, ("blocked", "gemm", "gemm")),  # few positions
+    # few positions, 9% of the forward's multiply-adds in the padding, then 18%
+    ((1, 256, 1, 14, 14), (512, 256, 1, 3, 3), 2, ("kvector", "gemm", "gemm")),
+    ((1, 512, 1, 7, 7), (512, 512, 1, 3, 3), 1, ("blocked", "blocked", "gemm")),
     ((1, 64, 1, 56, 56), (256, 64, 1, 1, 1), 1, ("gemm", "gemm", "gemm")),  # 1x1, batch 1
     ((1, 1024, 1, 14, 14), (256, 1024, 1, 1, 1), 1, ("gemm", "gemm", "gemm")),
 ]
@@ -497,7 +502,8 @@ def test_training_batch_choices(x_shape, w_shape, stride, expected):
     """The rules for large calls: kvector at stride 1 where Winograd does not take the call
     (and ahead of it for 3-D kernels), 1x1 kernels on 7x7 images, weight gradients of few
     positions; Winograd for 2-D kernels on large images; the blocked forward for calls of few
-    positions; packing + BLAS otherwise (1x1 kernels at batch 1 too)."""
+    positions, unless few of their multiply-adds read padding; packing + BLAS otherwise (1x1
+    kernels at batch 1 too)."""
     pad = tuple((k - 1) // 2 for k in w_shape[2:])
     strides = (1, stride, stride)
     y_shape = fc.conv_output_shape(x_shape, w_shape, stride=strides, padding=pad)

@@ -57,7 +57,6 @@ from ._numba_kvector import (  # noqa: F401
     _conv_forward_kvector,
     _conv_weight_grad_kvector,
     _grad_channels_last,
-    _weights_in_blocks,
     block_filters,
 )
 from ._numba_lane_kernels import (  # noqa: F401

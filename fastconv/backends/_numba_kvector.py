@@ -15,11 +15,11 @@ only the very last block of a task computes a few spare positions.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_thread_id, njit, prange
 
 from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
 from ._numba_band import _jit
-from ._numba_simd import VECTOR_BYTES, _vector_scratch, _vfma, _vload, _vstore
+from ._numba_simd import VECTOR_BYTES, _vector_scratch, _vfma, _vload, _vstore, _vtranspose
 
 # Output positions held in registers per block (times four vectors of output channels: 24 of
 # the 32 vector registers; with twelve positions x two vectors, the twelve input addresses
@@ -69,41 +69,55 @@ def _channels_last_padded(x, pad, xp):
     return xp
 
 
-@njit(**_jit)
-def _weights_in_blocks(w, groups, transposed, wb):
-    """The convolution's weights into ``wb`` ``(groups, kblocks, taps, cg, kb)``: each group's
-    filters in blocks of ``kb``, zero filters past the group's last.
+@njit(cache=True, nogil=True)
+def _weight_block(wf, w_shape, groups, transposed, g, kblock, kb, block):
+    """Group ``g``'s filters ``kblock * kb`` onwards of the flat weights ``wf`` into ``block``
+    ``(taps, cg, kb)``, flat: per tap and input channel, ``kb`` consecutive filters, zero
+    filters past the group's last.
 
-    ``w`` is a convolution's ``(K, cg, taps)``, or with ``transposed`` a transposed
+    ``w_shape`` is a convolution's ``(K, cg, taps)``, or with ``transposed`` a transposed
     convolution's ``(groups * cg, kg, taps)``, read as the convolution it is at stride 1: the
     kernel flipped and the two channel axes swapped per group (one pass, not a flipped copy
     first). Tiles of 16 (channel, tap) columns x ``kb`` filters are read from the cache, not
     memory, each read along its contiguous axis: reading a convolution's filters one column
     at a time touched ``kb`` pages per column (512 x 512 x 3x3x3: 7.0 ms before, 3.0 now)."""
-    _, kblocks, taps, cg, kb = wb.shape
-    kg = w.shape[1] if transposed else w.shape[0] // groups
+    taps = w_shape[2]
+    cg, kg = (w_shape[0] // groups, w_shape[1]) if transposed else (w_shape[1],
+                                                                     w_shape[0] // groups)
     depth = cg * taps
     # where filter k, channel c, tap t of group g is: g * group_step + k * k_step
     # + c * c_step + t (or taps - 1 - t, flipped)
     k_step, c_step = (taps, kg * taps) if transposed else (depth, taps)
-    group_step = kg * depth
-    wf = w.reshape(w.size)
-    for task in prange(groups * kblocks):
-        g, kblock = task // kblocks, task % kblocks
-        block = wb[g, kblock].reshape(taps * cg * kb)
-        k0 = kblock * kb
-        filters = min(kb, kg - k0)
-        base = g * group_step + k0 * k_step
-        for c0 in range(0, cg, 16):
-            for t in range(taps):
-                tap = taps - 1 - t if transposed else t
-                for c in range(c0, min(cg, c0 + 16)):
-                    dst = (t * cg + c) * kb
-                    src = base + c * c_step + tap
-                    for kk in range(filters):
-                        block[np.uintp(dst + kk)] = wf[np.uintp(src + kk * k_step)]
-                    block[dst + filters:dst + kb] = 0
-    return wb
+    k0 = kblock * kb
+    filters = min(kb, kg - k0)
+    base = g * kg * depth + k0 * k_step
+    # a convolution's filters, a vector's worth at a time: squares of (filter, channel x tap)
+    # transposed in registers (ResNet-18's 512 x 512 x 3x3 at batch 1: 0.65 -> 0.2 ms)
+    count = VECTOR_BYTES // block.itemsize
+    whole = 0 if transposed else filters - filters % count
+    if whole:
+        at = np.empty(count, dtype=np.int64)
+        square = depth - depth % count
+        for kk in range(0, whole, count):
+            for j0 in range(0, square, count):
+                for j in range(count):
+                    c, t = (j0 + j) // taps, (j0 + j) % taps
+                    at[j] = (t * cg + c) * kb + kk
+                _vtranspose(wf, base + kk * k_step + j0, k_step, block, at)
+            for j in range(square, depth):
+                c, t = j // taps, j % taps
+                for f in range(kk, kk + count):
+                    block[np.uintp((t * cg + c) * kb + f)] = wf[np.uintp(base + f * k_step + j)]
+    # the rest (a transposed convolution's filters, or past the last whole vector) one by one
+    for c0 in range(0, cg, 16):
+        for t in range(taps):
+            tap = taps - 1 - t if transposed else t
+            for c in range(c0, min(cg, c0 + 16)):
+                dst = (t * cg + c) * kb
+                src = base + c * c_step + tap
+                for kk in range(whole, filters):
+                    block[np.uintp(dst + kk)] = wf[np.uintp(src + kk * k_step)]
+                block[dst + filters:dst + kb] = 0
 
 
 @njit(cache=True, inline="always")
@@ -184,31 +198,46 @@ def _tap_offset(tap, kernel, dilation, shape):
 
 
 @njit(**_jit)
-def _conv_forward_kvector(xp, wb, bias, stride, dilation, kernel, kg, out_size, chunk,
-                          c_block, y):
-    """Convolution of the channels-last copy ``xp`` with the blocked weights ``wb`` (see
-    :func:`_channels_last_padded`, :func:`_weights_in_blocks`) into ``y`` ``(N, K, OD, OH,
-    OW)``; ``bias`` ``(groups * kblocks * kb,)`` as ``wb``'s filters.
+def _conv_forward_kvector(xp, w, groups, transposed, bias, stride, dilation, kernel, out_size,
+                          chunk, c_block, blocks, y):
+    """Convolution of the channels-last copy ``xp`` (see :func:`_channels_last_padded`) with
+    the weights ``w`` into ``y`` ``(N, K, OD, OH, OW)``; ``w`` as :func:`_weight_block` reads
+    it, ``bias`` ``(groups * kblocks * kb,)`` with ``kb`` filters per block.
 
-    A task is one group, one block of filters and ``chunk`` positions of the batch. Per output
-    element the sum starts at the bias and runs over blocks of ``c_block`` input channels, in
-    each over taps, then channels (fused multiply-adds); a block's weights stay in the cache
-    while every position of the chunk reads them, the sums kept in a buffer between blocks.
+    A task is one group, one block of filters and ``chunk`` positions of the batch. Its block
+    of weights is copied into its thread's row of ``blocks`` ``(threads, taps * cg * kb)``
+    (:func:`_weight_block`), unless that row holds it already: a thread's tasks are
+    consecutive, so each block is copied about once, by the thread that uses it, and read
+    back from its cache (copying every block first, in a pass of its own, wrote them all to
+    memory and read them back: at batch 1 as long as the sums). Per output element the sum
+    starts at the bias and runs over blocks of ``c_block`` input channels, in each over taps,
+    then channels (fused multiply-adds); a block's weights stay in the cache while every
+    position of the chunk reads them, the sums kept in a buffer between blocks.
     """
     n_b = xp.shape[0]
-    groups, kblocks, taps, cg, kb = wb.shape
+    taps = w.shape[2]
+    k_out = y.shape[1]
+    kg = k_out // groups
+    cg = w.shape[0] // groups if transposed else w.shape[1]
+    kb = blocks.shape[1] // (taps * cg)
+    kblocks = (kg + kb - 1) // kb
     vec = kb // KVECTOR_VECTORS
     positions = out_size[0] * out_size[1] * out_size[2]
     total = n_b * positions
     chunks = (total + chunk - 1) // chunk
-    k_out = groups * kg
-    xf, wf, yf = xp.reshape(xp.size), wb.reshape(wb.size), y.reshape(y.size)
+    xf, wf, yf = xp.reshape(xp.size), w.reshape(w.size), y.reshape(y.size)
+    held = np.full(blocks.shape[0], -1, dtype=np.int64)  # the block in each thread's row
     for task in prange(groups * kblocks * chunks):
         p_lo = (task % chunks) * chunk
         kblock = (task // chunks) % kblocks
         g = task // (chunks * kblocks)
         p_hi = min(total, p_lo + chunk)
         last = p_hi - 1
+        thread = get_thread_id()
+        block = blocks[thread]
+        if held[thread] != g * kblocks + kblock:
+            _weight_block(wf, w.shape, groups, transposed, g, kblock, kb, block)
+            held[thread] = g * kblocks + kblock
         tap_at = np.empty(taps, dtype=np.int64)
         for tap in range(taps):
             tap_at[tap] = _tap_offset(tap, kernel, dilation, xp.shape)
@@ -216,7 +245,6 @@ def _conv_forward_kvector(xp, wb, bias, stride, dilation, kernel, kg, out_size, 
         at = (g * kblocks + kblock) * kb
         for p in range(chunk + KVECTOR_POSITIONS):  # every sum starts at its filter's bias
             sums[p * kb:(p + 1) * kb] = bias[at:at + kb]
-        w_task = (g * kblocks + kblock) * taps * cg * kb
         # where each position of the chunk starts reading (the last repeated past the end)
         starts = np.empty(p_hi - p_lo + KVECTOR_POSITIONS, dtype=np.int64)
         for p in range(p_lo, p_lo + starts.size):
@@ -238,12 +266,12 @@ def _conv_forward_kvector(xp, wb, bias, stride, dilation, kernel, kg, out_size, 
                  s40, s41, s42, s43,
                  s50, s51, s52, s53) = _load_block(sums, a, vec)
                 for tap in range(taps):
-                    w_tap = w_task + tap * cg * kb
+                    w_tap = tap * cg * kb
                     for c in range(c0, min(cg, c0 + c_block)):
                         o = tap_at[tap] + c
                         wi = w_tap + c * kb
-                        w0, w1 = _vload(wf, wi), _vload(wf, wi + vec)
-                        w2, w3 = _vload(wf, wi + 2 * vec), _vload(wf, wi + 3 * vec)
+                        w0, w1 = _vload(block, wi), _vload(block, wi + vec)
+                        w2, w3 = _vload(block, wi + 2 * vec), _vload(block, wi + 3 * vec)
                         s00, s01, s02, s03 = _fma_row(xf[np.uintp(q0 + o)], w0, w1, w2, w3,
                                                       s00, s01, s02, s03)
                         s10, s11, s12, s13 = _fma_row(xf[np.uintp(q1 + o)], w0, w1, w2, w3,

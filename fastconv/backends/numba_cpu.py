@@ -168,9 +168,13 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 #   computed too; ResNeXt's 4-32 per group lost 1.1-10x) and
 #   KVECTOR_MIN_CHANNELS input channels per group (each channel is one step of the inner loop:
 #   a 3-channel stem lost 0.5x), and KVECTOR_MIN_DEPTH input channels x taps;
-# - at least KVECTOR_MIN_POSITIONS output positions in the batch: the weights are copied into
-#   blocks on every call, which a 7x7 image does not pay for (ResNet-18's 512-channel layer4
-#   at batch 1: 2.1 ms against 1.6 blocked);
+# - at least KVECTOR_MIN_POSITIONS output positions in the batch, or (forward) at most
+#   KVECTOR_FEW_MAX_PADDED of its multiply-adds reading padding: `blocked` skips the taps
+#   that fall in the padding, kvector computes them, and on a few positions that decides.
+#   Measured at batch 1 (`fastconv bench --ways`, float32, 2 threads), once each thread
+#   copies the weights it uses in vector squares: ResNet-18's layer4.0 (stride 2, 7x7, 9%
+#   padded) 0.80 ms against 1.18-1.21 blocked, its layer4 (stride 1, 7x7, 18%) 1.32 against
+#   1.32, C3D's conv5a (depth 2, 45%) 6.6 against 5.2;
 # - for 1x1 kernels, only images of at most KVECTOR_THIN_IMAGE positions, whose per-image
 #   GEMMs are too thin for BLAS (ResNet-50's 512 -> 2048 at 7x7, batch 16: forward 6.6
 #   against 8.5 ms, input gradient 7.7 against 9.2; at 14x14, 1024 -> 256: 7.4 against 6.4).
@@ -206,6 +210,7 @@ KVECTOR_MIN_BLOCKS = 1
 KVECTOR_MIN_CHANNELS = 16
 KVECTOR_MIN_DEPTH = 64
 KVECTOR_MIN_POSITIONS = 128
+KVECTOR_FEW_MAX_PADDED = 0.125
 # Positions of one task's chunk (its sums buffer stays in the L2 cache), and weight elements of
 # one block of input channels (read from the L2 cache by every position of the chunk).
 KVECTOR_CHUNK = 240
@@ -267,18 +272,17 @@ def _kvector_conv(x, w, bias, stride, pad, dilation, groups, out_size, transpose
     kb = K.block_filters(x.itemsize)
     kblocks = -(-kg // kb)
     xp = _kvector_input(x, pad, stride, dilation, kernel, out_size)
-    wb = K._weights_in_blocks(np.ascontiguousarray(w).reshape(w.shape[0], w.shape[1], taps),
-                              groups, transposed,
-                              tasks.aligned_empty(groups * kblocks * taps * cg * kb, x.dtype)
-                              .reshape(groups, kblocks, taps, cg, kb))
     bias_b = np.zeros((groups, kblocks * kb), x.dtype)
     if bias is not None:
         bias_b[:, :kg] = np.asarray(bias, dtype=x.dtype).reshape(groups, kg)
     chunk = _position_chunk(n_b * math.prod(out_size), groups * kblocks)
     c_block = max(1, KVECTOR_WEIGHT_ELEMS // (taps * kb))
+    threads = numba.get_num_threads()
+    blocks = tasks.aligned_empty(threads * taps * cg * kb, x.dtype).reshape(threads, -1)
     y = np.empty((n_b, k_out, *out_size), dtype=x.dtype)
-    return K._conv_forward_kvector(xp, wb, bias_b.reshape(-1), stride, dilation, kernel, kg,
-                                   out_size, chunk, c_block, y)
+    return K._conv_forward_kvector(xp, np.ascontiguousarray(w).reshape(*w.shape[:2], taps),
+                                   groups, transposed, bias_b.reshape(-1), stride, dilation,
+                                   kernel, out_size, chunk, c_block, blocks, y)
 
 
 def _kvector_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
@@ -502,8 +506,11 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
     blocked = _blocked_fits(x_shape[0] * groups, cg, k_out // groups, kernel, out_size,
                             forward=True)
     winograd_fits = winograd.fits(kernel, stride, cg, k_out // groups, x_shape[0], out_size)
+    few = (x_shape[0] * math.prod(out_size) < KVECTOR_MIN_POSITIONS
+           and _padded_share(x_shape[2:], kernel, stride, pad_lo, dilation, out_size)
+           <= KVECTOR_FEW_MAX_PADDED)
     if _kvector_fits(x_shape[0], groups, cg, k_out // groups, kernel, out_size, itemsize,
-                     _kvector_large(cg, kernel, stride, out_size, winograd_fits)):
+                     _kvector_large(cg, kernel, stride, out_size, winograd_fits), few):
         ways.append("kvector")
     elif blocked == "small":
         ways.append("blocked")
@@ -519,15 +526,24 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
                           *(["grouped"] if grouped_fits is not None else [])])
 
 
-def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize, large):
+def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize, large, few=False):
     """Whether ``kvector`` is the way, by the rules above; ``large``: whether it may take the
-    call above KVECTOR_MAX_MACS (1x1 kernels: whether it may take it at all)."""
+    call above KVECTOR_MAX_MACS (1x1 kernels: whether it may take it at all); ``few``:
+    whether it may take fewer than KVECTOR_MIN_POSITIONS positions."""
     positions, taps = n_batch * math.prod(out_size), math.prod(kernel)
     macs = positions * groups * kg * cg * taps
     return (_kvector_available() and kg >= KVECTOR_MIN_BLOCKS * K.block_filters(itemsize)
             and (large or (taps > 1 and macs <= KVECTOR_MAX_MACS))
             and cg >= KVECTOR_MIN_CHANNELS and cg * taps >= KVECTOR_MIN_DEPTH
-            and positions >= KVECTOR_MIN_POSITIONS)
+            and (positions >= KVECTOR_MIN_POSITIONS or few))
+
+
+def _padded_share(in_size, kernel, stride, pad_lo, dilation, out_size):
+    """The share of a convolution's (output position, tap) pairs that read padding."""
+    inside = 1.0
+    for n, k, s, p, d, o in zip(in_size, kernel, stride, pad_lo, dilation, out_size):
+        inside *= sum(0 <= i * s - p + r * d < n for i in range(o) for r in range(k)) / (o * k)
+    return 1.0 - inside
 
 
 def _kvector_large(cg, kernel, stride, out_size, winograd_fits):
