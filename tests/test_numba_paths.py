@@ -444,6 +444,8 @@ KVECTOR_CASES = [*BLOCKED_CASES,
                  ((1, 8, 9, 9), (130, 4, 1, 1), {"groups": 2}),  # 65 per group, 1x1
                  # the second group's weights copied a vector's worth at a time too
                  ((2, 36, 5, 5), (130, 18, 3, 3), {"groups": 2, "padding": 1}),
+                 # rows copied channels last a vector's worth of columns x channels at a time
+                 ((1, 20, 3, 41), (64, 20, 1, 3), {"padding": (0, 5), "stride": (1, 2)}),
                  ((3, 5, 6), (33, 5, 1), {"stride": 2})]
 
 

@@ -46,6 +46,7 @@ def _channels_last_padded(x, pad, xp):
     n_b, c_n, d_n, h_n, w_n = x.shape
     _, dp_n, hp_n, wp_n, _ = xp.shape
     xf = x.reshape(x.size)
+    count = VECTOR_BYTES // x.itemsize
     pieces = (wp_n + _COPY_COLUMNS - 1) // _COPY_COLUMNS
     for task in prange(n_b * dp_n * hp_n * pieces):
         w0 = (task % pieces) * _COPY_COLUMNS
@@ -57,15 +58,29 @@ def _channels_last_padded(x, pad, xp):
         if not (0 <= d < d_n and 0 <= h < h_n):
             row[w0 * c_n:min(wp_n, w0 + _COPY_COLUMNS) * c_n] = 0
             continue
-        src = (((n * c_n) * d_n + d) * h_n + h) * w_n
-        for wp in range(w0, min(wp_n, w0 + _COPY_COLUMNS)):
-            w = wp - pad[2]
-            at = wp * c_n
-            if 0 <= w < w_n:
-                for c in range(c_n):
-                    row[np.uintp(at + c)] = xf[np.uintp(src + c * d_n * h_n * w_n + w)]
-            else:
-                row[at:at + c_n] = 0
+        plane = d_n * h_n * w_n
+        src = (((n * c_n) * d_n + d) * h_n + h) * w_n - pad[2]  # column wp at src + wp
+        w1 = min(wp_n, w0 + _COPY_COLUMNS)
+        lo = min(max(w0, pad[2]), w1)  # the columns lo .. hi read x, the others are zeros
+        hi = max(min(w1, pad[2] + w_n), lo)
+        row[w0 * c_n:lo * c_n] = 0
+        row[hi * c_n:w1 * c_n] = 0
+        wp = lo
+        if c_n >= count:  # squares of a vector's worth of columns x channels
+            at = np.empty(count, dtype=np.int64)
+            whole = c_n - c_n % count
+            while wp + count <= hi:
+                for c0 in range(0, whole, count):
+                    for j in range(count):
+                        at[j] = (wp + j) * c_n + c0
+                    _vtranspose(xf, src + c0 * plane + wp, plane, row, at)
+                for j in range(wp, wp + count):
+                    for c in range(whole, c_n):
+                        row[np.uintp(j * c_n + c)] = xf[np.uintp(src + c * plane + j)]
+                wp += count
+        for j in range(wp, hi):
+            for c in range(c_n):
+                row[np.uintp(j * c_n + c)] = xf[np.uintp(src + c * plane + j)]
     return xp
 
 
@@ -291,15 +306,31 @@ def _conv_forward_kvector(xp, w, groups, transposed, bias, stride, dilation, ker
                              s40, s41, s42, s43,
                              s50, s51, s52, s53)
         # out filter by filter (contiguous rows of each output plane), image by image
+        # squares of a vector's worth of positions x filters transposed in registers
         k0 = g * kg + kblock * kb
+        filters = min(kb, (g + 1) * kg - k0)
+        count = VECTOR_BYTES // y.itemsize
+        whole = filters - filters % count
+        at = np.empty(count, dtype=np.int64)
         p = p_lo
         while p < p_hi:
             n = p // positions
             end = min(p_hi, (n + 1) * positions)
-            for kk in range(min(kb, (g + 1) * kg - k0)):
-                dst = (n * k_out + k0 + kk) * positions - n * positions
-                for q in range(p, end):
-                    yf[np.uintp(dst + q)] = sums[np.uintp((q - p_lo) * kb + kk)]
+            dst = (n * k_out + k0) * positions - n * positions  # filter kk, position q at
+            q = p                                               # dst + kk * positions + q
+            while q + count <= end:
+                for kk in range(0, whole, count):
+                    for j in range(count):
+                        at[j] = dst + (kk + j) * positions + q
+                    _vtranspose(sums, (q - p_lo) * kb + kk, kb, yf, at)
+                for kk in range(whole, filters):
+                    for i in range(q, q + count):
+                        yf[np.uintp(dst + kk * positions + i)] = sums[
+                            np.uintp((i - p_lo) * kb + kk)]
+                q += count
+            for kk in range(filters):
+                for i in range(q, end):
+                    yf[np.uintp(dst + kk * positions + i)] = sums[np.uintp((i - p_lo) * kb + kk)]
             p = end
     return y
 
