@@ -174,7 +174,8 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 #   Measured at batch 1 (`fastconv bench --ways`, float32, 2 threads), once each thread
 #   copies the weights it uses in vector squares: ResNet-18's layer4.0 (stride 2, 7x7, 9%
 #   padded) 0.80 ms against 1.18-1.21 blocked, its layer4 (stride 1, 7x7, 18%) 1.32 against
-#   1.32, C3D's conv5a (depth 2, 45%) 6.6 against 5.2;
+#   1.32, C3D's conv5a (depth 2, 45%) 6.6 against 5.2; not 1x1 kernels, which BLAS takes at
+#   batch 1 (below: ResNet-50's layer4.conv3 at 7x7 0.99x PyTorch on BLAS, 0.90x on kvector);
 # - for 1x1 kernels, only images of at most KVECTOR_THIN_IMAGE positions, whose per-image
 #   GEMMs are too thin for BLAS (ResNet-50's 512 -> 2048 at 7x7, batch 16: forward 6.6
 #   against 8.5 ms, input gradient 7.7 against 9.2; at 14x14, 1024 -> 256: 7.4 against 6.4).
@@ -506,7 +507,7 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
     blocked = _blocked_fits(x_shape[0] * groups, cg, k_out // groups, kernel, out_size,
                             forward=True)
     winograd_fits = winograd.fits(kernel, stride, cg, k_out // groups, x_shape[0], out_size)
-    few = (x_shape[0] * math.prod(out_size) < KVECTOR_MIN_POSITIONS
+    few = (x_shape[0] * math.prod(out_size) < KVECTOR_MIN_POSITIONS and math.prod(kernel) > 1
            and _padded_share(x_shape[2:], kernel, stride, pad_lo, dilation, out_size)
            <= KVECTOR_FEW_MAX_PADDED)
     if _kvector_fits(x_shape[0], groups, cg, k_out // groups, kernel, out_size, itemsize,
