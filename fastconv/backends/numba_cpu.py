@@ -261,10 +261,11 @@ def _kvector_input(x, pad, stride, dilation, kernel, out_size):
 
 
 def _kvector_conv(x, w, bias, stride, pad, dilation, groups, out_size, transposed=False):
-    """:func:`K._conv_forward_kvector` on a channels-last copy of ``x`` and ``w`` in blocks of
-    four vectors of filters, in chunks of positions that give every thread four tasks. With
-    ``transposed``, ``w`` is a transposed convolution's weights, computed at stride 1 as a
-    convolution (:func:`_as_conv`) whose flipped kernel the copy into blocks makes."""
+    """:func:`K._conv_forward_kvector` on a channels-last copy of ``x``, in chunks of positions
+    that give every thread four tasks, each thread copying the blocks of ``w`` it uses (four
+    vectors of filters) into its row of a scratch. With ``transposed``, ``w`` is a transposed
+    convolution's weights, computed at stride 1 as a convolution (:func:`_as_conv`) whose
+    flipped kernel the copy into blocks makes."""
     n_b = x.shape[0]
     kernel = w.shape[2:]
     cg, kg = (w.shape[0] // groups, w.shape[1]) if transposed else (w.shape[1],
