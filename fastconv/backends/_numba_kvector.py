@@ -310,25 +310,24 @@ def _conv_forward_kvector(xp, w, groups, transposed, bias, stride, dilation, ker
         # in registers (each filter's positions are a contiguous row of its output plane)
         k0 = g * kg + kblock * kb
         filters = min(kb, (g + 1) * kg - k0)
-        count = VECTOR_BYTES // y.itemsize
-        whole = filters - filters % count
-        rows_at = np.empty(count, dtype=np.int64)
+        whole = filters - filters % vec
+        rows_at = np.empty(vec, dtype=np.int64)
         p = p_lo
         while p < p_hi:
             n = p // positions
             end = min(p_hi, (n + 1) * positions)
             dst = (n * k_out + k0) * positions - n * positions  # filter kk, position q at
             q = p                                               # dst + kk * positions + q
-            while q + count <= end:
-                for kk in range(0, whole, count):
-                    for j in range(count):
+            while q + vec <= end:
+                for kk in range(0, whole, vec):
+                    for j in range(vec):
                         rows_at[j] = dst + (kk + j) * positions + q
                     _vtranspose(sums, (q - p_lo) * kb + kk, kb, yf, rows_at)
                 for kk in range(whole, filters):
-                    for i in range(q, q + count):
+                    for i in range(q, q + vec):
                         yf[np.uintp(dst + kk * positions + i)] = sums[
                             np.uintp((i - p_lo) * kb + kk)]
-                q += count
+                q += vec
             for kk in range(filters):
                 for i in range(q, end):
                     yf[np.uintp(dst + kk * positions + i)] = sums[np.uintp((i - p_lo) * kb + kk)]

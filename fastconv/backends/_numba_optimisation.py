@@ -10,8 +10,8 @@ no other compile, and the level is restored afterwards. A user's lower ``NUMBA_O
 
 Why: the first training step of ``fastconv train`` compiles LeNet's ten kernels (batch lanes,
 sigmoid), and its time is what a newcomer waits for. Measured on a fresh cache, per kernel in
-one process: 14.3 s at -O3 against 10.7 s at -O2; the first batch of ``fastconv train`` 8.9 s
-against 6.1-7.1 s; LeNet's training speed the same (``bench/train_lenet.py``, alternated runs:
+one process: 14.3 s at -O3 against 10.3 s at -O2; the first batch of ``fastconv train`` 8.9 s
+against 6.2-7.0 s; LeNet's training speed the same (``bench/train_lenet.py``, alternated runs:
 1.56-1.62x PyTorch at -O3, 1.63-1.65x at -O2).
 """
 

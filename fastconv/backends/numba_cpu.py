@@ -541,10 +541,15 @@ def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize, large, fe
 
 
 def _padded_share(in_size, kernel, stride, pad_lo, dilation, out_size):
-    """The share of a convolution's (output position, tap) pairs that read padding."""
+    """The share of a convolution's (output position, tap) pairs that read padding: per axis
+    and tap, the outputs ``i`` with ``0 <= i * s + r * d - p < n`` are a range."""
     inside = 1.0
     for n, k, s, p, d, o in zip(in_size, kernel, stride, pad_lo, dilation, out_size):
-        inside *= sum(0 <= i * s - p + r * d < n for i in range(o) for r in range(k)) / (o * k)
+        reads = 0
+        for r in range(k):
+            offset = r * d - p
+            reads += max(0, min(o - 1, (n - 1 - offset) // s) - max(0, -(offset // s)) + 1)
+        inside *= reads / (o * k)
     return 1.0 - inside
 
 
