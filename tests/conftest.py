@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 
 import fastconv
 from fastconv import _backend
+from fastconv.backends import numba_cpu
 from fastconv.backends._gpu_ops import GpuOps
 
 settings.register_profile(
@@ -79,6 +80,32 @@ class _OnGpu:
             return tuple(map(to_host, out)) if isinstance(out, tuple) else to_host(out)
 
         return call
+
+
+class _KnobPatch(pytest.MonkeyPatch):
+    """pytest's MonkeyPatch that also drops the ways the numba backend keeps per call shape
+    (``numba_cpu.forget_rules``) whenever it sets or restores an attribute or an item: a knob
+    a test changes rules the next call, and nothing a test chose outlives it."""
+
+    def setattr(self, *args, **kwargs):
+        super().setattr(*args, **kwargs)
+        numba_cpu.forget_rules()
+
+    def setitem(self, *args, **kwargs):
+        super().setitem(*args, **kwargs)
+        numba_cpu.forget_rules()
+
+    def undo(self):
+        super().undo()
+        numba_cpu.forget_rules()
+
+
+@pytest.fixture
+def monkeypatch():
+    """The :class:`_KnobPatch` of the test, undone after it (as pytest's own fixture is)."""
+    patch = _KnobPatch()
+    yield patch
+    patch.undo()
 
 
 @pytest.fixture(params=DTYPES, ids=["f64", "f32"])

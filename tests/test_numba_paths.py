@@ -578,3 +578,27 @@ def test_preferred_way_agrees_with_reference(way, nd, kw, dtype, rng):
         assert way in ways  # the forward at least
     if way == "phases" and not stride_one:
         assert way in ways  # the input gradient and the transposed forward
+
+
+def test_rule_ways_are_kept_per_shape_and_follow_the_knobs(rng, monkeypatch):
+    """The rules run once per call shape (their ways kept); a knob a test changes rules the
+    next call (conftest's monkeypatch drops the kept ways)."""
+    x = randn(rng, (2, 16, 12, 12), np.float32)
+    w = randn(rng, (32, 16, 3, 3), np.float32)
+    evaluated = []
+
+    def counted(*args):
+        evaluated.append(args)
+        return rules(*args)
+
+    rules = numba_cpu.conv_forward_ways
+    monkeypatch.setattr(numba_cpu, "conv_forward_ways", counted)
+    with numba_cpu.trace_ways() as taken:
+        first = fc.conv2d(x, w, padding=1)
+        assert_close(fc.conv2d(x, w, padding=1), first, np.dtype(np.float32), "kept")
+        fc.conv2d(x[:1], w, padding=1)
+    assert len(evaluated) == 2 and taken[0] == taken[1] != "direct"
+    force_numba_way("direct", monkeypatch)
+    with numba_cpu.trace_ways() as taken:
+        fc.conv2d(x, w, padding=1)
+    assert taken == ["direct"]

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastconv as fc
+from fastconv import _params as P
 from fastconv._params import conv_output_size, pool_output_size
 
 ints = st.integers
@@ -92,3 +93,45 @@ def test_same_padding_any_stride(size, kernel, stride, dilation, pairs):
     shape = fc.conv_output_shape((1, 1, size), (1, 1, kernel), stride=stride, padding="same",
                                  dilation=dilation)
     assert shape[-1] == -(-size // stride)
+
+
+def test_specs_are_kept_per_signature(rng):
+    """A second call of one signature gets the spec of the first (kept, not validated again),
+    and the kept spec is the one validation gives."""
+    x = rng.standard_normal((2, 3, 9, 8))
+    w = rng.standard_normal((4, 3, 3, 3))
+    args = ("conv2d", 2, x, w, None, 2, "same", 1, 1, "zeros")
+    first = P.conv_spec(*args)
+    assert P.conv_spec(*args) is first
+    assert P.conv_spec(*args[:2], x.copy(), w.copy(), *args[4:]) is first  # same shapes
+    assert P.conv_spec.__wrapped__(*args) == first
+    spec, divisor = P.avg_pool_setup("avg_pool2d", 2, x, 3, 2, 1, True, False, None)
+    assert P.avg_pool_setup("avg_pool2d", 2, x, 3, 2, 1, True, False, None)[0] is spec
+    # a different dtype, shape or parameter is another signature
+    assert P.conv_spec(*args[:2], x.astype(np.float32), *args[3:]) is not first
+    assert P.conv_spec(*args[:2], x[:, :, :8], *args[3:]).out_size == (1, 4, 4)
+    assert P.pool_spec("max_pool2d", 2, x, 3, None, 1, 1, True).out_size == (1, 4, 3)
+    assert P.pool_spec("max_pool2d", 2, x, 3, None, 1, 1, False).out_size == (1, 3, 3)
+
+
+@pytest.mark.parametrize("good, bad, error", [
+    ({"stride": 1}, {"stride": True}, TypeError),  # True == 1, but not an int here
+    ({"stride": 2}, {"stride": 2.0}, TypeError),
+    ({"stride": (2, 1)}, {"stride": (2.0, 1)}, TypeError),
+    ({"padding": 1}, {"padding": -1}, ValueError),
+    ({"groups": 1}, {"groups": 1.0}, TypeError),
+])
+def test_a_kept_spec_never_lets_bad_arguments_through(good, bad, error, rng):
+    """Arguments equal to a kept signature's in value but not in type are still checked; and
+    a call that failed is checked again."""
+    x = rng.standard_normal((1, 3, 8, 8))
+    w = rng.standard_normal((4, 3, 3, 3))
+    fc.conv2d(x, w, **good)
+    for _ in range(2):
+        with pytest.raises(error, match="conv2d"):
+            fc.conv2d(x, w, **bad)
+    with pytest.raises(TypeError, match="ceil_mode|kernel_size"):
+        fc.max_pool2d(x, 2.0)
+    fc.max_pool2d(x, 2, ceil_mode=True)
+    with pytest.raises(TypeError, match="kernel_size"):
+        fc.max_pool2d(x, 2.0, ceil_mode=True)

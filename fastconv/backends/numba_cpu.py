@@ -646,6 +646,30 @@ def _first_way(ways, *operands):
     raise AssertionError(f"no way among {ways}")  # pragma: no cover - direct always fits
 
 
+# The ways the rules give, kept per call key (primitive, shapes, parameters, dtype): the rules
+# read nothing else but the knobs of these modules, and evaluating them in Python took 6-7 us
+# a call, against 40-100 us for a whole small call (MobileNetV2's 7x7 depthwise layer at batch
+# 1). Code that changes a knob calls `forget_rules` (the tests' monkeypatch does).
+_rule_ways = {}
+RULE_WAYS_KEPT = 4096
+
+
+def forget_rules():
+    """Drop the ways kept by :func:`_ways_by_rules` (after changing one of the knobs)."""
+    _rule_ways.clear()
+
+
+def _ways_by_rules(key, rules, *args):
+    """``rules(*args)`` as a tuple, computed once per ``key`` (the call's shapes, parameters
+    and dtype: everything ``args`` holds)."""
+    ways = _rule_ways.get(key)
+    if ways is None:
+        if len(_rule_ways) >= RULE_WAYS_KEPT:
+            _rule_ways.clear()
+        ways = _rule_ways[key] = tuple(rules(*args))
+    return ways
+
+
 def _computed(key, ways, operands, compute):
     """``(way, compute(way))`` for the way this call takes: the preferred one
     (:func:`prefer_way`), else, where tuning is on, the plan kept for ``key`` and the thread
@@ -672,11 +696,11 @@ def _computed(key, ways, operands, compute):
 
 @_serialised
 def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
+    key = ("conv_forward", x.shape, w.shape, stride, pad_lo, dilation, groups, out_size,
+           x.dtype.str)
     way, y = _computed(
-        ("conv_forward", x.shape, w.shape, stride, pad_lo, dilation, groups, out_size,
-         x.dtype.str),
-        conv_forward_ways(x.shape, w.shape, stride, pad_lo, dilation, groups, out_size,
-                          x.itemsize), (x, w),
+        key, _ways_by_rules(key, conv_forward_ways, x.shape, w.shape, stride, pad_lo, dilation,
+                            groups, out_size, x.itemsize), (x, w),
         lambda way: _forward_by(way, x, w, stride, pad_lo, dilation, groups, out_size, bias))
     _taken(way)
     return y
@@ -750,11 +774,11 @@ def conv_transpose_forward(x, w, stride, pad_lo, dilation, groups, out_size, bia
 
 
 def _transposed(x, w, stride, pad_lo, dilation, groups, out_size, bias):
+    key = ("conv_transpose_forward", x.shape, w.shape, stride, pad_lo, dilation, groups,
+           out_size, x.dtype.str)
     way, y = _computed(
-        ("conv_transpose_forward", x.shape, w.shape, stride, pad_lo, dilation, groups, out_size,
-         x.dtype.str),
-        conv_transpose_forward_ways(x.shape, w.shape, stride, pad_lo, dilation, groups,
-                                    out_size, x.itemsize), (x, w),
+        key, _ways_by_rules(key, conv_transpose_forward_ways, x.shape, w.shape, stride, pad_lo,
+                            dilation, groups, out_size, x.itemsize), (x, w),
         lambda way: _transposed_by(way, x, w, stride, pad_lo, dilation, groups, out_size,
                                    bias))
     _taken(way)
@@ -880,11 +904,11 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
 
 @_serialised
 def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
+    key = ("conv_weight_grad", x.shape, gy.shape, stride, pad_lo, dilation, groups, kernel,
+           x.dtype.str)
     way, gw = _computed(
-        ("conv_weight_grad", x.shape, gy.shape, stride, pad_lo, dilation, groups, kernel,
-         x.dtype.str),
-        conv_weight_grad_ways(x.shape, gy.shape, stride, pad_lo, dilation, groups, kernel,
-                              x.itemsize), (),
+        key, _ways_by_rules(key, conv_weight_grad_ways, x.shape, gy.shape, stride, pad_lo,
+                            dilation, groups, kernel, x.itemsize), (),
         lambda way: _weight_grad_by(way, x, gy, stride, pad_lo, dilation, groups, kernel))
     # Checked after the fact, on the weight-sized result: a NaN or Inf in x or gy always
     # leaves one in gw (inf times a finite number or zero, inf - inf, NaN), so a finite gw
