@@ -32,15 +32,18 @@ from ._numba_kvector import (
     _store_block,
     _tap_offset,
 )
-from ._numba_simd import VECTOR_BYTES, _vector_scratch, _vload
+from ._numba_simd import VECTOR_BYTES, _vector_scratch, _vload, _vtranspose
 
 # The register block: output positions (or, in the weight gradient, input channels) x
 # filters, each entry one vector of groups; kvector's block shape, whose loads and stores
 # (_load_block, _store_block) it shares.
 GROUPED_POSITIONS = KVECTOR_POSITIONS
 GROUPED_FILTERS = KVECTOR_VECTORS
-# Positions per task of the gradient's copy (one cache line of each filter's plane).
+# Positions per task of the gradient's copy (one cache line of each filter's plane, and a
+# vector's worth for the float32 squares).
 _TILE = 16
+# Positions (whole rows of the plane) per task of the input's copy: a few squares each.
+_BAND_POSITIONS = 64
 
 
 def group_vector(itemsize):
@@ -53,31 +56,72 @@ def _groups_last_padded(x, pad, groups, xp):
     """``x`` ``(N, C, D, H, W)`` into ``xp`` ``(gblocks, N, Dp, Hp, Wp, width)``, ``width``
     at least ``cg * vec``: per vector of groups, channel ``c`` of its group ``lane`` at
     ``c * vec + lane``, shifted by ``pad`` along each spatial axis; zeros outside ``x``,
-    past the last group and past ``cg * vec``."""
+    past the last group and past ``cg * vec``.
+
+    A task is a band of output rows of one vector of groups; in it, per channel, squares of
+    ``vec`` groups x ``vec`` consecutive positions of the plane (across rows: ResNeXt's rows
+    of 14 or 7 hold no whole square) are transposed in registers (:func:`_vtranspose`), each
+    column to its own place; the positions of a square that falls partly in the padding, and
+    the last few, one by one."""
     n_b, c_n, d_n, h_n, w_n = x.shape
     gblocks, _, dp_n, hp_n, wp_n, width = xp.shape
     vec = VECTOR_BYTES // x.itemsize
     cg = c_n // groups
+    plane = h_n * w_n
+    step = cg * d_n * plane  # from one group's channel to the next group's
+    band = max(1, (_BAND_POSITIONS + w_n - 1) // w_n)  # rows per task
+    bands = (hp_n + band - 1) // band
     xf = x.reshape(x.size)
-    for task in prange(gblocks * n_b * dp_n * hp_n):
-        hp = task % hp_n
-        dp = (task // hp_n) % dp_n
-        n = (task // (hp_n * dp_n)) % n_b
-        gb = task // (hp_n * dp_n * n_b)
-        row = xp[gb, n, dp, hp].reshape(wp_n * width)
-        row[:] = 0
-        d, h = dp - pad[0], hp - pad[1]
-        if not (0 <= d < d_n and 0 <= h < h_n):
+    for task in prange(gblocks * n_b * dp_n * bands):
+        hp0 = (task % bands) * band
+        dp = (task // bands) % dp_n
+        n = (task // (bands * dp_n)) % n_b
+        gb = task // (bands * dp_n * n_b)
+        hp1 = min(hp_n, hp0 + band)
+        out = xp[gb, n, dp].reshape(hp_n * wp_n * width)
+        out[hp0 * wp_n * width:hp1 * wp_n * width] = 0
+        d = dp - pad[0]
+        h_lo, h_hi = max(0, hp0 - pad[1]), min(h_n, hp1 - pad[1])
+        if not (0 <= d < d_n) or h_lo >= h_hi:
             continue
-        w_lo, w_hi = max(0, pad[2]), min(wp_n, w_n + pad[2])
-        for lane in range(min(vec, groups - gb * vec)):
-            for c in range(cg):
-                src = ((((n * c_n + (gb * vec + lane) * cg + c) * d_n + d) * h_n + h) * w_n
-                       - pad[2])
-                at = c * vec + lane
-                for wp in range(w_lo, w_hi):
-                    row[np.uintp(wp * width + at)] = xf[np.uintp(src + wp)]
+        lanes = min(vec, groups - gb * vec)
+        at = np.empty(vec, dtype=np.int64)
+        for c in range(cg):
+            src = ((n * c_n + gb * vec * cg + c) * d_n + d) * plane  # lane at + lane * step
+            p, p_end = h_lo * w_n, h_hi * w_n
+            while lanes == vec and p + vec <= p_end:
+                h, w = p // w_n, p % w_n
+                inside = True
+                for j in range(vec):
+                    wp = w + pad[2]
+                    inside = inside and 0 <= wp < wp_n
+                    at[j] = ((h + pad[1]) * wp_n + wp) * width + c * vec
+                    w += 1
+                    if w == w_n:
+                        w, h = 0, h + 1
+                if inside:
+                    _vtranspose(xf, src + p, step, out, at)
+                else:
+                    _groups_last_positions(xf, src, step, lanes, p, p + vec, w_n, pad,
+                                           wp_n, width, c * vec, out)
+                p += vec
+            _groups_last_positions(xf, src, step, lanes, p, p_end, w_n, pad, wp_n, width,
+                                   c * vec, out)
     return xp
+
+
+@njit(cache=True, inline="always")
+def _groups_last_positions(xf, src, step, lanes, p_lo, p_hi, w_n, pad, wp_n, width, at, out):
+    """Positions ``p_lo .. p_hi`` of one channel's plane (at ``src``, the next group's
+    ``step`` further) to their places in ``out``, the shifted row ``h + pad[1]`` and column
+    ``w + pad[2]``, element by element; columns shifted past ``wp_n`` are dropped."""
+    for p in range(p_lo, p_hi):
+        h, w = p // w_n, p % w_n
+        wp = w + pad[2]
+        if 0 <= wp < wp_n:
+            dst = ((h + pad[1]) * wp_n + wp) * width + at
+            for lane in range(lanes):
+                out[np.uintp(dst + lane)] = xf[np.uintp(src + lane * step + p)]
 
 
 @njit(**_jit)
@@ -189,17 +233,27 @@ def _conv_forward_grouped(xp, wg, bias, stride, dilation, kernel, groups, kg, ou
                              s30, s31, s32, s33,
                              s40, s41, s42, s43,
                              s50, s51, s52, s53)
-        # out filter by filter (contiguous rows of each output plane), image by image
+        # out image by image, filter by filter (contiguous rows of each output plane): squares
+        # of a vector's worth of positions x groups transposed in registers, the rest one by one
+        lanes = min(vec, groups - gb * vec)
+        rows_at = np.empty(vec, dtype=np.int64)
         p = p_lo
         while p < p_hi:
             n = p // positions
             end = min(p_hi, (n + 1) * positions)
-            for lane in range(min(vec, groups - gb * vec)):
-                for f in range(min(f_n, kg - kblock * f_n)):
-                    k = (gb * vec + lane) * kg + kblock * f_n + f
-                    dst = (n * k_out + k) * positions - n * positions
-                    for q in range(p, end):
-                        yf[np.uintp(dst + q)] = sums[np.uintp((q - p_lo) * kb + f * vec + lane)]
+            for f in range(min(f_n, kg - kblock * f_n)):
+                # filter f of group lane: position q at dst + lane * kg * positions + q
+                dst = (n * k_out + gb * vec * kg + kblock * f_n + f) * positions - n * positions
+                q = p
+                while lanes == vec and q + vec <= end:
+                    for lane in range(vec):
+                        rows_at[lane] = dst + lane * kg * positions + q
+                    _vtranspose(sums, (q - p_lo) * kb + f * vec, kb, yf, rows_at)
+                    q += vec
+                for lane in range(lanes):
+                    for i in range(q, end):
+                        yf[np.uintp(dst + lane * kg * positions + i)] = sums[
+                            np.uintp((i - p_lo) * kb + f * vec + lane)]
             p = end
     return y
 
@@ -227,12 +281,22 @@ def _grad_groups_last(gy, groups, kg, gyg):
             for p in range(p0, p1):
                 rows[p * width:(p + 1) * width] = 0
         # a tile of positions at a time: its rows stay in the L1 cache while every filter's
-        # values are scattered into them (a filter's whole plane at a time: 2.1 -> 0.7 ms)
+        # values are scattered into them (a filter's whole plane at a time: 2.1 -> 0.7 ms);
+        # for a whole vector of groups, per filter, squares of a vector's worth of positions
+        # x groups transposed in registers, the last positions one by one
+        whole = p0 + (p1 - p0) // vec * vec if lanes == vec else p0
+        at = np.empty(vec, dtype=np.int64)
+        for k in range(kg):
+            for q in range(p0, whole, vec):
+                for j in range(vec):
+                    at[j] = (q + j) * width + k * vec
+                _vtranspose(gf, (n * k_out + gb * vec * kg + k) * positions + q,
+                            kg * positions, rows, at)
         for lane in range(lanes):
             for k in range(kg):
                 src = (n * k_out + (gb * vec + lane) * kg + k) * positions
                 dst = k * vec + lane
-                for p in range(p0, p1):
+                for p in range(whole, p1):
                     rows[np.uintp(dst + p * width)] = gf[np.uintp(src + p)]
     return gyg
 
