@@ -200,10 +200,15 @@ def conv_padding(fn, padding, nd, kernel, stride, dilation, in_size):
 KEPT_SPECS = 1024
 
 
-def _signature(args):
-    """A key for the arguments of a spec function, or ``None`` where one is not plain."""
+def _signature(args, arrays):
+    """A key for the arguments of a spec function whose first ``arrays`` arguments are arrays
+    (or ``None``), or ``None`` where a parameter is not plain."""
     parts = []
-    for a in args:
+    for a in args[:arrays]:
+        if a is not None and not hasattr(a, "shape"):
+            return None  # not an array: validation says so
+        parts.append(a if a is None else (type(a), a.shape, getattr(a, "dtype", None)))
+    for a in args[arrays:]:
         kind = type(a)
         if kind is int or kind is str or a is None:
             parts.append(a)
@@ -211,35 +216,36 @@ def _signature(args):
             parts.append((bool, a))
         elif kind is tuple and all(type(v) is int for v in a):
             parts.append(a)
-        elif hasattr(a, "shape"):  # an array, or a shape's stand-in (conv_output_shape)
-            parts.append((kind, a.shape, getattr(a, "dtype", None)))
         else:
             return None
     return tuple(parts)
 
 
-def kept(spec_function):
-    """``spec_function(fn, nd, *args)``, computed once per signature (:func:`_signature`) and
-    kept; a call that raises keeps nothing, so the next one raises too."""
-    cache = {}
+def kept(arrays):
+    """Decorate ``spec_function(fn, nd, *args)``, whose first ``arrays`` arguments are arrays
+    (or shape stand-ins, or ``None``), to compute once per signature (:func:`_signature`) and
+    keep the result; a call that raises keeps nothing, so the next one raises too."""
 
-    @functools.wraps(spec_function)
-    def spec(fn, nd, *args, **kwargs):
-        key = None if kwargs else _signature(args)
-        if key is None:
-            return spec_function(fn, nd, *args, **kwargs)
-        key = (fn, nd, key)
-        found = cache.get(key)
-        if found is None:
-            found = spec_function(fn, nd, *args)
-            if len(cache) >= KEPT_SPECS:
-                cache.clear()
-            cache[key] = found
-        return found
+    def decorate(spec_function):
+        cache = {}
 
-    spec.forget = cache.clear
-    return spec
+        @functools.wraps(spec_function)
+        def spec(fn, nd, *args, **kwargs):
+            key = None if kwargs else _signature(args, arrays)
+            if key is None:
+                return spec_function(fn, nd, *args, **kwargs)
+            key = (fn, nd, key)
+            found = cache.get(key)
+            if found is None:
+                found = spec_function(fn, nd, *args)
+                if len(cache) >= KEPT_SPECS:
+                    cache.clear()
+                cache[key] = found
+            return found
 
+        return spec
+
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -318,7 +324,7 @@ def _check_padding_mode(fn, mode, padding, in_size):
                       f"padding {(lo, hi)} for an axis of size {size}")
 
 
-@kept
+@kept(arrays=3)
 def conv_spec(fn, nd, x, weight, bias, stride, padding, dilation, groups, padding_mode):
     """Validate a convolution call; weight is ``(C_out, C_in // groups, *kernel)``."""
     batched = check_batched(fn, x, nd)
@@ -346,7 +352,7 @@ def conv_spec(fn, nd, x, weight, bias, stride, padding, dilation, groups, paddin
                     lift(kernel, 1), lift(in_size, 1), lift(out, 1), padding_mode)
 
 
-@kept
+@kept(arrays=3)
 def conv_transpose_spec(fn, nd, x, weight, bias, stride, padding, output_padding, groups,
                         dilation):
     """Validate a transposed convolution; weight is ``(C_in, C_out // groups, *kernel)``."""
@@ -383,7 +389,7 @@ def conv_transpose_spec(fn, nd, x, weight, bias, stride, padding, output_padding
                     lift(dilation, 1), groups, lift(kernel, 1), lift(in_size, 1), lift(out, 1))
 
 
-@kept
+@kept(arrays=1)
 def pool_spec(fn, nd, x, kernel_size, stride, padding, dilation, ceil_mode):
     """Validate a pooling call (``stride=None`` means ``stride=kernel_size``)."""
     batched = check_batched(fn, x, nd)
@@ -413,7 +419,7 @@ def avg_pool_spec(fn, nd, x, kernel_size, stride, padding, ceil_mode, divisor_ov
     return spec, check_divisor_override(fn, divisor_override)
 
 
-@kept
+@kept(arrays=1)
 def avg_pool_setup(fn, nd, x, kernel_size, stride=None, padding=0, ceil_mode=False,
                    count_include_pad=True, divisor_override=None):
     """An in-memory average pooling's spec and its divisors (see :func:`avg_pool_divisor`)."""

@@ -135,3 +135,17 @@ def test_a_kept_spec_never_lets_bad_arguments_through(good, bad, error, rng):
     fc.max_pool2d(x, 2, ceil_mode=True)
     with pytest.raises(TypeError, match="kernel_size"):
         fc.max_pool2d(x, 2.0, ceil_mode=True)
+
+
+def test_parameters_given_as_arrays_are_never_keys(rng):
+    """A parameter with a shape is not taken for an array (two strides of one shape would
+    share a key): it is validated, and refused, every time."""
+    x = rng.standard_normal((1, 3, 8, 8))
+    w = rng.standard_normal((4, 3, 3, 3))
+    for stride in (np.array(1), np.array(2)):
+        with pytest.raises(TypeError, match="conv2d: stride"):
+            fc.conv2d(x, w, stride=stride)
+        with pytest.raises(TypeError, match="max_pool2d: kernel_size"):
+            fc.max_pool2d(x, stride)
+    assert P._signature((x, w, None, np.array(2), 1), 3) is None
+    assert P._signature((x, w, None, 2, 1), 3) != P._signature((x, w, None, 3, 1), 3)
