@@ -495,7 +495,7 @@ def conv_transpose_backward(fn, nd, grad_output, x, weight, stride, padding, out
 def _max_pool5d(fn, x5, spec, module, return_indices):
     result_bounds = _result_bounds(B.gather_bounds, x5, spec, spec.padding)
     plans, regions = _cut(B.gather_plan, x5, result_bounds,
-                             _axes(spec.kernel, spec.stride, spec.padding, spec.dilation))
+                          _axes(spec.kernel, spec.stride, spec.padding, spec.dilation))
     chunks = x5.chunks[:2] + tuple(_sizes(b) for b in result_bounds)
     blocks = da.map_blocks(
         _max_pool_block, regions, fn=fn, backend=_backend.get_backend(), plans=plans,
@@ -561,7 +561,7 @@ def avg_pool(fn, nd, x, kernel_size, stride, padding, ceil_mode, count_include_p
     x5 = _to5d(x, nd, spec.batched)
     result_bounds = _result_bounds(B.gather_bounds, x5, spec, spec.padding)
     plans, regions = _cut(B.gather_plan, x5, result_bounds,
-                             _axes(spec.kernel, spec.stride, spec.padding, spec.dilation))
+                          _axes(spec.kernel, spec.stride, spec.padding, spec.dilation))
     y = da.map_blocks(
         _avg_pool_block, regions, fn=fn, backend=_backend.get_backend(), plans=plans,
         pool=_pool_geometry(spec, count_include_pad, divisor_override),
@@ -581,7 +581,7 @@ def avg_pool_backward(fn, nd, grad_output, x, kernel_size, stride, padding, ceil
     x5 = _to5d(x, nd, spec.batched)
     gy = _to5d(grad_output, nd, spec.batched).rechunk({0: x5.chunks[0], 1: x5.chunks[1]})
     plans, regions = _cut(B.scatter_plan, gy, _bounds(x5),
-                              _axes(spec.kernel, spec.stride, spec.padding, spec.dilation))
+                          _axes(spec.kernel, spec.stride, spec.padding, spec.dilation))
     gx = da.map_blocks(
         _avg_pool_backward_block, regions, fn=fn, backend=_backend.get_backend(), plans=plans,
         pool=_pool_geometry(spec, count_include_pad, divisor_override), chunks=x5.chunks,

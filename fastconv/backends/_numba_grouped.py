@@ -30,6 +30,7 @@ from ._numba_kvector import (
     _load_block,
     _position_start,
     _store_block,
+    _sums_out,
     _tap_offset,
 )
 from ._numba_simd import VECTOR_BYTES, _vector_scratch, _vload, _vtranspose
@@ -233,8 +234,8 @@ def _conv_forward_grouped(xp, wg, bias, stride, dilation, kernel, groups, kg, ou
                              s30, s31, s32, s33,
                              s40, s41, s42, s43,
                              s50, s51, s52, s53)
-        # out image by image, filter by filter (contiguous rows of each output plane): squares
-        # of a vector's worth of positions x groups transposed in registers, the rest one by one
+        # out image by image, filter by filter (contiguous rows of each output plane), each a
+        # vector of groups
         lanes = min(vec, groups - gb * vec)
         rows_at = np.empty(vec, dtype=np.int64)
         p = p_lo
@@ -244,16 +245,8 @@ def _conv_forward_grouped(xp, wg, bias, stride, dilation, kernel, groups, kg, ou
             for f in range(min(f_n, kg - kblock * f_n)):
                 # filter f of group lane: position q at dst + lane * kg * positions + q
                 dst = (n * k_out + gb * vec * kg + kblock * f_n + f) * positions - n * positions
-                q = p
-                while lanes == vec and q + vec <= end:
-                    for lane in range(vec):
-                        rows_at[lane] = dst + lane * kg * positions + q
-                    _vtranspose(sums, (q - p_lo) * kb + f * vec, kb, yf, rows_at)
-                    q += vec
-                for lane in range(lanes):
-                    for i in range(q, end):
-                        yf[np.uintp(dst + lane * kg * positions + i)] = sums[
-                            np.uintp((i - p_lo) * kb + f * vec + lane)]
+                _sums_out(sums, kb, f * vec, lanes, p_lo, p, end, yf, dst, kg * positions,
+                          rows_at)
             p = end
     return y
 

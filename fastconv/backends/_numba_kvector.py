@@ -306,33 +306,40 @@ def _conv_forward_kvector(xp, w, groups, transposed, bias, stride, dilation, ker
                              s30, s31, s32, s33,
                              s40, s41, s42, s43,
                              s50, s51, s52, s53)
-        # out image by image, in squares of a vector's worth of positions x filters transposed
-        # in registers (each filter's positions are a contiguous row of its output plane)
+        # out image by image, a vector's worth of filters at a time (each filter's positions
+        # are a contiguous row of its output plane)
         k0 = g * kg + kblock * kb
         filters = min(kb, (g + 1) * kg - k0)
-        whole = filters - filters % vec
         rows_at = np.empty(vec, dtype=np.int64)
         p = p_lo
         while p < p_hi:
             n = p // positions
             end = min(p_hi, (n + 1) * positions)
             dst = (n * k_out + k0) * positions - n * positions  # filter kk, position q at
-            q = p                                               # dst + kk * positions + q
-            while q + vec <= end:
-                for kk in range(0, whole, vec):
-                    for j in range(vec):
-                        rows_at[j] = dst + (kk + j) * positions + q
-                    _vtranspose(sums, (q - p_lo) * kb + kk, kb, yf, rows_at)
-                for kk in range(whole, filters):
-                    for i in range(q, q + vec):
-                        yf[np.uintp(dst + kk * positions + i)] = sums[
-                            np.uintp((i - p_lo) * kb + kk)]
-                q += vec
-            for kk in range(filters):
-                for i in range(q, end):
-                    yf[np.uintp(dst + kk * positions + i)] = sums[np.uintp((i - p_lo) * kb + kk)]
+            for kk in range(0, filters, vec):                   # dst + kk * positions + q
+                _sums_out(sums, kb, kk, min(vec, filters - kk), p_lo, p, end, yf,
+                          dst + kk * positions, positions, rows_at)
             p = end
     return y
+
+
+@njit(cache=True, inline="always")
+def _sums_out(sums, kb, column, columns, p_lo, q, end, yf, dst, column_step, rows_at):
+    """Columns ``column .. column + columns - 1`` of the sums of positions ``q .. end`` (position
+    ``i``'s ``kb`` sums at ``(i - p_lo) * kb``) into ``yf``, column ``j`` of position ``i`` at
+    ``dst + j * column_step + i``: squares of a vector's worth of positions x columns
+    transposed in registers (:func:`_vtranspose`) where the columns fill a vector, the rest
+    one by one."""
+    vec = rows_at.size
+    if columns == vec:
+        while q + vec <= end:
+            for j in range(vec):
+                rows_at[j] = dst + j * column_step + q
+            _vtranspose(sums, (q - p_lo) * kb + column, kb, yf, rows_at)
+            q += vec
+    for j in range(columns):
+        for i in range(q, end):
+            yf[np.uintp(dst + j * column_step + i)] = sums[np.uintp((i - p_lo) * kb + column + j)]
 
 
 

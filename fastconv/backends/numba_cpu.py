@@ -646,37 +646,32 @@ def _first_way(ways, *operands):
     raise AssertionError(f"no way among {ways}")  # pragma: no cover - direct always fits
 
 
-# The ways the rules give, kept per call key (primitive, shapes, parameters, dtype): the rules
-# read nothing else but the knobs of these modules, and evaluating them in Python took 6-7 us
-# a call, against 40-100 us for a whole small call (MobileNetV2's 7x7 depthwise layer at batch
-# 1). Code that changes a knob calls `forget_rules` (the tests' monkeypatch does).
+# The ways the rules give, kept per call key (primitive, shapes, parameters, dtype) by
+# `_computed`: the rules read nothing else but the knobs of these modules, and evaluating them
+# in Python took 6-7 us a call, against 40-100 us for a whole small call (MobileNetV2's 7x7
+# depthwise layer at batch 1). Code that changes a knob calls `forget_rules` (the tests'
+# monkeypatch does).
 _rule_ways = {}
 RULE_WAYS_KEPT = 4096
 
 
 def forget_rules():
-    """Drop the ways kept by :func:`_ways_by_rules` (after changing one of the knobs)."""
+    """Drop the ways kept per call key (after changing one of the knobs)."""
     _rule_ways.clear()
 
 
-def _ways_by_rules(key, rules, *args):
-    """``rules(*args)`` as a tuple, computed once per ``key`` (the call's shapes, parameters
-    and dtype: everything ``args`` holds)."""
+def _computed(key, rules, operands, compute):
+    """``(way, compute(way))`` for the way this call takes (``rules()``: the ways the rules
+    give, computed once per ``key``, which holds everything they read): the preferred one
+    (:func:`prefer_way`), else, where tuning is on, the plan kept for ``key`` and the thread
+    count (measured on the first call of the shape, :mod:`._numba_tuning`), else the rules'
+    first; each the first after it that is exact for the operands' NaN and Inf (``operands``:
+    those a way in ``MIXING`` reads; empty where the caller checks after the fact)."""
     ways = _rule_ways.get(key)
     if ways is None:
         if len(_rule_ways) >= RULE_WAYS_KEPT:
             _rule_ways.clear()
-        ways = _rule_ways[key] = tuple(rules(*args))
-    return ways
-
-
-def _computed(key, ways, operands, compute):
-    """``(way, compute(way))`` for the way this call takes: the preferred one
-    (:func:`prefer_way`), else, where tuning is on, the plan kept for ``key`` and the thread
-    count (measured on the first call of the shape, :mod:`._numba_tuning`), else the rules'
-    first; each the first
-    after it that is exact for the operands' NaN and Inf (``operands``: those a way in
-    ``MIXING`` reads; empty where the caller checks after the fact)."""
+        ways = _rule_ways[key] = tuple(rules())
     ways = _ordered(ways)
     if _preferred.get() is None and tuning.enabled():
         key = (*key, numba.get_num_threads())
@@ -699,8 +694,8 @@ def conv_forward(x, w, stride, pad_lo, dilation, groups, out_size, bias=None):
     key = ("conv_forward", x.shape, w.shape, stride, pad_lo, dilation, groups, out_size,
            x.dtype.str)
     way, y = _computed(
-        key, _ways_by_rules(key, conv_forward_ways, x.shape, w.shape, stride, pad_lo, dilation,
-                            groups, out_size, x.itemsize), (x, w),
+        key, lambda: conv_forward_ways(x.shape, w.shape, stride, pad_lo, dilation, groups,
+                                       out_size, x.itemsize), (x, w),
         lambda way: _forward_by(way, x, w, stride, pad_lo, dilation, groups, out_size, bias))
     _taken(way)
     return y
@@ -777,8 +772,8 @@ def _transposed(x, w, stride, pad_lo, dilation, groups, out_size, bias):
     key = ("conv_transpose_forward", x.shape, w.shape, stride, pad_lo, dilation, groups,
            out_size, x.dtype.str)
     way, y = _computed(
-        key, _ways_by_rules(key, conv_transpose_forward_ways, x.shape, w.shape, stride, pad_lo,
-                            dilation, groups, out_size, x.itemsize), (x, w),
+        key, lambda: conv_transpose_forward_ways(x.shape, w.shape, stride, pad_lo, dilation,
+                                                 groups, out_size, x.itemsize), (x, w),
         lambda way: _transposed_by(way, x, w, stride, pad_lo, dilation, groups, out_size,
                                    bias))
     _taken(way)
@@ -907,8 +902,8 @@ def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
     key = ("conv_weight_grad", x.shape, gy.shape, stride, pad_lo, dilation, groups, kernel,
            x.dtype.str)
     way, gw = _computed(
-        key, _ways_by_rules(key, conv_weight_grad_ways, x.shape, gy.shape, stride, pad_lo,
-                            dilation, groups, kernel, x.itemsize), (),
+        key, lambda: conv_weight_grad_ways(x.shape, gy.shape, stride, pad_lo, dilation,
+                                           groups, kernel, x.itemsize), (),
         lambda way: _weight_grad_by(way, x, gy, stride, pad_lo, dilation, groups, kernel))
     # Checked after the fact, on the weight-sized result: a NaN or Inf in x or gy always
     # leaves one in gw (inf times a finite number or zero, inf - inf, NaN), so a finite gw

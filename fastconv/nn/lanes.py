@@ -253,17 +253,11 @@ def conv_backward(gy, xl, weight, options, in_shape, input_grad):
 # --------------------------------------------------------------------------- pooling
 
 
-_POOL_GEOMETRY = {}  # (shape, dtype, options) -> (spec, divisor): validated once per shape
-
-
 def _pool_geometry(x, options):
-    key = (x.shape, x.dtype, repr(sorted(options.items())))
-    found = _POOL_GEOMETRY.get(key)
-    if found is None:
-        if len(_POOL_GEOMETRY) >= 64:
-            _POOL_GEOMETRY.clear()
-        found = _POOL_GEOMETRY[key] = P.avg_pool_setup("AvgPool2d", 2, x, **options)
-    return found
+    """The pooling's spec and divisors (kept per shape and options by ``P.avg_pool_setup``)."""
+    o = options
+    return P.avg_pool_setup("AvgPool2d", 2, x, o["kernel_size"], o["stride"], o["padding"],
+                            o["ceil_mode"], o["count_include_pad"], o["divisor_override"])
 
 
 @_serialised
