@@ -37,7 +37,8 @@ NUMBA_WAYS = {
     "kvector": _ANY_KVECTOR,
     # the same in chunks of one register block of positions, one input channel per block
     "kvector_small_tasks": {**_ANY_KVECTOR, "numba_cpu.KVECTOR_CHUNK": 1,
-                            "numba_cpu.KVECTOR_WEIGHT_ELEMS": 1},
+                            "numba_cpu.KVECTOR_WEIGHT_ELEMS": 1,
+                            "numba_cpu.KVECTOR_GRAD_SUMS_BYTES": 1},
     # depthwise convolutions vectorised over channels, whatever their size and channel count
     "depthwise": {"numba_cpu.DEPTHWISE_MAX_POSITIONS": 10**9,
                   "numba_cpu.DEPTHWISE_MIN_CHANNELS": 1},

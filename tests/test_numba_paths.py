@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
-from fastconv.backends import _numba_gemm, _numba_lanes, _numba_tasks, numba_cpu
+from fastconv.backends import _numba_gemm, _numba_kvector, _numba_lanes, _numba_tasks, numba_cpu
 
 CASES = [
     (2, {"padding": 1}),
@@ -477,14 +477,41 @@ def test_kvector_kernel(x_shape, w_shape, kw, tasks, dtype, rng, monkeypatch):
             assert_close(a, e, dtype, what)
 
 
+@pytest.mark.parametrize("way, groups", [("kvector", 1), ("grouped", 16)])
+@pytest.mark.parametrize("kg", [40, 70])  # one block of filters (per group), or two
+@pytest.mark.parametrize("sums_bytes", [1, 1 << 20])  # a range per block of channels, or one
+def test_weight_grad_split(way, groups, kg, sums_bytes, dtype, rng, monkeypatch):
+    """The vectorised weight gradients with their work cut in ranges of channels and ranges
+    of positions (each range's partial sums added afterwards): three blocks of channels per
+    group, in one range or three; with one block of filters the tasks are not a multiple of
+    two threads without ranges of positions."""
+    if way == "kvector" and not _numba_lanes.WIDE_VECTORS:
+        pytest.skip("kvector needs AVX-512")
+    force_numba_way(way, monkeypatch)
+    monkeypatch.setattr(numba_cpu, "KVECTOR_GRAD_SUMS_BYTES", sums_bytes)
+    if way == "grouped":
+        kg //= 10  # a block of four filters, or two
+    cg = 3 * _numba_kvector.KVECTOR_POSITIONS - 2
+    x = randn(rng, (3, groups * cg, 9, 11), dtype)
+    w = randn(rng, (groups * kg, cg, 3, 2), dtype)
+    gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, padding=1, groups=groups), dtype)
+    with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+        got = fc.conv2d_backward(gy, x, w, padding=1, groups=groups, input_grad=False)[1]
+    assert ways[-1] == way
+    with fc.use_backend("numpy"):
+        expected = fc.conv2d_backward(gy, x, w, padding=1, groups=groups, input_grad=False)[1]
+    assert_close(got, expected, dtype, "grad_weight")
+
+
 # Zoo layers at their training batch and the ways the rules give them (forward, input
 # gradient, weight gradient), as measured per primitive (numba_cpu, beside KVECTOR_MAX_MACS)
 TRAINING_CHOICES = [
     ((16, 512, 1, 7, 7), (512, 512, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
-    ((16, 256, 1, 14, 14), (256, 256, 1, 3, 3), 1, ("kvector", "kvector", "gemm")),
-    ((16, 64, 1, 56, 56), (64, 64, 1, 3, 3), 1, ("winograd", "winograd", "gemm")),
+    ((16, 256, 1, 14, 14), (256, 256, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
+    ((16, 64, 1, 56, 56), (64, 64, 1, 3, 3), 1, ("winograd", "winograd", "kvector")),
     ((16, 64, 1, 56, 56), (128, 64, 1, 3, 3), 2, ("gemm", "gemm", "gemm")),
-    ((2, 128, 8, 28, 28), (256, 128, 3, 3, 3), 1, ("kvector", "kvector", "gemm")),
+    ((2, 128, 8, 28, 28), (256, 128, 3, 3, 3), 1, ("kvector", "kvector", "kvector")),
+    ((64, 128, 1, 1, 495), (128, 128, 1, 1, 3), 1, ("blocked", "blocked", "gemm")),  # shallow
     ((16, 512, 1, 7, 7), (2048, 512, 1, 1, 1), 1, ("kvector", "kvector", "gemm")),
     ((16, 1024, 1, 14, 14), (256, 1024, 1, 1, 1), 1, ("gemm", "gemm", "gemm")),
     ((16, 256, 1, 14, 14), (512, 256, 1, 3, 3), 2, ("gemm", "gemm", "gemm")),
@@ -503,8 +530,8 @@ TRAINING_CHOICES = [
 @pytest.mark.parametrize("x_shape, w_shape, stride, expected", TRAINING_CHOICES)
 def test_training_batch_choices(x_shape, w_shape, stride, expected):
     """The rules for large calls: kvector at stride 1 where Winograd does not take the call
-    (and ahead of it for 3-D kernels), 1x1 kernels on 7x7 images, weight gradients of few
-    positions; Winograd for 2-D kernels on large images; the blocked forward for calls of few
+    (and ahead of it for 3-D kernels), 1x1 kernels on 7x7 images, weight gradients at stride 1
+    of deep sums; Winograd for 2-D kernels on large images; the blocked forward for calls of few
     positions, unless few of their multiply-adds read padding; packing + BLAS otherwise (1x1
     kernels at batch 1 too)."""
     pad = tuple((k - 1) // 2 for k in w_shape[2:])

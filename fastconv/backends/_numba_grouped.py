@@ -297,14 +297,17 @@ def _grad_groups_last(gy, groups, kg, gyg):
 @njit(**_jit)
 def _conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg, out_size,
                               chunk, parts, gw):
-    """The weight gradient ``gw`` ``(groups * kg, cg, taps)`` from the groups-last copy ``xp``
-    of the input (:func:`_groups_last_padded`; at least ``GROUPED_POSITIONS`` vectors
-    readable past its last position) and ``gyg`` (:func:`_grad_groups_last`).
+    """The weight gradient from the groups-last copy ``xp`` of the input
+    (:func:`_groups_last_padded`; at least ``GROUPED_POSITIONS`` vectors readable past its
+    last position) and ``gyg`` (:func:`_grad_groups_last`), into ``gw`` ``(P, groups * kg,
+    cg, taps)``: one partial sum per range of positions, ``P`` of them, for the caller to add
+    in order.
 
-    A task is one vector of groups, one block of filters and one of ``parts`` ranges of
-    channels: its sums (six channels x four filters, each a vector of groups, in registers)
-    run over every position of the batch in order, in chunks of ``chunk`` positions whose
-    gradient vectors stay in the L1 cache while every tap and block of channels reads them.
+    A task is one vector of groups, one block of filters, one of ``parts`` ranges of channels
+    and one of the ``P`` ranges of the batch's positions: its sums (six channels x four
+    filters, each a vector of groups, in registers) run over the range's positions in order,
+    in chunks of ``chunk`` positions whose gradient vectors stay in the L1 cache while every
+    tap and block of channels reads them.
     """
     taps = kernel[0] * kernel[1] * kernel[2]
     shape = xp.shape[1:]  # one vector of groups' copy
@@ -318,12 +321,15 @@ def _conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg,
     xf = xp.reshape(xp.size)
     gf = gyg.reshape(gyg.size)
     gwf = gw.reshape(gw.size)
-    per_part = (cblocks + parts - 1) // parts
-    for task in prange(gblocks * kblocks * parts):
-        part = task % parts
-        kblock = (task // parts) % kblocks
-        gb = task // (parts * kblocks)
-        cb0, cb1 = part * per_part, min(cblocks, (part + 1) * per_part)
+    ranges = gw.shape[0]
+    for task in prange(gblocks * kblocks * parts * ranges):
+        at_range = task % ranges
+        part = (task // ranges) % parts
+        kblock = (task // (ranges * parts)) % kblocks
+        gb = task // (ranges * parts * kblocks)
+        cb0, cb1 = part * cblocks // parts, (part + 1) * cblocks // parts
+        q_lo, q_hi = at_range * total // ranges, (at_range + 1) * total // ranges
+        out = at_range * gw[0].size
         starts = np.empty(chunk, dtype=np.int64)
         tap_at = np.empty(taps, dtype=np.int64)
         for tap in range(taps):
@@ -333,8 +339,8 @@ def _conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg,
         sums = _vector_scratch(max(1, taps * tap_sums), xp)
         sums[:] = 0
         g_at = gb * total * width + kblock * kb
-        for q0 in range(0, total, chunk):
-            q1 = min(total, q0 + chunk)
+        for q0 in range(q_lo, q_hi, chunk):
+            q1 = min(q_hi, q0 + chunk)
             for q in range(q0, q1):
                 starts[q - q0] = _position_start(q, gb * xp[0].size, stride, out_size,
                                                  shape)
@@ -376,7 +382,7 @@ def _conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg,
                 k = (gb * vec + lane) * kg + kblock * f_n + f
                 for c in range(cb0 * GROUPED_POSITIONS, min(cg, cb1 * GROUPED_POSITIONS)):
                     for tap in range(taps):
-                        gwf[(k * cg + c) * taps + tap] = sums[
+                        gwf[out + (k * cg + c) * taps + tap] = sums[
                             tap * tap_sums + (c - cb0 * GROUPED_POSITIONS) * kb + f * vec
                             + lane]
     return gw

@@ -196,16 +196,17 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 #   direct kernels for sums of fewer than KVECTOR_LARGE_MIN_DEPTH channels x taps, whose
 #   write-out costs as much as their sums (WaveNet's 32-channel kernel-2 layers at batch 8:
 #   11.3 against 9.5 ms `blocked`; M5's 128 x 3: 16.7 against 15.1);
-# - weight gradients at stride 1 of at most KVECTOR_GRAD_MAX_POSITIONS output positions
-#   with more than one tap (once its tasks took every tap of a chunk of positions): ResNet-18's
-#   layer4 at batch 16 (784 positions) 21.1 against 22.6 ms, U-Net's bottleneck (1024) 52.6
-#   against 57.8, C3D's conv5a (196) 17.5 against 48.4; with more positions packing + BLAS
-#   won as often as it lost (ResNet-18's layer3, 3136: 19.3 against 20.1 ms; its layer1,
-#   50176: 26.5 against 27.5; AlexNet's 5x5, 11664: 36.3 against 32.3).
+# - weight gradients at stride 1 with more than one tap, the same depth as the forward's
+#   (once its tasks took every tap of a chunk of positions, its copy of the output gradient
+#   went by register transposes, and ranges of positions evened out its threads' work; each
+#   way forced, one process): ResNet-18's layer1 at batch 16 15.3 against 23.1 ms packing +
+#   BLAS, layer3 12.9 against 14.4, VGG's conv1_2 at batch 4 66.4 against 90.2, AlexNet's
+#   5x5 23.5 against 30.1, C3D's conv3a at batch 2 74.6 against 83.8; below that depth the
+#   copies cost as much as the sums or more (WaveNet's 32 x 2: 13.0 against 10.4 ms, M5's 128 x 3:
+#   16.8 against 16.8).
 KVECTOR = True
 KVECTOR_MAX_MACS = 1 << 28
 KVECTOR_THIN_IMAGE = 64
-KVECTOR_GRAD_MAX_POSITIONS = 2048
 KVECTOR_LARGE_MIN_DEPTH = 512
 KVECTOR_MIN_BLOCKS = 1
 KVECTOR_MIN_CHANNELS = 16
@@ -216,11 +217,10 @@ KVECTOR_FEW_MAX_PADDED = 0.125
 # one block of input channels (read from the L2 cache by every position of the chunk).
 KVECTOR_CHUNK = 240
 KVECTOR_WEIGHT_ELEMS = 1 << 16
-# Positions of the weight gradient's chunks (their gradient vectors stay in the L1 cache),
-# its tasks per thread (each reads the whole gradient), and the most bytes of sums a task
-# keeps (all its taps' and channels' sums, read and written once per chunk: in the L2 cache).
+# Positions of the weight gradient's chunks (their gradient vectors stay in the L1 cache), and
+# the most bytes of sums a task keeps (all its taps' and channels' sums, read and written once
+# per chunk: in the L2 cache).
 KVECTOR_GRAD_CHUNK = 64
-KVECTOR_GRAD_TASKS = 2
 KVECTOR_GRAD_SUMS_BYTES = 1 << 20
 
 
@@ -239,13 +239,18 @@ def _position_chunk(total, blocks):
     return -(-total // chunks // step) * step
 
 
-def _channel_parts(cblocks, blocks, sums_bytes):
-    """Ranges of ``cblocks`` blocks of channels per block of filters in the vectorised weight
-    gradients: enough for KVECTOR_GRAD_TASKS tasks per thread over ``blocks`` blocks of
-    filters, and for each task's ``sums_bytes / parts`` to stay within
-    KVECTOR_GRAD_SUMS_BYTES."""
-    return min(cblocks, max(-(-KVECTOR_GRAD_TASKS * numba.get_num_threads() // blocks),
-                            -(-sums_bytes // KVECTOR_GRAD_SUMS_BYTES)))
+def _weight_grad_split(cblocks, blocks, sums_bytes):
+    """How the vectorised weight gradients cut their work over ``blocks`` blocks of filters:
+    ``(parts, ranges)``, ranges of ``cblocks`` blocks of channels that keep a task's sums
+    (``sums_bytes`` in all) within KVECTOR_GRAD_SUMS_BYTES, and ranges of positions, each with
+    its own partial sums of the whole gradient, that make the tasks a multiple of the
+    threads. Each range of channels streams the whole output gradient once more, a range of
+    positions only its share: ResNet-18's layer1 at batch 16 (one block of 64 filters, eleven
+    of six channels) took 12.7 ms in eight ranges of channels, two threads doing 8 and 3 of
+    the blocks, and XXX in one range of channels and two of positions."""
+    parts = min(cblocks, -(-sums_bytes // KVECTOR_GRAD_SUMS_BYTES))
+    threads = numba.get_num_threads()
+    return parts, threads // math.gcd(blocks * parts, threads)
 
 
 def _kvector_input(x, pad, stride, dilation, kernel, out_size):
@@ -289,7 +294,7 @@ def _kvector_conv(x, w, bias, stride, pad, dilation, groups, out_size, transpose
 
 def _kvector_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
     """:func:`K._conv_weight_grad_kvector` on channels-last copies of ``x`` and ``gy``, the
-    input channels split in as many parts as give every thread four tasks."""
+    work cut by :func:`_weight_grad_split`."""
     n_b, c_in = x.shape[:2]
     k_out, out_size = gy.shape[1], gy.shape[2:]
     cg, kg, taps = c_in // groups, k_out // groups, math.prod(kernel)
@@ -301,11 +306,11 @@ def _kvector_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
                                                     * kblocks * kb, x.dtype))
     cblocks = -(-cg // K.KVECTOR_POSITIONS)
     sums_bytes = taps * cblocks * K.KVECTOR_POSITIONS * kb * x.itemsize
-    parts = _channel_parts(cblocks, groups * kblocks, sums_bytes)
-    gw = np.empty((k_out, cg, taps), dtype=x.dtype)
+    parts, ranges = _weight_grad_split(cblocks, groups * kblocks, sums_bytes)
+    gw = np.empty((ranges, k_out, cg, taps), dtype=x.dtype)
     K._conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks, cg, kg,
                                 out_size, KVECTOR_GRAD_CHUNK, parts, gw)
-    return gw.reshape(k_out, cg, *kernel)
+    return tasks.sum_slots(gw, ranges).reshape(k_out, cg, *kernel)
 
 
 # Where depthwise convolutions (one input and one output channel per group) are computed
@@ -463,7 +468,7 @@ def _grouped_conv(x, w, bias, stride, pad, dilation, groups, out_size, transpose
 
 def _grouped_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
     """:func:`K._conv_weight_grad_grouped` on groups-last copies of ``x`` and ``gy``, the
-    channels split in as many parts as give every thread two tasks."""
+    work cut by :func:`_weight_grad_split`."""
     n_b, c_in = x.shape[:2]
     k_out, out_size = gy.shape[1], gy.shape[2:]
     cg, kg, taps = c_in // groups, k_out // groups, math.prod(kernel)
@@ -476,11 +481,11 @@ def _grouped_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
                                                   x.dtype).reshape(gblocks, -1, width))
     cblocks = -(-cg // K.GROUPED_POSITIONS)
     sums_bytes = taps * cblocks * K.GROUPED_POSITIONS * f_n * vec * x.itemsize
-    parts = _channel_parts(cblocks, gblocks * kblocks, sums_bytes)
-    gw = np.empty((k_out, cg, taps), dtype=x.dtype)
+    parts, ranges = _weight_grad_split(cblocks, gblocks * kblocks, sums_bytes)
+    gw = np.empty((ranges, k_out, cg, taps), dtype=x.dtype)
     K._conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg, out_size,
                                 KVECTOR_GRAD_CHUNK, parts, gw)
-    return gw.reshape(k_out, cg, *kernel)
+    return tasks.sum_slots(gw, ranges).reshape(k_out, cg, *kernel)
 
 
 def _all_finite(*arrays):
@@ -883,10 +888,9 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
     if lanes.lanes_fit(x_shape, gy_shape[1], kernel, stride, pad_lo, dilation, groups,
                        gy_shape[2:]):
         ways.append("lanes")
-    positions = x_shape[0] * math.prod(gy_shape[2:])
     if _kvector_fits(x_shape[0], groups, cg, kg, kernel, gy_shape[2:], itemsize,
                      math.prod(kernel) > 1 and all(s == 1 for s in stride)
-                     and positions <= KVECTOR_GRAD_MAX_POSITIONS):
+                     and cg * math.prod(kernel) >= KVECTOR_LARGE_MIN_DEPTH):
         ways.append("kvector")
     # the same rule as the forward: LeNet c1's weight gradient 3.4 ms direct vs 5.9 packed,
     # LeNet c2's 4.2 ms packed vs 21 direct
