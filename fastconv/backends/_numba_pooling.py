@@ -8,6 +8,7 @@ from numba import njit, prange
 
 from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
 from ._numba_band import _band_geometry, _band_height, _fill_band, _jit, _valid_range
+from ._numba_simd import VECTOR_BYTES, _vfma, _vload, _vsum
 
 
 @njit(cache=True, inline="always")
@@ -27,22 +28,20 @@ def _column_ranges(ow_n, sw, kw, pad_w, w_in):
 
 @njit(cache=True, inline="always")
 def _run_sum(xf, start, count):
-    """``xf[start:start + count].sum()`` in eight interleaved partial sums, added pairwise at
-    the end: eight additions in flight, where one running sum waits for each before the next."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = xf.dtype.type(0)
-    end = start + count - count % 8
-    for i in range(start, end, 8):
-        s0 += xf[np.uintp(i)]
-        s1 += xf[np.uintp(i + 1)]
-        s2 += xf[np.uintp(i + 2)]
-        s3 += xf[np.uintp(i + 3)]
-        s4 += xf[np.uintp(i + 4)]
-        s5 += xf[np.uintp(i + 5)]
-        s6 += xf[np.uintp(i + 6)]
-        s7 += xf[np.uintp(i + 7)]
+    """``xf[start:start + count].sum()``: a vector of partial sums over whole vectors, added
+    pairwise at the end, then the last few elements. (Eight interleaved scalar sums took 20 ns
+    a plane of 49, ResNet-18's global average pooling.)"""
+    vec = VECTOR_BYTES // xf.itemsize
+    end = start + count - count % vec
+    total = xf.dtype.type(0)
+    if end > start:
+        partial = _vload(xf, start)
+        for i in range(start + vec, end, vec):
+            partial = _vfma(xf.dtype.type(1), _vload(xf, i), partial)  # exact: an addition
+        total = _vsum(partial)
     for i in range(end, start + count):
-        s0 += xf[np.uintp(i)]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+        total += xf[np.uintp(i)]
+    return total
 
 
 @njit(**_jit)
@@ -118,13 +117,16 @@ def _avg_pool_backward(gy, kernel, stride, pad, in_size, divisor, threads, gx):
     """The adjoint of :func:`_avg_pool_forward`, a contiguous run of (image, channel) planes
     per thread: each output row's gradient over its divisors is spread across its windows'
     columns, then added to each of the windows' input rows (output rows in order, so the sums
-    are repeatable)."""
+    are repeatable). Windows of whole rows (global pooling) add their one value to each depth
+    slice's rows as one contiguous run: ResNet-18's 512 x 7x7 at batch 16 took 193 us
+    building and adding rows of seven."""
     n_batch, c_in, od_n, oh_n, ow_n = gy.shape
     d_in, h_in, w_in = in_size
     kd, kh, kw = kernel
     sw = stride[2]
     plane_in, plane_out = d_in * h_in * w_in, od_n * oh_n * ow_n
     pairs = kw == 2 and sw == 2 and pad[2] == 0 and 2 * ow_n <= w_in
+    whole_rows = kw == w_in and pad[2] == 0 and ow_n == 1  # one window per row of output
     columns = _column_ranges(ow_n, sw, kw, pad[2], w_in)
     gxf = gx.reshape(gx.size)
     gf = gy.reshape(gy.size)
@@ -141,6 +143,17 @@ def _avg_pool_backward(gy, kernel, stride, pad, in_size, divisor, threads, gx):
                 for oh in range(oh_n):
                     out = (od * oh_n + oh) * ow_n
                     src = p * plane_out + out
+                    if whole_rows:
+                        g = gf[np.uintp(src)] / df[np.uintp(out)]
+                        h_lo = max(0, oh * stride[1] - pad[1])
+                        h_hi = min(h_in, oh * stride[1] - pad[1] + kh)
+                        for rd in range(kd):
+                            i_d = od * stride[0] - pad[0] + rd
+                            if 0 <= i_d < d_in:
+                                at = p * plane_in + (i_d * h_in + h_lo) * w_in
+                                for i in range(at, at + max(0, h_hi - h_lo) * w_in):
+                                    gxf[np.uintp(i)] += g
+                        continue
                     if pairs:  # columns past 2 * ow_n stay zero
                         for ow in range(ow_n):
                             g = gf[np.uintp(src + ow)] / df[np.uintp(out + ow)]

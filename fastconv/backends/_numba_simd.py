@@ -1,5 +1,5 @@
 """Explicit 512-bit vectors for Numba kernels: a vector type and intrinsics to load, store,
-splat and fuse multiply-adds (Numba's own loops stay 256 bits wide on AVX-512 CPUs).
+splat, fuse multiply-adds, sum and transpose (Numba's own loops stay 256 bits wide on AVX-512 CPUs).
 """
 
 from __future__ import annotations
@@ -104,6 +104,24 @@ def _vfma(typingctx, a, vector, acc):
         return builder.call(fma, [factor, args[1], args[2]])
 
     return vector(a, vector, acc), codegen
+
+
+@intrinsic
+def _vsum(typingctx, vector):
+    """The sum of ``vector``'s elements, added pairwise (halves, then quarters, ...: LLVM's
+    reduction allowed to reassociate, which one sum in order would not be)."""
+
+    def codegen(context, builder, sig, args):
+        vt = args[0].type
+        bits = 32 if vt.element == ir.FloatType() else 64
+        reduce = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vt.element, [vt.element, vt]),
+            f"llvm.vector.reduce.fadd.v{vt.count}f{bits}")
+        # -0.0 is the sum's identity: an all -0.0 vector sums to -0.0
+        return builder.call(reduce, [ir.Constant(vt.element, -0.0), args[0]],
+                            fastmath=("reassoc",))
+
+    return vector.dtype(vector), codegen
 
 
 @intrinsic
