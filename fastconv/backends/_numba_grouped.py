@@ -27,6 +27,7 @@ from ._numba_kvector import (
     KVECTOR_POSITIONS,
     KVECTOR_VECTORS,
     _fma_row,
+    _grad_task,
     _load_block,
     _position_start,
     _store_block,
@@ -323,12 +324,8 @@ def _conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg,
     gwf = gw.reshape(gw.size)
     ranges = gw.shape[0]
     for task in prange(gblocks * kblocks * parts * ranges):
-        at_range = task % ranges
-        part = (task // ranges) % parts
-        kblock = (task // (ranges * parts)) % kblocks
-        gb = task // (ranges * parts * kblocks)
-        cb0, cb1 = part * cblocks // parts, (part + 1) * cblocks // parts
-        q_lo, q_hi = at_range * total // ranges, (at_range + 1) * total // ranges
+        gb, kblock, cb0, cb1, q_lo, q_hi, at_range = _grad_task(task, kblocks, parts, ranges,
+                                                                cblocks, total)
         out = at_range * gw[0].size
         starts = np.empty(chunk, dtype=np.int64)
         tap_at = np.empty(taps, dtype=np.int64)

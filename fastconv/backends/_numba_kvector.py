@@ -385,6 +385,20 @@ def _grad_channels_last(gy, groups, kblocks, kb, gyc):
     return gyc
 
 
+@njit(cache=True, inline="always")
+def _grad_task(task, kblocks, parts, ranges, cblocks, total):
+    """Task ``task`` of the vectorised weight gradients: ``(block, kblock, cb0, cb1, q_lo, q_hi,
+    at_range)``, its block of groups, block of filters, blocks of channels ``cb0 .. cb1`` (one
+    of ``parts`` near-equal ranges of ``cblocks``) and positions ``q_lo .. q_hi`` (range
+    ``at_range`` of ``ranges`` over ``total``); the ranges of positions vary fastest."""
+    at_range = task % ranges
+    part = (task // ranges) % parts
+    kblock = (task // (ranges * parts)) % kblocks
+    block = task // (ranges * parts * kblocks)
+    return (block, kblock, part * cblocks // parts, (part + 1) * cblocks // parts,
+            at_range * total // ranges, (at_range + 1) * total // ranges, at_range)
+
+
 @njit(**_jit)
 def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks, cg, kg,
                               out_size, chunk, parts, gw):
@@ -409,12 +423,8 @@ def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks
     gwf = gw.reshape(gw.size)
     ranges = gw.shape[0]
     for task in prange(groups * kblocks * parts * ranges):
-        at_range = task % ranges
-        part = (task // ranges) % parts
-        kblock = (task // (ranges * parts)) % kblocks
-        g = task // (ranges * parts * kblocks)
-        cb0, cb1 = part * cblocks // parts, (part + 1) * cblocks // parts
-        q_lo, q_hi = at_range * total // ranges, (at_range + 1) * total // ranges
+        g, kblock, cb0, cb1, q_lo, q_hi, at_range = _grad_task(task, kblocks, parts, ranges,
+                                                               cblocks, total)
         out = at_range * gw[0].size
         starts = np.empty(chunk, dtype=np.int64)
         # per tap, the part's channels x kb filters
