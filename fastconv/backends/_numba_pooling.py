@@ -7,7 +7,14 @@ import numpy as np
 from numba import njit, prange
 
 from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
-from ._numba_band import _band_geometry, _band_height, _fill_band, _jit, _valid_range
+from ._numba_band import (
+    _band_geometry,
+    _band_height,
+    _fill_band,
+    _jit,
+    _tap_start,
+    _valid_range,
+)
 from ._numba_simd import VECTOR_BYTES, _vfma, _vload, _vsum
 
 
@@ -190,6 +197,25 @@ def _first_in_bounds(o_pos, stride, pad, dilation):
     return start
 
 
+@njit(cache=True, inline="always")
+def _band_max(buf, src, span, tap, with_indices, best, won):
+    """One tap's candidates ``buf[src:src + span]`` against the band's ``best`` so far: each
+    taken when larger or NaN (so the first maximum and the last NaN win), and, with indices,
+    ``tap`` recorded in ``won`` where taken."""
+    if with_indices:
+        for i in range(span):
+            v = buf[np.uintp(src + i)]
+            b = best[np.uintp(i)]
+            take = (v > b) | (v != v)
+            best[np.uintp(i)] = v if take else b
+            won[np.uintp(i)] = tap if take else won[np.uintp(i)]
+    else:
+        for i in range(span):
+            v = buf[np.uintp(src + i)]
+            b = best[np.uintp(i)]
+            best[np.uintp(i)] = v if (v > b) | (v != v) else b
+
+
 @njit(**_jit)
 def _max_pool_forward(x, kernel, stride, pad, dilation, out_size, with_indices, threads, y,
                       idx):
@@ -243,24 +269,10 @@ def _max_pool_forward(x, kernel, stride, pad, dilation, out_size, with_indices, 
                         _fill_band(buf, 0, xf, task * plane_in + i_d * h_in * w_in, h_in, w_in,
                                    oh0 * sh - pad[1], -pad[2], sh, sw, hb, pitch, lowest)
                         for rh in range(kh):
-                            eh = rh * dilation[1]
                             for rw in range(kw):
-                                ew = rw * dilation[2]
-                                src = (((eh % sh) * sw + ew % sw) * hb + eh // sh) * pitch
-                                src += ew // sw
-                                if with_indices:
-                                    tap = np.int32((rd * kh + rh) * kw + rw)
-                                    for i in range(span):
-                                        v = buf[np.uintp(src + i)]
-                                        b = best[np.uintp(i)]
-                                        take = (v > b) | (v != v)
-                                        best[np.uintp(i)] = v if take else b
-                                        won[np.uintp(i)] = tap if take else won[np.uintp(i)]
-                                else:
-                                    for i in range(span):
-                                        v = buf[np.uintp(src + i)]
-                                        b = best[np.uintp(i)]
-                                        best[np.uintp(i)] = v if (v > b) | (v != v) else b
+                                _band_max(buf, _tap_start(rh, rw, dilation, sh, sw, hb, pitch),
+                                          span, np.int32((rd * kh + rh) * kw + rw),
+                                          with_indices, best, won)
                     for r in range(rows):
                         oh = oh0 + r
                         dst = ((task * od_n + od) * oh_n + oh) * ow_n

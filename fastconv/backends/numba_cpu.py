@@ -247,7 +247,8 @@ def _weight_grad_split(cblocks, blocks, sums_bytes):
     threads. Each range of channels streams the whole output gradient once more, a range of
     positions only its share: ResNet-18's layer1 at batch 16 (one block of 64 filters, eleven
     of six channels) took 12.7 ms in eight ranges of channels, two threads doing 8 and 3 of
-    the blocks, and XXX in one range of channels and two of positions."""
+    the blocks, and 10.5 ms in one range of channels and two of positions (its kernel alone,
+    one process)."""
     parts = min(cblocks, -(-sums_bytes // KVECTOR_GRAD_SUMS_BYTES))
     threads = numba.get_num_threads()
     return parts, threads // math.gcd(blocks * parts, threads)
