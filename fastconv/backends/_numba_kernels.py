@@ -22,8 +22,9 @@ vectorise: with signed ones Numba adds negative-index handling that kept the loo
 Kernels write their outputs into arrays the caller allocated with NumPy, which asks Linux
 for transparent huge pages on large arrays where Numba's allocator does not: a fresh 100 MB
 output filled in parallel took 25 ms allocated in Numba, 8 ms allocated by NumPy (4 ms
-reused); max pooling's backward 31 -> 13 ms. Inside are allocated only scratch and
-weight-sized results (weight and bias gradients).
+reused). Pooling's arrays are the exception, allocated in small pages
+(:mod:`._small_pages` says why). Inside are allocated only scratch and weight-sized results
+(weight and bias gradients).
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ from . import _numba_phases as phases
 from . import _numba_tasks as tasks
 from . import _numba_tuning as tuning
 from . import _numba_winograd as winograd
+from . import _small_pages as small_pages
 from . import reference
 
 name = "numba"
@@ -946,22 +947,22 @@ def bias_grad(gy):
 
 @_serialised
 def avg_pool_forward(x, kernel, stride, pad_lo, out_size, divisor):
-    y = np.empty((*x.shape[:2], *out_size), dtype=x.dtype)
+    y = small_pages.empty((*x.shape[:2], *out_size), dtype=x.dtype)
     return K._avg_pool_forward(x, kernel, stride, pad_lo, out_size, divisor,
                                numba.get_num_threads(), y)
 
 
 @_serialised
 def avg_pool_backward(gy, kernel, stride, pad_lo, in_size, divisor):
-    gx = np.empty((*gy.shape[:2], *in_size), dtype=gy.dtype)
+    gx = small_pages.empty((*gy.shape[:2], *in_size), dtype=gy.dtype)
     return K._avg_pool_backward(gy, kernel, stride, pad_lo, in_size, divisor,
                                 numba.get_num_threads(), gx)
 
 
 @_serialised
 def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices=True):
-    y = np.empty((*x.shape[:2], *out_size), dtype=x.dtype)
-    idx = np.empty(y.shape if indices else (0,) * 5, dtype=np.int64)
+    y = small_pages.empty((*x.shape[:2], *out_size), dtype=x.dtype)
+    idx = small_pages.empty(y.shape if indices else (0,) * 5, dtype=np.int64)
     K._max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices,
                         numba.get_num_threads(), y, idx)
     return y, (idx if indices else None)
@@ -972,7 +973,7 @@ def max_pool_backward(gy, idx, in_size, window):  # a scatter: no use for the wi
     n, c = gy.shape[:2]
     plane = int(np.prod(in_size))
     outs = int(np.prod(gy.shape[2:]))  # explicit: -1 cannot be inferred for an empty batch
-    gx = np.empty((n * c, plane), dtype=gy.dtype)
+    gx = small_pages.empty((n * c, plane), dtype=gy.dtype)
     K._max_pool_backward(gy.reshape(n * c, outs), idx.reshape(n * c, outs), gx)
     return gx.reshape(n, c, *in_size)
 
