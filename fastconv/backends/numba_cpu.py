@@ -118,6 +118,11 @@ BLOCKED_MAX_DEPTH = 512
 # the copy stays in the L2 cache while every output channel reads it (1 << 16: VGG's conv5_1
 # at batch 1 6.3 ms, 1 << 17: 4.3 ms, the weights then read by fewer bands).
 BLOCKED_BAND_ELEMS = 1 << 17
+# ... but where a group's weights are at most BLOCKED_FEW_WEIGHTS elements, re-reading them per
+# band costs little, so a call with too few (image, group, depth slice) tasks for the threads
+# is cut into more bands before its output channels are cut into chunks (each chunk copies
+# the same band again).
+BLOCKED_FEW_WEIGHTS = 1 << 16
 
 
 def _blocked_fits(n_batch, cg, kg, kernel, out_size, forward=False):
@@ -151,8 +156,13 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
     pitch = ((out_size[2] - 1) * sw + (kw - 1) * dw + sw) // sw
     fit = max(1, BLOCKED_BAND_ELEMS // (cg * kd * pitch * sw))
     band = max(1, min(out_size[1], (fit - (kh - 1) * dh - 1) // sh + 1))
-    n_tasks = x.shape[0] * groups * out_size[0] * -(-out_size[1] // band)
-    chunks = min(kg4 // 4, -(-4 * numba.get_num_threads() // max(n_tasks, 1)))
+    outer = x.shape[0] * groups * out_size[0]  # tasks before bands and chunks
+    wanted = 4 * numba.get_num_threads()
+    few_weights = kg4 * cg * math.prod(kernel) <= BLOCKED_FEW_WEIGHTS
+    if few_weights and outer * -(-out_size[1] // band) < wanted:
+        band = max(1, min(band, -(-out_size[1] // -(-wanted // max(outer, 1)))))
+    n_tasks = outer * -(-out_size[1] // band)
+    chunks = min(kg4 // 4, -(-wanted // max(n_tasks, 1)))
     k_chunk = 4 * -(-(kg4 // 4) // chunks)
     y = np.empty((x.shape[0], k_out, *out_size), dtype=x.dtype)
     return K._conv_forward_blocked(x, w4, bias4.reshape(-1), stride, pad, dilation, kg,
