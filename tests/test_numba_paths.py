@@ -116,6 +116,14 @@ def test_depthwise_rule_and_preference(rng):
             fc.conv2d_backward(gy, x, w, padding=1, groups=32)
             fc.conv2d(x, w, padding=1, groups=32)
         assert (ways == ["depthwise"] * 3) == by_rule, ways
+    # at stride 2 the limit on output positions is four times as large (20x20 out), the
+    # input gradient (a strided transposed convolution) left to the direct kernels
+    strided = randn(rng, (1, 32, 40, 40), np.float32)
+    gy = np.ones((1, 32, 20, 20), np.float32)
+    with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+        fc.conv2d_backward(gy, strided, w, stride=2, padding=1, groups=32)
+        fc.conv2d(strided, w, stride=2, padding=1, groups=32)
+    assert ways == ["direct", "depthwise", "depthwise"], ways
     with (fc.use_backend("numba"), numba_cpu.prefer_way("depthwise"),
           numba_cpu.trace_ways() as ways):
         y = fc.conv2d(large, w, padding=1, groups=32)

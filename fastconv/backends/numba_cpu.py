@@ -333,17 +333,22 @@ def _kvector_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
 # against 3.2; 576 x 14x14: 1.5 / 1.5 / 1.7 against 2.5 / 2.6 / 4.2; 192 x 28x28 at stride 2:
 # 1.1 / - / 1.1 against 2.2 / - / 2.7); at 28x28 and more the direct kernels' long rows win
 # (192 x 28x28: 2.3 against 1.7 ms forward, 144 x 56x56: 8.1 against 5.6), as they do for
-# fewer than DEPTHWISE_MIN_CHANNELS channels (a vector's worth).
+# fewer than DEPTHWISE_MIN_CHANNELS channels (a vector's worth). The limit grows with the
+# stride's product: strided rows cost the direct kernels more per output than they cost
+# `depthwise` (144 x 56x56 at stride 2, 28x28 out, batch 16: forward 2.7 against 3.1 ms,
+# weight gradient 2.9 against 3.6; 96 x 112x112 at stride 2, 56x56 out: 8.4 / 8.3 against
+# 8.6 / 8.9, and at batch 1 0.52 / 0.58 against 0.43 / 0.48, so no further).
 DEPTHWISE_MAX_POSITIONS = 256
 DEPTHWISE_MIN_CHANNELS = 16
 
 
-def _depthwise_fits(channels, cg, kg, out_size):
+def _depthwise_fits(channels, cg, kg, out_size, stride):
     """Whether ``depthwise`` is the way, by the rules above (``None``: it cannot compute the
     call, not a depthwise convolution)."""
     if not (cg == 1 and kg == 1):
         return None
-    return channels >= DEPTHWISE_MIN_CHANNELS and math.prod(out_size) <= DEPTHWISE_MAX_POSITIONS
+    return (channels >= DEPTHWISE_MIN_CHANNELS
+            and math.prod(out_size) <= DEPTHWISE_MAX_POSITIONS * math.prod(stride))
 
 
 def _depthwise_conv(x, w, bias, stride, pad, dilation, out_size, transposed=False):
@@ -511,7 +516,7 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
     """The ways to compute this convolution, in the order the rules prefer them: some of
     ``lanes``, ``kvector`` or ``blocked``, ``winograd``, ``gemm``, then always ``direct``."""
     k_out, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
-    depthwise_fits = _depthwise_fits(k_out, cg, k_out // groups, out_size)
+    depthwise_fits = _depthwise_fits(k_out, cg, k_out // groups, out_size, stride)
     grouped_fits = _grouped_forward_fits(x_shape[0], groups, cg, k_out // groups, kernel,
                                          out_size, itemsize)
     ways = ["depthwise"] if depthwise_fits else ["grouped"] if grouped_fits else []
@@ -743,7 +748,8 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
     stride 1, as a convolution with the kernel flipped), ``gemm``, then ``direct``."""
     c_in, cog, kernel = x_shape[1], w_shape[1], w_shape[2:]
     stride_one = all(s == 1 for s in stride)
-    depthwise_fits = stride_one and _depthwise_fits(c_in, c_in // groups, cog, out_size)
+    depthwise_fits = stride_one and _depthwise_fits(c_in, c_in // groups, cog, out_size,
+                                                     stride)
     grouped_fits = stride_one and _grouped_forward_fits(x_shape[0], groups, c_in // groups,
                                                         cog, kernel, out_size, itemsize)
     ways = ["depthwise"] if depthwise_fits else ["grouped"] if grouped_fits else []
@@ -894,7 +900,7 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
     ``lanes``, ``kvector``, ``gemm``, then ``direct``. (``exact`` serves a ``gy`` with NaN
     or Inf, whatever the shapes.)"""
     cg, kg = x_shape[1] // groups, gy_shape[1] // groups
-    depthwise_fits = _depthwise_fits(x_shape[1], cg, kg, gy_shape[2:])
+    depthwise_fits = _depthwise_fits(x_shape[1], cg, kg, gy_shape[2:], stride)
     grouped_fits = _grouped_fits(groups, cg, kg, itemsize)
     ways = ["depthwise"] if depthwise_fits else ["grouped"] if grouped_fits else []
     if lanes.lanes_fit(x_shape, gy_shape[1], kernel, stride, pad_lo, dilation, groups,
