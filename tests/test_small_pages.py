@@ -41,3 +41,20 @@ def test_large_arrays_get_small_pages():
     # the advice NumPy gives (when it gives one) is what the helper takes back
     plain = np.empty_like(large)
     assert "nh" not in _vm_flags(plain.ctypes.data + plain.nbytes // 2)
+
+
+@linux_only
+def test_pooling_arrays_get_small_pages(rng):
+    """Max and average pooling's outputs, indices and input gradients (each >= 4 MiB here)."""
+    import fastconv as fc
+
+    x = rng.standard_normal((1, 64, 256, 256), dtype=np.float32)  # 16 MiB; outputs 4 MiB
+    with fc.use_backend("numba"):
+        y, idx = fc.max_pool2d(x, 2, return_indices=True)
+        gx = fc.max_pool2d_backward(y, x, 2, indices=idx)
+        ya = fc.avg_pool2d(x, 2)
+        gxa = fc.avg_pool2d_backward(ya, x, 2)
+    for name, a in (("max output", y), ("indices", idx), ("max gradient", gx),
+                    ("avg output", ya), ("avg gradient", gxa)):
+        assert a.nbytes >= small_pages.HUGE_PAGE_ADVICE_BYTES, name
+        assert "nh" in _vm_flags(a.ctypes.data + a.nbytes // 2), name
