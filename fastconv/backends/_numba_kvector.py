@@ -19,7 +19,15 @@ from numba import get_thread_id, njit, prange
 
 from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
 from ._numba_band import _jit
-from ._numba_simd import VECTOR_BYTES, _vector_scratch, _vfma, _vload, _vstore, _vtranspose
+from ._numba_simd import (
+    VECTOR_BYTES,
+    _copy_transposed,
+    _vector_scratch,
+    _vfma,
+    _vload,
+    _vstore,
+    _vtranspose,
+)
 
 # Output positions held in registers per block (times four vectors of output channels: 24 of
 # the 32 vector registers; with twelve positions x two vectors, the twelve input addresses
@@ -46,9 +54,9 @@ def _channels_last_padded(x, pad, xp):
     n_b, c_n, d_n, h_n, w_n = x.shape
     _, dp_n, hp_n, wp_n, _ = xp.shape
     xf = x.reshape(x.size)
-    count = VECTOR_BYTES // x.itemsize
     pieces = (wp_n + _COPY_COLUMNS - 1) // _COPY_COLUMNS
     for task in prange(n_b * dp_n * hp_n * pieces):
+        at = np.empty(VECTOR_BYTES // x.itemsize, dtype=np.int64)
         w0 = (task % pieces) * _COPY_COLUMNS
         hp = (task // pieces) % hp_n
         dp = (task // (pieces * hp_n)) % dp_n
@@ -65,22 +73,8 @@ def _channels_last_padded(x, pad, xp):
         hi = max(min(w1, pad[2] + w_n), lo)
         row[w0 * c_n:lo * c_n] = 0
         row[hi * c_n:w1 * c_n] = 0
-        wp = lo
-        if c_n >= count:  # squares of a vector's worth of columns x channels
-            at = np.empty(count, dtype=np.int64)
-            whole = c_n - c_n % count
-            while wp + count <= hi:
-                for c0 in range(0, whole, count):
-                    for j in range(count):
-                        at[j] = (wp + j) * c_n + c0
-                    _vtranspose(xf, src + c0 * plane + wp, plane, row, at)
-                for j in range(wp, wp + count):
-                    for c in range(whole, c_n):
-                        row[np.uintp(j * c_n + c)] = xf[np.uintp(src + c * plane + j)]
-                wp += count
-        for j in range(wp, hi):
-            for c in range(c_n):
-                row[np.uintp(j * c_n + c)] = xf[np.uintp(src + c * plane + j)]
+        # channel c of column j at row[j * c_n + c], from src + c * plane + j
+        _copy_transposed(xf, src + lo, plane, row, lo * c_n, c_n, c_n, hi - lo, at)
     return xp
 
 
@@ -327,19 +321,9 @@ def _conv_forward_kvector(xp, w, groups, transposed, bias, stride, dilation, ker
 def _sums_out(sums, kb, column, columns, p_lo, q, end, yf, dst, column_step, rows_at):
     """Columns ``column .. column + columns - 1`` of the sums of positions ``q .. end`` (position
     ``i``'s ``kb`` sums at ``(i - p_lo) * kb``) into ``yf``, column ``j`` of position ``i`` at
-    ``dst + j * column_step + i``: squares of a vector's worth of positions x columns
-    transposed in registers (:func:`_vtranspose`) where the columns fill a vector, the rest
-    one by one."""
-    vec = rows_at.size
-    if columns == vec:
-        while q + vec <= end:
-            for j in range(vec):
-                rows_at[j] = dst + j * column_step + q
-            _vtranspose(sums, (q - p_lo) * kb + column, kb, yf, rows_at)
-            q += vec
-    for j in range(columns):
-        for i in range(q, end):
-            yf[np.uintp(dst + j * column_step + i)] = sums[np.uintp((i - p_lo) * kb + column + j)]
+    ``dst + j * column_step + i`` (:func:`_copy_transposed`)."""
+    _copy_transposed(sums, (q - p_lo) * kb + column, kb, yf, dst + q, column_step, end - q,
+                     columns, rows_at)
 
 
 
@@ -358,30 +342,19 @@ def _grad_channels_last(gy, groups, kblocks, kb, gyc):
     kg = k_out // groups
     gf = gy.reshape(gy.size)
     width = groups * kblocks * kb
-    count = VECTOR_BYTES // gy.itemsize
-    k_whole = kg - kg % count
     tiles = (positions + _COPY_COLUMNS - 1) // _COPY_COLUMNS
     for task in prange(n_b * groups * tiles):
+        at = np.empty(VECTOR_BYTES // gy.itemsize, dtype=np.int64)
         p0 = (task % tiles) * _COPY_COLUMNS
         g = (task // tiles) % groups
         n = task // (tiles * groups)
         p1 = min(positions, p0 + _COPY_COLUMNS)
-        p_whole = p0 + (p1 - p0) // count * count
         dst = n * positions * width + g * kblocks * kb  # position p's row at dst + p * width
         src = (n * k_out + g * kg) * positions  # filter k's plane at src + k * positions
         for p in range(p0, p1):
             for kk in range(kg, kblocks * kb):
                 gyc[np.uintp(dst + p * width + kk)] = 0
-        at = np.empty(count, dtype=np.int64)
-        for k0 in range(0, k_whole, count):
-            for q in range(p0, p_whole, count):
-                for j in range(count):
-                    at[j] = dst + (q + j) * width + k0
-                _vtranspose(gf, src + k0 * positions + q, positions, gyc, at)
-        for p in range(p0, p1):
-            first = k_whole if p < p_whole else 0  # the squares' filters are done
-            for kk in range(first, kg):
-                gyc[np.uintp(dst + p * width + kk)] = gf[np.uintp(src + kk * positions + p)]
+        _copy_transposed(gf, src + p0, positions, gyc, dst + p0 * width, width, kg, p1 - p0, at)
     return gyc
 
 

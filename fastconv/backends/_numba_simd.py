@@ -166,6 +166,24 @@ def _vtranspose(typingctx, src, start, step, dst, at):
 
 
 @njit(cache=True, inline="always")
+def _copy_transposed(src, s0, s_step, dst, d0, d_step, n_i, n_j, at):
+    """``dst[d0 + j * d_step + i] = src[s0 + i * s_step + j]`` for ``i < n_i``, ``j < n_j``
+    (``src``'s rows contiguous along ``j``, ``dst``'s columns along ``i``): whole squares of a
+    vector's worth transposed in registers (:func:`_vtranspose`), the rest element by element.
+    ``at``: a vector's worth of int64 scratch."""
+    count = at.size
+    i_whole, j_whole = n_i - n_i % count, n_j - n_j % count
+    for i0 in range(0, i_whole, count):
+        for j0 in range(0, j_whole, count):
+            for j in range(count):
+                at[j] = d0 + (j0 + j) * d_step + i0
+            _vtranspose(src, s0 + i0 * s_step + j0, s_step, dst, at)
+    for i in range(n_i):
+        for j in range(j_whole if i < i_whole else 0, n_j):
+            dst[np.uintp(d0 + j * d_step + i)] = src[np.uintp(s0 + i * s_step + j)]
+
+
+@njit(cache=True, inline="always")
 def _vector_scratch(size, like):
     """``size`` elements of ``like``'s type for a kernel's scratch, starting on a 64-byte
     boundary (Numba's arrays start on 32: every other vector load then straddles two cache
