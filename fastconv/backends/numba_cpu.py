@@ -241,25 +241,25 @@ def _read_extent(kernel, stride, dilation, out_size):
                  for o, s, k, d in zip(out_size, stride, kernel, dilation))
 
 
-def _position_chunk(total, blocks):
+def _position_chunk(total, blocks, most=KVECTOR_CHUNK):
     """Positions per task of the vectorised direct kernels (``kvector``, ``grouped``) over
-    ``total`` positions and ``blocks`` blocks of filters: chunks of at most KVECTOR_CHUNK that
+    ``total`` positions and ``blocks`` blocks of filters: chunks of at most ``most`` that
     give every thread four tasks, each a multiple of the register block."""
-    chunks = max(-(-4 * numba.get_num_threads() // blocks), -(-total // KVECTOR_CHUNK))
+    chunks = max(-(-4 * numba.get_num_threads() // blocks), -(-total // most))
     step = K.KVECTOR_POSITIONS
     return -(-total // chunks // step) * step
 
 
 def _weight_grad_split(cblocks, blocks, sums_bytes):
-    """How the vectorised weight gradients cut their work over ``blocks`` blocks of filters:
-    ``(parts, ranges)``, ranges of ``cblocks`` blocks of channels that keep a task's sums
-    (``sums_bytes`` in all) within KVECTOR_GRAD_SUMS_BYTES, and ranges of positions, each with
-    its own partial sums of the whole gradient, that make the tasks a multiple of the
-    threads. Each range of channels streams the whole output gradient once more, a range of
-    positions only its share: ResNet-18's layer1 at batch 16 (one block of 64 filters, eleven
-    of six channels) took 12.7 ms in eight ranges of channels, two threads doing 8 and 3 of
-    the blocks, and 10.5 ms in one range of channels and two of positions (its kernel alone,
-    one process)."""
+    """How the vectorised weight gradients cut their work over ``blocks`` blocks (of filters
+    in ``kvector``, of groups in ``grouped``): ``(parts, ranges)``, ranges of ``cblocks``
+    blocks of channels that keep a task's sums (``sums_bytes`` in all) within
+    KVECTOR_GRAD_SUMS_BYTES, and ranges of positions, each with its own partial sums of the
+    whole gradient, that make the tasks a multiple of the threads. Each range of channels
+    streams the whole output gradient once more, a range of positions only its share:
+    ResNet-18's layer1 at batch 16 (one block of 64 filters, eleven of six channels) took
+    12.7 ms in eight ranges of channels, two threads doing 8 and 3 of the blocks, and 10.5 ms
+    in one range of channels and two of positions (its kernel alone, one process)."""
     parts = min(cblocks, -(-sums_bytes // KVECTOR_GRAD_SUMS_BYTES))
     threads = numba.get_num_threads()
     return parts, threads // math.gcd(blocks * parts, threads)
@@ -408,6 +408,9 @@ GROUPED_MIN_FILTERS = 4
 GROUPED_MIN_DEPTH = 128
 GROUPED_MIN_CHANNELS = 32
 GROUPED_MIN_MACS = 1 << 25
+# Positions of one task's chunk: the chunk's input, read by each block of filters in turn
+# (a vector of groups' channels a position: 1-2 KB), stays in the L2 cache
+GROUPED_CHUNK = 120
 
 
 def _grouped_fits(groups, cg, kg, itemsize):
@@ -476,7 +479,7 @@ def _grouped_conv(x, w, bias, stride, pad, dilation, groups, out_size, transpose
     # (gblocks, kblocks, F, vec), as the weights' filters
     bias_g = np.ascontiguousarray(bias_g.reshape(gblocks, vec, kblocks, f_n)
                                   .transpose(0, 2, 3, 1)).reshape(-1)
-    chunk = _position_chunk(n_b * math.prod(out_size), gblocks * kblocks)
+    chunk = _position_chunk(n_b * math.prod(out_size), gblocks * kblocks, GROUPED_CHUNK)
     c_block = max(1, KVECTOR_WEIGHT_ELEMS // (taps * f_n * vec))
     y = np.empty((n_b, kg * groups, *out_size), dtype=x.dtype)
     return K._conv_forward_grouped(xp, wg, bias_g, stride, dilation, kernel, groups, kg,
@@ -497,8 +500,9 @@ def _grouped_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
                               tasks.aligned_empty(gblocks * n_b * math.prod(out_size) * width,
                                                   x.dtype).reshape(gblocks, -1, width))
     cblocks = -(-cg // K.GROUPED_POSITIONS)
-    sums_bytes = taps * cblocks * K.GROUPED_POSITIONS * f_n * vec * x.itemsize
-    parts, ranges = _weight_grad_split(cblocks, gblocks * kblocks, sums_bytes)
+    # a task's sums: every block of filters, tap and channel (x a vector of groups)
+    sums_bytes = kblocks * taps * cblocks * K.GROUPED_POSITIONS * f_n * vec * x.itemsize
+    parts, ranges = _weight_grad_split(cblocks, gblocks, sums_bytes)
     gw = np.empty((ranges, k_out, cg, taps), dtype=x.dtype)
     K._conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg, out_size,
                                 KVECTOR_GRAD_CHUNK, parts, gw)
