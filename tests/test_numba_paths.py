@@ -291,6 +291,36 @@ def test_large_planes_in_bands(op, shape, kw, rng):
     assert_close(got, expected, np.float64, op)
 
 
+# Strides 3 and 4 copy each row's phases a vector's worth at a time (shuffles), the last vector
+# overlapping the one before, and the edges element by element: rows long enough for several
+# vectors, with padding on both sides
+STRIDED_ROWS = [
+    ("max_pool1d", (2, 3, 1981), {"kernel_size": 4}),
+    ("max_pool1d", (1, 2, 403), {"kernel_size": 5, "stride": 4, "padding": 2}),
+    ("max_pool2d", (1, 2, 9, 157), {"kernel_size": (2, 3), "stride": 3, "padding": 1}),
+    ("avg_pool2d", (1, 2, 12, 203), {"kernel_size": 4, "stride": (2, 3), "padding": 1}),
+    ("conv2d", (1, 3, 40, 227), {"weight": (5, 3, 11, 11), "stride": 4, "padding": 2}),
+    ("conv1d", (2, 4, 500), {"weight": (6, 4, 7), "stride": 3, "padding": 3}),
+]
+
+
+@pytest.mark.parametrize("op, shape, kw", STRIDED_ROWS, ids=[c[0] for c in STRIDED_ROWS])
+def test_strided_rows(op, shape, kw, dtype, rng):
+    x = randn(rng, shape, dtype)
+    kw = dict(kw)
+    args = (x, randn(rng, kw.pop("weight"), dtype)) if "weight" in kw else (x,)
+    if op.startswith("max"):
+        kw["return_indices"] = True
+    with fc.use_backend("numpy"):
+        expected = getattr(fc, op)(*args, **kw)
+    with fc.use_backend("numba"):
+        got = getattr(fc, op)(*args, **kw)
+    if op.startswith("max"):
+        np.testing.assert_array_equal(got[1], expected[1])
+        got, expected = got[0], expected[0]
+    assert_close(got, expected, dtype, op)
+
+
 LANE_CASES = [  # batches filling one, several and part of a last group of lanes
     (16, (3, 7, 9), {"weight": (5, 3, 3, 3), "padding": 1}),
     (70, (2, 6, 5), {"weight": (4, 2, 2, 3), "padding": ((2, 0), (1, 3)), "dilation": (2, 1)}),
