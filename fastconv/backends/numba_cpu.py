@@ -206,19 +206,21 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 #   at stride 2 (ResNet-50's layer2.0.conv2 at batch 16: 18.6 against 22.9 ms), and the
 #   direct kernels for sums of fewer than KVECTOR_LARGE_MIN_DEPTH channels x taps, whose
 #   write-out costs as much as their sums (WaveNet's 32-channel kernel-2 layers at batch 8:
-#   11.3 against 9.5 ms `blocked`; M5's 128 x 3: 16.7 against 15.1);
+#   11.3 against 9.5 ms `blocked`). M5's 128 x 3 at batch 64 lost at first (16.7 against
+#   15.1) and wins since the register-transposed copies (training step 51.3-52.7 against
+#   53.2-54.6 ms, forward, input and weight gradient kvector against blocked / blocked /
+#   gemm, alternated three times in one process): the threshold sits just below it;
 # - weight gradients at stride 1 with more than one tap, the same depth as the forward's
 #   (once its tasks took every tap of a chunk of positions, its copy of the output gradient
 #   went by register transposes, and ranges of positions evened out its threads' work; each
 #   way forced, one process): ResNet-18's layer1 at batch 16 15.3 against 23.1 ms packing +
 #   BLAS, layer3 12.9 against 14.4, VGG's conv1_2 at batch 4 66.4 against 90.2, AlexNet's
 #   5x5 23.5 against 30.1, C3D's conv3a at batch 2 74.6 against 83.8; below that depth the
-#   copies cost as much as the sums or more (WaveNet's 32 x 2: 13.0 against 10.4 ms, M5's 128 x 3:
-#   16.8 against 16.8).
+#   copies cost as much as the sums or more (WaveNet's 32 x 2: 13.0 against 10.4 ms).
 KVECTOR = True
 KVECTOR_MAX_MACS = 1 << 28
 KVECTOR_THIN_IMAGE = 64
-KVECTOR_LARGE_MIN_DEPTH = 512
+KVECTOR_LARGE_MIN_DEPTH = 384
 KVECTOR_MIN_BLOCKS = 1
 KVECTOR_MIN_CHANNELS = 16
 KVECTOR_MIN_DEPTH = 64
