@@ -138,11 +138,34 @@ def _group_weights(w, groups, transposed, wg):
     gblocks, kblocks, taps, cg, f_n, vec = wg.shape
     kg = w.shape[1] if transposed else w.shape[0] // groups
     wf = w.reshape(w.size)
+    depth = cg * taps
     for task in prange(gblocks * kblocks):
         gb, kblock = task // kblocks, task % kblocks
         block = wg[gb, kblock].reshape(taps * cg * f_n * vec)
         block[:] = 0
-        for lane in range(min(vec, groups - gb * vec)):
+        lanes = min(vec, groups - gb * vec)
+        if lanes == vec and not transposed:
+            # a convolution's weights, a vector of groups at a time: squares of (group,
+            # channel x tap) transposed in registers, so every read is a contiguous run and
+            # every write a whole vector (element by element, each write a cache line of its
+            # own: ResNeXt's 1024 x 32 x 3x3, 0.34 ms)
+            at = np.empty(vec, dtype=np.int64)
+            square = depth - depth % vec
+            for f in range(min(f_n, kg - kblock * f_n)):
+                k = kblock * f_n + f
+                start = (gb * vec * kg + k) * depth  # group gb * vec + i at start + i * kg * depth
+                for j0 in range(0, square, vec):
+                    for j in range(vec):
+                        c, t = (j0 + j) // taps, (j0 + j) % taps
+                        at[j] = ((t * cg + c) * f_n + f) * vec
+                    _vtranspose(wf, start + j0, kg * depth, block, at)
+                for j in range(square, depth):
+                    c, t = j // taps, j % taps
+                    for lane in range(vec):
+                        block[((t * cg + c) * f_n + f) * vec + lane] = wf[
+                            start + lane * kg * depth + j]
+            continue
+        for lane in range(lanes):
             g = gb * vec + lane
             for f in range(min(f_n, kg - kblock * f_n)):
                 k = kblock * f_n + f
