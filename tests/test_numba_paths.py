@@ -274,11 +274,12 @@ BANDED = [  # planes large enough that the direct kernels work in several bands 
 ]
 
 
-@pytest.mark.parametrize("op, shape, kw", BANDED, ids=[c[0] for c in BANDED])
-def test_large_planes_in_bands(op, shape, kw, rng):
-    x = randn(rng, shape, np.float64)
+def _banded_against_reference(op, shape, kw, dtype, rng):
+    """``op`` (a convolution given ``kw["weight"]``'s shape, or a pooling, max pooling with its
+    indices) on the numba backend against the NumPy reference."""
+    x = randn(rng, shape, dtype)
     kw = dict(kw)
-    args = (x, randn(rng, kw.pop("weight"), np.float64)) if "weight" in kw else (x,)
+    args = (x, randn(rng, kw.pop("weight"), dtype)) if "weight" in kw else (x,)
     if op.startswith("max"):
         kw["return_indices"] = True
     with fc.use_backend("numpy"):
@@ -288,7 +289,12 @@ def test_large_planes_in_bands(op, shape, kw, rng):
     if op.startswith("max"):
         np.testing.assert_array_equal(got[1], expected[1])
         got, expected = got[0], expected[0]
-    assert_close(got, expected, np.float64, op)
+    assert_close(got, expected, dtype, op)
+
+
+@pytest.mark.parametrize("op, shape, kw", BANDED, ids=[c[0] for c in BANDED])
+def test_large_planes_in_bands(op, shape, kw, rng):
+    _banded_against_reference(op, shape, kw, np.float64, rng)
 
 
 # Strides 3 and 4 copy each row's phases a vector's worth at a time (shuffles), the last vector
@@ -306,19 +312,7 @@ STRIDED_ROWS = [
 
 @pytest.mark.parametrize("op, shape, kw", STRIDED_ROWS, ids=[c[0] for c in STRIDED_ROWS])
 def test_strided_rows(op, shape, kw, dtype, rng):
-    x = randn(rng, shape, dtype)
-    kw = dict(kw)
-    args = (x, randn(rng, kw.pop("weight"), dtype)) if "weight" in kw else (x,)
-    if op.startswith("max"):
-        kw["return_indices"] = True
-    with fc.use_backend("numpy"):
-        expected = getattr(fc, op)(*args, **kw)
-    with fc.use_backend("numba"):
-        got = getattr(fc, op)(*args, **kw)
-    if op.startswith("max"):
-        np.testing.assert_array_equal(got[1], expected[1])
-        got, expected = got[0], expected[0]
-    assert_close(got, expected, dtype, op)
+    _banded_against_reference(op, shape, kw, dtype, rng)
 
 
 LANE_CASES = [  # batches filling one, several and part of a last group of lanes
