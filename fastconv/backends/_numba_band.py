@@ -102,7 +102,7 @@ def _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill):
 @njit(cache=True, nogil=True)
 def _fill_row_phases(buf, dst, phase_len, xf, src, col0, w_in, pitch, sw, fill):
     """:func:`_fill_phases` for ``sw`` 3 or 4 (AlexNet's and M5's stride-4 layers; M5's 1-D
-    max pool at batch 1: 52-68 -> 34-36 us), in a function of its own: inlined into
+    max pool at batch 1: 52-68 -> 34-37 us), in a function of its own: inlined into
     :func:`_fill_band`, it slowed the stride-2 rows (C3D's 2x2x2 max pool 1.3 -> 1.4 ms).
     Stride 2 keeps its pair loop, which LLVM vectorises itself: through shuffles the short
     rows lost (C3D's 28 columns 1.3 -> 2.3 ms, VGG's 112 0.61 -> 0.70)."""
