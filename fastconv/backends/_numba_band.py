@@ -57,16 +57,20 @@ def _band_height(rows, sh, kh, dh):
 
 
 @njit(cache=True, inline="always")
+def _inside_range(pitch, sw, col0, w_in):
+    """The ``m < pitch`` whose every phase ``col0 + m * sw + pw`` (``pw < sw``) lies inside a
+    row of ``w_in``: the first phase's first, the last phase's last."""
+    lo = _valid_range(pitch, sw, col0, w_in)[0]
+    return lo, max(lo, _valid_range(pitch, sw, col0 + sw - 1, w_in)[1])
+
+
+@njit(cache=True, inline="always")
 def _fill_phases(buf, dst, phase_len, xf, src, col0, w_in, pitch, sw, fill):
     """``buf[dst + pw * phase_len + m] = x_row[col0 + m * sw + pw]`` for ``m < pitch``, ``pw <
     sw`` (``x_row`` at ``xf[src - col0:]``, ``fill`` outside it), ``sw`` a literal: a vector's
     worth of ``m`` at a time split by shuffles (:func:`_vdeinterleave`), the rest and the
     edges element by element."""
-    lo, hi = 0, pitch  # the m whose every phase lies inside the row
-    while lo < hi and col0 + lo * sw < 0:
-        lo += 1
-    while hi > lo and col0 + hi * sw > w_in:
-        hi -= 1
+    lo, hi = _inside_range(pitch, sw, col0, w_in)
     count = VECTOR_BYTES // buf.itemsize
     if hi - lo < count:
         for m in range(lo, hi):
@@ -83,20 +87,13 @@ def _fill_phases(buf, dst, phase_len, xf, src, col0, w_in, pitch, sw, fill):
         _fill_edge(buf, dst, phase_len, xf, src, col0, w_in, m, sw, fill)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True)
 def _fill_edge(buf, dst, phase_len, xf, src, col0, w_in, m, sw, fill):
     """:func:`_fill_phases` for one ``m`` whose phases may fall outside the row."""
     for pw in range(sw):
         col = col0 + m * sw + pw
         buf[np.uintp(dst + pw * phase_len + m)] = (xf[np.uintp(src + m * sw + pw)]
                                                    if 0 <= col < w_in else fill)
-
-
-@njit(cache=True, nogil=True)
-def _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill):
-    col = col0 + 2 * m
-    buf[np.uintp(dst + m)] = xf[np.uintp(src + 2 * m)] if 0 <= col < w_in else fill
-    buf[np.uintp(odd + m)] = xf[np.uintp(src + 2 * m + 1)] if 0 <= col + 1 < w_in else fill
 
 
 @njit(cache=True, nogil=True)
@@ -128,17 +125,15 @@ def _fill_band(buf, base, xf, plane, h_in, w_in, row0, col0, sh, sw, hb, pitch, 
             src = plane + row * w_in + col0
             if sw == 2:
                 # both phases in one pass: contiguous pairs, which vectorise as shuffles
-                lo0, hi0 = _valid_range(pitch, 2, col0, w_in)
-                lo1, hi1 = _valid_range(pitch, 2, col0 + 1, w_in)
-                lo, hi = max(lo0, lo1), max(min(hi0, hi1), max(lo0, lo1))
+                lo, hi = _inside_range(pitch, 2, col0, w_in)
                 odd = dst + hb * pitch
                 for m in range(lo, hi):
                     buf[np.uintp(dst + m)] = xf[np.uintp(src + 2 * m)]
                     buf[np.uintp(odd + m)] = xf[np.uintp(src + 2 * m + 1)]
                 for m in range(lo):
-                    _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill)
+                    _fill_edge(buf, dst, hb * pitch, xf, src, col0, w_in, m, 2, fill)
                 for m in range(hi, pitch):
-                    _fill_pair(buf, xf, dst, odd, src, m, col0, w_in, fill)
+                    _fill_edge(buf, dst, hb * pitch, xf, src, col0, w_in, m, 2, fill)
                 continue
             if 3 <= sw <= 4:
                 _fill_row_phases(buf, dst, hb * pitch, xf, src, col0, w_in, pitch, sw, fill)
