@@ -255,12 +255,12 @@ def _conv_forward_grouped(xp, wg, bias, stride, dilation, kernel, groups, kg, ou
                                                       s40, s41, s42, s43)
                         s50, s51, s52, s53 = _fma_row(_vload(xf, q5 + o), w0, w1, w2, w3,
                                                       s50, s51, s52, s53)
-                _store_block(sums, a, vec, s00, s01, s02, s03,
-                             s10, s11, s12, s13,
-                             s20, s21, s22, s23,
-                             s30, s31, s32, s33,
-                             s40, s41, s42, s43,
-                             s50, s51, s52, s53)
+                _store_block(sums, a, vec, (s00, s01, s02, s03,
+                              s10, s11, s12, s13,
+                              s20, s21, s22, s23,
+                              s30, s31, s32, s33,
+                              s40, s41, s42, s43,
+                              s50, s51, s52, s53))
         # out image by image, filter by filter (contiguous rows of each output plane), each a
         # vector of groups
         lanes = min(vec, groups - gb * vec)
@@ -396,12 +396,12 @@ def _conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg,
                                                   s40, s41, s42, s43)
                     s50, s51, s52, s53 = _fma_row(_vload(xf, o + 5 * vec), g0, g1, g2, g3,
                                                   s50, s51, s52, s53)
-                _store_block(sums, a, vec, s00, s01, s02, s03,
-                             s10, s11, s12, s13,
-                             s20, s21, s22, s23,
-                             s30, s31, s32, s33,
-                             s40, s41, s42, s43,
-                             s50, s51, s52, s53)
+                _store_block(sums, a, vec, (s00, s01, s02, s03,
+                              s10, s11, s12, s13,
+                              s20, s21, s22, s23,
+                              s30, s31, s32, s33,
+                              s40, s41, s42, s43,
+                              s50, s51, s52, s53))
         for kblock in range(kblocks):
             for lane in range(min(vec, groups - gb * vec)):
                 for f in range(min(f_n, kg - kblock * f_n)):

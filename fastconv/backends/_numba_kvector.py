@@ -22,6 +22,7 @@ from ._numba_band import _jit
 from ._numba_simd import (
     VECTOR_BYTES,
     _copy_transposed,
+    _vcount,
     _vector_scratch,
     _vfma,
     _vload,
@@ -137,6 +138,27 @@ def _fma_row(x, v0, v1, v2, v3, s0, s1, s2, s3):
 
 
 @njit(cache=True, inline="always")
+def _fma_step(xf, o, q, block, wi, vec, s):
+    """One step of the register block ``s`` (:func:`_load_block`'s order): four vectors of
+    weights from ``block[wi:]``, each of the six inputs ``xf[q[i] + o]`` broadcast into four
+    fused multiply-adds."""
+    w0, w1 = _vload(block, wi), _vload(block, wi + vec)
+    w2, w3 = _vload(block, wi + 2 * vec), _vload(block, wi + 3 * vec)
+    x0, x1, x2 = xf[np.uintp(q[0] + o)], xf[np.uintp(q[1] + o)], xf[np.uintp(q[2] + o)]
+    x3, x4, x5 = xf[np.uintp(q[3] + o)], xf[np.uintp(q[4] + o)], xf[np.uintp(q[5] + o)]
+    return (_vfma(x0, w0, s[0]), _vfma(x0, w1, s[1]), _vfma(x0, w2, s[2]), _vfma(x0, w3, s[3]),
+            _vfma(x1, w0, s[4]), _vfma(x1, w1, s[5]), _vfma(x1, w2, s[6]), _vfma(x1, w3, s[7]),
+            _vfma(x2, w0, s[8]), _vfma(x2, w1, s[9]), _vfma(x2, w2, s[10]),
+            _vfma(x2, w3, s[11]),
+            _vfma(x3, w0, s[12]), _vfma(x3, w1, s[13]), _vfma(x3, w2, s[14]),
+            _vfma(x3, w3, s[15]),
+            _vfma(x4, w0, s[16]), _vfma(x4, w1, s[17]), _vfma(x4, w2, s[18]),
+            _vfma(x4, w3, s[19]),
+            _vfma(x5, w0, s[20]), _vfma(x5, w1, s[21]), _vfma(x5, w2, s[22]),
+            _vfma(x5, w3, s[23]))
+
+
+@njit(cache=True, inline="always")
 def _load_block(sums, a, vec):
     """The register block's 24 vectors (six rows of four) from ``sums[a:]``."""
     return (_vload(sums, a + 0 * vec), _vload(sums, a + 1 * vec),
@@ -154,33 +176,32 @@ def _load_block(sums, a, vec):
 
 
 @njit(cache=True, inline="always")
-def _store_block(sums, a, vec, s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23,
-                 s30, s31, s32, s33, s40, s41, s42, s43, s50, s51, s52, s53):
-    """The register block's 24 vectors into ``sums[a:]``, in :func:`_load_block`'s order."""
-    _vstore(sums, a + 0 * vec, s00)
-    _vstore(sums, a + 1 * vec, s01)
-    _vstore(sums, a + 2 * vec, s02)
-    _vstore(sums, a + 3 * vec, s03)
-    _vstore(sums, a + 4 * vec, s10)
-    _vstore(sums, a + 5 * vec, s11)
-    _vstore(sums, a + 6 * vec, s12)
-    _vstore(sums, a + 7 * vec, s13)
-    _vstore(sums, a + 8 * vec, s20)
-    _vstore(sums, a + 9 * vec, s21)
-    _vstore(sums, a + 10 * vec, s22)
-    _vstore(sums, a + 11 * vec, s23)
-    _vstore(sums, a + 12 * vec, s30)
-    _vstore(sums, a + 13 * vec, s31)
-    _vstore(sums, a + 14 * vec, s32)
-    _vstore(sums, a + 15 * vec, s33)
-    _vstore(sums, a + 16 * vec, s40)
-    _vstore(sums, a + 17 * vec, s41)
-    _vstore(sums, a + 18 * vec, s42)
-    _vstore(sums, a + 19 * vec, s43)
-    _vstore(sums, a + 20 * vec, s50)
-    _vstore(sums, a + 21 * vec, s51)
-    _vstore(sums, a + 22 * vec, s52)
-    _vstore(sums, a + 23 * vec, s53)
+def _store_block(sums, a, vec, s):
+    """The register block ``s``'s 24 vectors into ``sums[a:]``, in :func:`_load_block`'s order."""
+    _vstore(sums, a + 0 * vec, s[0])
+    _vstore(sums, a + 1 * vec, s[1])
+    _vstore(sums, a + 2 * vec, s[2])
+    _vstore(sums, a + 3 * vec, s[3])
+    _vstore(sums, a + 4 * vec, s[4])
+    _vstore(sums, a + 5 * vec, s[5])
+    _vstore(sums, a + 6 * vec, s[6])
+    _vstore(sums, a + 7 * vec, s[7])
+    _vstore(sums, a + 8 * vec, s[8])
+    _vstore(sums, a + 9 * vec, s[9])
+    _vstore(sums, a + 10 * vec, s[10])
+    _vstore(sums, a + 11 * vec, s[11])
+    _vstore(sums, a + 12 * vec, s[12])
+    _vstore(sums, a + 13 * vec, s[13])
+    _vstore(sums, a + 14 * vec, s[14])
+    _vstore(sums, a + 15 * vec, s[15])
+    _vstore(sums, a + 16 * vec, s[16])
+    _vstore(sums, a + 17 * vec, s[17])
+    _vstore(sums, a + 18 * vec, s[18])
+    _vstore(sums, a + 19 * vec, s[19])
+    _vstore(sums, a + 20 * vec, s[20])
+    _vstore(sums, a + 21 * vec, s[21])
+    _vstore(sums, a + 22 * vec, s[22])
+    _vstore(sums, a + 23 * vec, s[23])
 
 
 @njit(cache=True, inline="always")
@@ -229,9 +250,9 @@ def _conv_forward_kvector(xp, w, groups, transposed, bias, stride, dilation, ker
     k_out = y.shape[1]
     kg = k_out // groups
     cg = w.shape[0] // groups if transposed else w.shape[1]
-    kb = blocks.shape[1] // (taps * cg)
+    vec = _vcount(y)  # a constant: the weight vectors' offsets fold into the loads
+    kb = KVECTOR_VECTORS * vec
     kblocks = (kg + kb - 1) // kb
-    vec = kb // KVECTOR_VECTORS
     positions = out_size[0] * out_size[1] * out_size[2]
     total = n_b * positions
     chunks = (total + chunk - 1) // chunk
@@ -261,45 +282,25 @@ def _conv_forward_kvector(xp, w, groups, transposed, bias, stride, dilation, ker
             starts[p - p_lo] = _position_start(min(p, last), g * cg, stride, out_size,
                                                xp.shape)
         for c0 in range(0, cg, c_block):
+            c_end = min(cg, c0 + c_block)
+            c_pairs = c0 + (c_end - c0) // 2 * 2
             for p0 in range(p_lo, p_hi, 6):
                 a = (p0 - p_lo) * kb
-                q0 = starts[p0 - p_lo + 0]
-                q1 = starts[p0 - p_lo + 1]
-                q2 = starts[p0 - p_lo + 2]
-                q3 = starts[p0 - p_lo + 3]
-                q4 = starts[p0 - p_lo + 4]
-                q5 = starts[p0 - p_lo + 5]
-                (s00, s01, s02, s03,
-                 s10, s11, s12, s13,
-                 s20, s21, s22, s23,
-                 s30, s31, s32, s33,
-                 s40, s41, s42, s43,
-                 s50, s51, s52, s53) = _load_block(sums, a, vec)
+                q = (starts[p0 - p_lo + 0], starts[p0 - p_lo + 1], starts[p0 - p_lo + 2],
+                     starts[p0 - p_lo + 3], starts[p0 - p_lo + 4], starts[p0 - p_lo + 5])
+                s = _load_block(sums, a, vec)
                 for tap in range(taps):
                     w_tap = tap * cg * kb
-                    for c in range(c0, min(cg, c0 + c_block)):
-                        o = tap_at[tap] + c
-                        wi = w_tap + c * kb
-                        w0, w1 = _vload(block, wi), _vload(block, wi + vec)
-                        w2, w3 = _vload(block, wi + 2 * vec), _vload(block, wi + 3 * vec)
-                        s00, s01, s02, s03 = _fma_row(xf[np.uintp(q0 + o)], w0, w1, w2, w3,
-                                                      s00, s01, s02, s03)
-                        s10, s11, s12, s13 = _fma_row(xf[np.uintp(q1 + o)], w0, w1, w2, w3,
-                                                      s10, s11, s12, s13)
-                        s20, s21, s22, s23 = _fma_row(xf[np.uintp(q2 + o)], w0, w1, w2, w3,
-                                                      s20, s21, s22, s23)
-                        s30, s31, s32, s33 = _fma_row(xf[np.uintp(q3 + o)], w0, w1, w2, w3,
-                                                      s30, s31, s32, s33)
-                        s40, s41, s42, s43 = _fma_row(xf[np.uintp(q4 + o)], w0, w1, w2, w3,
-                                                      s40, s41, s42, s43)
-                        s50, s51, s52, s53 = _fma_row(xf[np.uintp(q5 + o)], w0, w1, w2, w3,
-                                                      s50, s51, s52, s53)
-                _store_block(sums, a, vec, s00, s01, s02, s03,
-                             s10, s11, s12, s13,
-                             s20, s21, s22, s23,
-                             s30, s31, s32, s33,
-                             s40, s41, s42, s43,
-                             s50, s51, s52, s53)
+                    # channels two at a time: LLVM gives each of the six inputs a pointer of
+                    # its own, one add a step, which the pair shares
+                    for c in range(c0, c_pairs, 2):
+                        o, wi = tap_at[tap] + c, w_tap + c * kb
+                        s = _fma_step(xf, o, q, block, wi, vec, s)
+                        s = _fma_step(xf, o + 1, q, block, wi + kb, vec, s)
+                    if c_pairs < c_end:
+                        s = _fma_step(xf, tap_at[tap] + c_pairs, q, block, w_tap + c_pairs * kb,
+                                      vec, s)
+                _store_block(sums, a, vec, s)
         # out image by image, a vector's worth of filters at a time (each filter's positions
         # are a contiguous row of its output plane)
         k0 = g * kg + kblock * kb
@@ -389,8 +390,8 @@ def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks
     taps = kernel[0] * kernel[1] * kernel[2]
     total = xp.shape[0] * out_size[0] * out_size[1] * out_size[2]
     width = gyc.size // max(1, total)
-    kb = width // (groups * kblocks)
-    vec = kb // KVECTOR_VECTORS
+    vec = _vcount(gyc)  # a constant: the gradient vectors' offsets fold into the loads
+    kb = KVECTOR_VECTORS * vec
     cblocks = (cg + KVECTOR_POSITIONS - 1) // KVECTOR_POSITIONS
     xf = xp.reshape(xp.size)
     gwf = gw.reshape(gw.size)
@@ -437,12 +438,12 @@ def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks
                                                       s40, s41, s42, s43)
                         s50, s51, s52, s53 = _fma_row(xf[np.uintp(o + 5)], g0, g1, g2, g3,
                                                       s50, s51, s52, s53)
-                    _store_block(sums, a, vec, s00, s01, s02, s03,
-                                 s10, s11, s12, s13,
-                                 s20, s21, s22, s23,
-                                 s30, s31, s32, s33,
-                                 s40, s41, s42, s43,
-                                 s50, s51, s52, s53)
+                    _store_block(sums, a, vec, (s00, s01, s02, s03,
+                                  s10, s11, s12, s13,
+                                  s20, s21, s22, s23,
+                                  s30, s31, s32, s33,
+                                  s40, s41, s42, s43,
+                                  s50, s51, s52, s53))
         k0 = g * kg + kblock * kb
         for kk in range(min(kb, (g + 1) * kg - k0)):
             for c in range(cb0 * KVECTOR_POSITIONS, min(cg, cb1 * KVECTOR_POSITIONS)):

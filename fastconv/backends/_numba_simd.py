@@ -87,6 +87,19 @@ def _vsplat(typingctx, scalar, array):
 
 
 @intrinsic
+def _vcount(typingctx, array):
+    """Elements of ``array``'s type in one vector, as a constant the compiler folds (an
+    array's ``itemsize`` is read from the array at run time: offsets of ``k * count`` then
+    cost the hot loops an add each)."""
+    count = VECTOR_BYTES * 8 // array.dtype.bitwidth
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, count)
+
+    return types.intp(array), codegen
+
+
+@intrinsic
 def _vfma(typingctx, a, vector, acc):
     """``a * vector + acc``, ``a`` a scalar or a vector, element by element, each with one
     rounding (a fused multiply-add, as the loops compiled with ``contract`` get)."""

@@ -274,7 +274,7 @@ def _kvector_input(x, pad, stride, dilation, kernel, out_size):
     n_b, c_in = x.shape[:2]
     extent = _read_extent(kernel, stride, dilation, out_size)
     size = n_b * math.prod(extent) * c_in
-    flat = np.empty(size + K.KVECTOR_POSITIONS, x.dtype)
+    flat = tasks.workspace("kvector input", size + K.KVECTOR_POSITIONS, x.dtype)
     flat[size:] = 0
     return K._channels_last_padded(x, pad, flat[:size].reshape(n_b, *extent, c_in))
 
@@ -299,7 +299,8 @@ def _kvector_conv(x, w, bias, stride, pad, dilation, groups, out_size, transpose
     chunk = _position_chunk(n_b * math.prod(out_size), groups * kblocks)
     c_block = max(1, KVECTOR_WEIGHT_ELEMS // (taps * kb))
     threads = numba.get_num_threads()
-    blocks = tasks.aligned_empty(threads * taps * cg * kb, x.dtype).reshape(threads, -1)
+    blocks = tasks.workspace("kvector weights", threads * taps * cg * kb,
+                             x.dtype).reshape(threads, -1)
     y = np.empty((n_b, k_out, *out_size), dtype=x.dtype)
     return K._conv_forward_kvector(xp, np.ascontiguousarray(w).reshape(*w.shape[:2], taps),
                                    groups, transposed, bias_b.reshape(-1), stride, dilation,
@@ -316,8 +317,8 @@ def _kvector_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
     kblocks = -(-kg // kb)
     xp = _kvector_input(x, pad, stride, dilation, kernel, out_size)
     gyc = K._grad_channels_last(gy, groups, kblocks, kb,
-                                tasks.aligned_empty(n_b * math.prod(out_size) * groups
-                                                    * kblocks * kb, x.dtype))
+                                tasks.workspace("kvector gradient", n_b * math.prod(out_size)
+                                                * groups * kblocks * kb, x.dtype))
     cblocks = -(-cg // K.KVECTOR_POSITIONS)
     sums_bytes = taps * cblocks * K.KVECTOR_POSITIONS * kb * x.itemsize
     parts, ranges = _weight_grad_split(cblocks, groups * kblocks, sums_bytes)
@@ -453,7 +454,7 @@ def _grouped_input(x, pad, groups, stride, dilation, kernel, out_size):
     extent = _read_extent(kernel, stride, dilation, out_size)
     width = _unaligned_width(c_in // groups * vec, x.itemsize)
     size = -(-groups // vec) * n_b * math.prod(extent) * width
-    flat = tasks.aligned_empty(size + K.GROUPED_POSITIONS * vec, x.dtype)
+    flat = tasks.workspace("grouped input", size + K.GROUPED_POSITIONS * vec, x.dtype)
     flat[size:] = 0
     return K._groups_last_padded(x, pad, groups,
                                  flat[:size].reshape(-(-groups // vec), n_b, *extent, width))
@@ -472,9 +473,10 @@ def _grouped_conv(x, w, bias, stride, pad, dilation, groups, out_size, transpose
     xp = _grouped_input(x, pad, groups, stride, dilation, kernel, out_size)
     wg = K._group_weights(np.ascontiguousarray(w).reshape(w.shape[0], w.shape[1], taps),
                           groups, transposed,
-                          tasks.aligned_empty(gblocks * kblocks * taps * cg * f_n * vec,
-                                              x.dtype).reshape(gblocks, kblocks, taps, cg,
-                                                               f_n, vec))
+                          tasks.workspace("grouped weights",
+                                          gblocks * kblocks * taps * cg * f_n * vec,
+                                          x.dtype).reshape(gblocks, kblocks, taps, cg, f_n,
+                                                           vec))
     bias_g = np.zeros((gblocks * vec, kblocks * f_n), x.dtype)
     if bias is not None:
         bias_g[:groups, :kg] = np.asarray(bias, dtype=x.dtype).reshape(groups, kg)
@@ -499,8 +501,9 @@ def _grouped_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
     xp = _grouped_input(x, pad, groups, stride, dilation, kernel, out_size)
     width = _unaligned_width(kblocks * f_n * vec, x.itemsize)
     gyg = K._grad_groups_last(gy, groups, kg,
-                              tasks.aligned_empty(gblocks * n_b * math.prod(out_size) * width,
-                                                  x.dtype).reshape(gblocks, -1, width))
+                              tasks.workspace("grouped gradient",
+                                              gblocks * n_b * math.prod(out_size) * width,
+                                              x.dtype).reshape(gblocks, -1, width))
     cblocks = -(-cg // K.GROUPED_POSITIONS)
     # a task's sums: every block of filters, tap and channel (x a vector of groups)
     sums_bytes = kblocks * taps * cblocks * K.GROUPED_POSITIONS * f_n * vec * x.itemsize
