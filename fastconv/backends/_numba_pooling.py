@@ -34,21 +34,33 @@ def _column_ranges(ow_n, sw, kw, pad_w, w_in):
 
 
 @njit(cache=True, inline="always")
-def _run_sum(xf, start, count):
-    """``xf[start:start + count].sum()``: a vector of partial sums over whole vectors, added
-    pairwise at the end, then the last few elements. (Eight interleaved scalar sums took 20 ns
-    a plane of 49, ResNet-18's global average pooling.)"""
+def _run_sums(xf, start, step, count, runs):
+    """The sums of the first ``runs`` (at most four) of the runs ``xf[start + i * step:][:count]``,
+    each as a vector of partial sums over whole vectors, added pairwise at the end, then the
+    last few elements (eight interleaved scalar sums took 20 ns a plane of 49, ResNet-18's
+    global average pooling). The four are interleaved: one run's sum is a chain of dependent
+    additions, four keep the adder busy (one at a time: ~15 ns a plane of 49). Runs past
+    ``runs`` read the last one again."""
     vec = VECTOR_BYTES // xf.itemsize
-    end = start + count - count % vec
-    total = xf.dtype.type(0)
-    if end > start:
-        partial = _vload(xf, start)
-        for i in range(start + vec, end, vec):
-            partial = _vfma(xf.dtype.type(1), _vload(xf, i), partial)  # exact: an addition
-        total = _vsum(partial)
-    for i in range(end, start + count):
-        total += xf[np.uintp(i)]
-    return total
+    whole = count - count % vec
+    s0 = start
+    s1 = start + min(1, runs - 1) * step
+    s2 = start + min(2, runs - 1) * step
+    s3 = start + min(3, runs - 1) * step
+    t0 = t1 = t2 = t3 = xf.dtype.type(0)
+    one = xf.dtype.type(1)
+    if whole:
+        a0, a1, a2, a3 = _vload(xf, s0), _vload(xf, s1), _vload(xf, s2), _vload(xf, s3)
+        for i in range(vec, whole, vec):
+            a0, a1 = _vfma(one, _vload(xf, s0 + i), a0), _vfma(one, _vload(xf, s1 + i), a1)
+            a2, a3 = _vfma(one, _vload(xf, s2 + i), a2), _vfma(one, _vload(xf, s3 + i), a3)
+        t0, t1, t2, t3 = _vsum(a0), _vsum(a1), _vsum(a2), _vsum(a3)
+    for i in range(whole, count):
+        t0 += xf[np.uintp(s0 + i)]
+        t1 += xf[np.uintp(s1 + i)]
+        t2 += xf[np.uintp(s2 + i)]
+        t3 += xf[np.uintp(s3 + i)]
+    return t0, t1, t2, t3
 
 
 @njit(**_jit)
@@ -58,7 +70,8 @@ def _avg_pool_forward(x, kernel, stride, pad, out_size, divisor, threads, y):
     columns of that sum, divided by ``divisor[od, oh, ow]``. The sum runs rows first, not in
     raster order. Windows of two columns at stride two without padding (the common 2x2 pool)
     take a loop of their own whose constant stride vectorises. Windows of whole rows (global
-    pooling) sum each depth slice's rows as one contiguous run (:func:`_run_sum`)."""
+    pooling) sum each depth slice's rows as one contiguous run, four planes at a time
+    (:func:`_run_sums`)."""
     n_batch, c_in, d_in, h_in, w_in = x.shape
     od_n, oh_n, ow_n = out_size
     kd, kh, kw = kernel
@@ -70,24 +83,34 @@ def _avg_pool_forward(x, kernel, stride, pad, out_size, divisor, threads, y):
     xf = x.reshape(x.size)
     yf = y.reshape(y.size)
     df = divisor.reshape(divisor.size)
+    if whole_rows:
+        for part in prange(threads):
+            p0, p1 = _share(n_batch * c_in, part, threads)
+            for od in range(od_n):
+                for oh in range(oh_n):
+                    h_lo = max(0, oh * stride[1] - pad[1])
+                    h_hi = min(h_in, oh * stride[1] - pad[1] + kh)
+                    out = od * oh_n + oh
+                    for p in range(p0, p1, 4):  # four planes at a time (see _run_sums)
+                        t0 = t1 = t2 = t3 = xf.dtype.type(0)
+                        for rd in range(kd):
+                            i_d = od * stride[0] - pad[0] + rd
+                            if 0 <= i_d < d_in and h_lo < h_hi:
+                                a0, a1, a2, a3 = _run_sums(
+                                    xf, p * plane_in + (i_d * h_in + h_lo) * w_in, plane_in,
+                                    (h_hi - h_lo) * w_in, min(4, p1 - p))
+                                t0, t1, t2, t3 = t0 + a0, t1 + a1, t2 + a2, t3 + a3
+                        d = df[np.uintp(out)]
+                        for i, total in enumerate((t0, t1, t2, t3)):
+                            if p + i < p1:
+                                yf[np.uintp((p + i) * plane_out + out)] = total / d
+        return y
     for part in prange(threads):
         rows = np.empty(w_in, dtype=x.dtype)
         p0, p1 = _share(n_batch * c_in, part, threads)
         for p in range(p0, p1):
             for od in range(od_n):
                 for oh in range(oh_n):
-                    if whole_rows:
-                        h_lo = max(0, oh * stride[1] - pad[1])
-                        h_hi = min(h_in, oh * stride[1] - pad[1] + kh)
-                        total = xf.dtype.type(0)
-                        for rd in range(kd):
-                            i_d = od * stride[0] - pad[0] + rd
-                            if 0 <= i_d < d_in and h_lo < h_hi:
-                                total += _run_sum(xf, p * plane_in + (i_d * h_in + h_lo) * w_in,
-                                                  (h_hi - h_lo) * w_in)
-                        out = od * oh_n + oh
-                        yf[np.uintp(p * plane_out + out)] = total / df[np.uintp(out)]
-                        continue
                     for q in range(w_in):
                         rows[np.uintp(q)] = 0
                     for rd in range(kd):
