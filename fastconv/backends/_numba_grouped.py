@@ -26,15 +26,16 @@ from ._numba_band import _jit
 from ._numba_kvector import (
     KVECTOR_POSITIONS,
     KVECTOR_VECTORS,
-    _fma_row,
+    _fma_step,
     _grad_task,
     _load_block,
     _position_start,
     _store_block,
     _sums_out,
     _tap_offset,
+    _vectors,
 )
-from ._numba_simd import VECTOR_BYTES, _copy_transposed, _vector_scratch, _vload, _vtranspose
+from ._numba_simd import VECTOR_BYTES, _copy_transposed, _vector_scratch, _vtranspose
 
 # The register block: output positions (or, in the weight gradient, input channels) x
 # filters, each entry one vector of groups; kvector's block shape, whose loads and stores
@@ -224,43 +225,18 @@ def _conv_forward_grouped(xp, wg, bias, stride, dilation, kernel, groups, kg, ou
         for c0 in range(0, cg, c_block):
             for p0 in range(p_lo, p_hi, GROUPED_POSITIONS):
                 a = (p0 - p_lo) * kb
-                q0 = starts[p0 - p_lo + 0]
-                q1 = starts[p0 - p_lo + 1]
-                q2 = starts[p0 - p_lo + 2]
-                q3 = starts[p0 - p_lo + 3]
-                q4 = starts[p0 - p_lo + 4]
-                q5 = starts[p0 - p_lo + 5]
-                (s00, s01, s02, s03,
-                 s10, s11, s12, s13,
-                 s20, s21, s22, s23,
-                 s30, s31, s32, s33,
-                 s40, s41, s42, s43,
-                 s50, s51, s52, s53) = _load_block(sums, a, vec)
+                q = (starts[p0 - p_lo + 0], starts[p0 - p_lo + 1], starts[p0 - p_lo + 2],
+                     starts[p0 - p_lo + 3], starts[p0 - p_lo + 4], starts[p0 - p_lo + 5])
+                s = _load_block(sums, a, vec)
                 for tap in range(taps):
                     w_tap = w_task + tap * cg * kb
+                    # one channel a step: in pairs (as kvector's forward) LLVM moved the
+                    # input pointers between registers on every pair (ResNeXt's layer1.conv2
+                    # at batch 16: 6.6-7.1 -> 7.2-8.6 ms)
                     for c in range(c0, min(cg, c0 + c_block)):
-                        o = tap_at[tap] + c * vec
-                        wi = w_tap + c * kb
-                        w0, w1 = _vload(wf, wi), _vload(wf, wi + vec)
-                        w2, w3 = _vload(wf, wi + 2 * vec), _vload(wf, wi + 3 * vec)
-                        s00, s01, s02, s03 = _fma_row(_vload(xf, q0 + o), w0, w1, w2, w3,
-                                                      s00, s01, s02, s03)
-                        s10, s11, s12, s13 = _fma_row(_vload(xf, q1 + o), w0, w1, w2, w3,
-                                                      s10, s11, s12, s13)
-                        s20, s21, s22, s23 = _fma_row(_vload(xf, q2 + o), w0, w1, w2, w3,
-                                                      s20, s21, s22, s23)
-                        s30, s31, s32, s33 = _fma_row(_vload(xf, q3 + o), w0, w1, w2, w3,
-                                                      s30, s31, s32, s33)
-                        s40, s41, s42, s43 = _fma_row(_vload(xf, q4 + o), w0, w1, w2, w3,
-                                                      s40, s41, s42, s43)
-                        s50, s51, s52, s53 = _fma_row(_vload(xf, q5 + o), w0, w1, w2, w3,
-                                                      s50, s51, s52, s53)
-                _store_block(sums, a, vec, (s00, s01, s02, s03,
-                              s10, s11, s12, s13,
-                              s20, s21, s22, s23,
-                              s30, s31, s32, s33,
-                              s40, s41, s42, s43,
-                              s50, s51, s52, s53))
+                        s = _fma_step(_vectors(xf, q, tap_at[tap] + c * vec), wf,
+                                      w_tap + c * kb, vec, s)
+                _store_block(sums, a, vec, s)
         # out image by image, filter by filter (contiguous rows of each output plane), each a
         # vector of groups
         lanes = min(vec, groups - gb * vec)
@@ -373,35 +349,12 @@ def _conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg,
                 g_at = gb * total * width + kblock * kb
                 c0 = cblock * GROUPED_POSITIONS * vec + tap_at[tap]
                 a = kblock * block_sums + tap * tap_sums + (cblock - cb0) * GROUPED_POSITIONS * kb
-                (s00, s01, s02, s03,
-                 s10, s11, s12, s13,
-                 s20, s21, s22, s23,
-                 s30, s31, s32, s33,
-                 s40, s41, s42, s43,
-                 s50, s51, s52, s53) = _load_block(sums, a, vec)
-                for q in range(q0, q1):
-                    o = starts[q - q0] + c0
-                    gi = q * width + g_at
-                    g0, g1 = _vload(gf, gi), _vload(gf, gi + vec)
-                    g2, g3 = _vload(gf, gi + 2 * vec), _vload(gf, gi + 3 * vec)
-                    s00, s01, s02, s03 = _fma_row(_vload(xf, o), g0, g1, g2, g3,
-                                                  s00, s01, s02, s03)
-                    s10, s11, s12, s13 = _fma_row(_vload(xf, o + vec), g0, g1, g2, g3,
-                                                  s10, s11, s12, s13)
-                    s20, s21, s22, s23 = _fma_row(_vload(xf, o + 2 * vec), g0, g1, g2, g3,
-                                                  s20, s21, s22, s23)
-                    s30, s31, s32, s33 = _fma_row(_vload(xf, o + 3 * vec), g0, g1, g2, g3,
-                                                  s30, s31, s32, s33)
-                    s40, s41, s42, s43 = _fma_row(_vload(xf, o + 4 * vec), g0, g1, g2, g3,
-                                                  s40, s41, s42, s43)
-                    s50, s51, s52, s53 = _fma_row(_vload(xf, o + 5 * vec), g0, g1, g2, g3,
-                                                  s50, s51, s52, s53)
-                _store_block(sums, a, vec, (s00, s01, s02, s03,
-                              s10, s11, s12, s13,
-                              s20, s21, s22, s23,
-                              s30, s31, s32, s33,
-                              s40, s41, s42, s43,
-                              s50, s51, s52, s53))
+                s = _load_block(sums, a, vec)
+                for q in range(q0, q1):  # six consecutive channels x four filters
+                    s = _fma_step(_vectors(xf, (0, vec, 2 * vec, 3 * vec, 4 * vec, 5 * vec),
+                                           starts[q - q0] + c0),
+                                  gf, q * width + g_at, vec, s)
+                _store_block(sums, a, vec, s)
         for kblock in range(kblocks):
             for lane in range(min(vec, groups - gb * vec)):
                 for f in range(min(f_n, kg - kblock * f_n)):

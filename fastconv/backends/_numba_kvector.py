@@ -132,20 +132,13 @@ def _weight_block(wf, w_shape, groups, transposed, g, kblock, kb, block):
 
 
 @njit(cache=True, inline="always")
-def _fma_row(x, v0, v1, v2, v3, s0, s1, s2, s3):
-    """One row of the register block: ``x`` broadcast into four fused multiply-adds."""
-    return _vfma(x, v0, s0), _vfma(x, v1, s1), _vfma(x, v2, s2), _vfma(x, v3, s3)
-
-
-@njit(cache=True, inline="always")
-def _fma_step(xf, o, q, block, wi, vec, s):
-    """One step of the register block ``s`` (:func:`_load_block`'s order): four vectors of
-    weights from ``block[wi:]``, each of the six inputs ``xf[q[i] + o]`` broadcast into four
-    fused multiply-adds."""
+def _fma_step(x, block, wi, vec, s):
+    """One step of the register block ``s`` (:func:`_load_block`'s order): four vectors from
+    ``block[wi:]``, ``vec`` apart, each multiplied by each of the six inputs ``x`` (scalars,
+    broadcast, or vectors) and added to its sum: 24 fused multiply-adds."""
     w0, w1 = _vload(block, wi), _vload(block, wi + vec)
     w2, w3 = _vload(block, wi + 2 * vec), _vload(block, wi + 3 * vec)
-    x0, x1, x2 = xf[np.uintp(q[0] + o)], xf[np.uintp(q[1] + o)], xf[np.uintp(q[2] + o)]
-    x3, x4, x5 = xf[np.uintp(q[3] + o)], xf[np.uintp(q[4] + o)], xf[np.uintp(q[5] + o)]
+    x0, x1, x2, x3, x4, x5 = x
     return (_vfma(x0, w0, s[0]), _vfma(x0, w1, s[1]), _vfma(x0, w2, s[2]), _vfma(x0, w3, s[3]),
             _vfma(x1, w0, s[4]), _vfma(x1, w1, s[5]), _vfma(x1, w2, s[6]), _vfma(x1, w3, s[7]),
             _vfma(x2, w0, s[8]), _vfma(x2, w1, s[9]), _vfma(x2, w2, s[10]),
@@ -156,6 +149,21 @@ def _fma_step(xf, o, q, block, wi, vec, s):
             _vfma(x4, w3, s[19]),
             _vfma(x5, w0, s[20]), _vfma(x5, w1, s[21]), _vfma(x5, w2, s[22]),
             _vfma(x5, w3, s[23]))
+
+
+@njit(cache=True, inline="always")
+def _elements(xf, q, o):
+    """The six inputs ``xf[q[i] + o]``, each one element (for :func:`_fma_step` to
+    broadcast)."""
+    return (xf[np.uintp(q[0] + o)], xf[np.uintp(q[1] + o)], xf[np.uintp(q[2] + o)],
+            xf[np.uintp(q[3] + o)], xf[np.uintp(q[4] + o)], xf[np.uintp(q[5] + o)])
+
+
+@njit(cache=True, inline="always")
+def _vectors(xf, q, o):
+    """The six inputs ``xf[q[i] + o:]``, each one vector."""
+    return (_vload(xf, q[0] + o), _vload(xf, q[1] + o), _vload(xf, q[2] + o),
+            _vload(xf, q[3] + o), _vload(xf, q[4] + o), _vload(xf, q[5] + o))
 
 
 @njit(cache=True, inline="always")
@@ -295,11 +303,11 @@ def _conv_forward_kvector(xp, w, groups, transposed, bias, stride, dilation, ker
                     # its own, one add a step, which the pair shares
                     for c in range(c0, c_pairs, 2):
                         o, wi = tap_at[tap] + c, w_tap + c * kb
-                        s = _fma_step(xf, o, q, block, wi, vec, s)
-                        s = _fma_step(xf, o + 1, q, block, wi + kb, vec, s)
+                        s = _fma_step(_elements(xf, q, o), block, wi, vec, s)
+                        s = _fma_step(_elements(xf, q, o + 1), block, wi + kb, vec, s)
                     if c_pairs < c_end:
-                        s = _fma_step(xf, tap_at[tap] + c_pairs, q, block, w_tap + c_pairs * kb,
-                                      vec, s)
+                        s = _fma_step(_elements(xf, q, tap_at[tap] + c_pairs), block,
+                                      w_tap + c_pairs * kb, vec, s)
                 _store_block(sums, a, vec, s)
         # out image by image, a vector's worth of filters at a time (each filter's positions
         # are a contiguous row of its output plane)
@@ -415,35 +423,11 @@ def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks
                 for cblock in range(cb0, cb1):
                     c0 = cblock * KVECTOR_POSITIONS + tap_at
                     a = tap * tap_sums + (cblock - cb0) * KVECTOR_POSITIONS * kb
-                    (s00, s01, s02, s03,
-                     s10, s11, s12, s13,
-                     s20, s21, s22, s23,
-                     s30, s31, s32, s33,
-                     s40, s41, s42, s43,
-                     s50, s51, s52, s53) = _load_block(sums, a, vec)
-                    for q in range(q0, q1):
-                        o = starts[q - q0] + c0
-                        gi = q * width + g_at
-                        g0, g1 = _vload(gyc, gi), _vload(gyc, gi + vec)
-                        g2, g3 = _vload(gyc, gi + 2 * vec), _vload(gyc, gi + 3 * vec)
-                        s00, s01, s02, s03 = _fma_row(xf[np.uintp(o + 0)], g0, g1, g2, g3,
-                                                      s00, s01, s02, s03)
-                        s10, s11, s12, s13 = _fma_row(xf[np.uintp(o + 1)], g0, g1, g2, g3,
-                                                      s10, s11, s12, s13)
-                        s20, s21, s22, s23 = _fma_row(xf[np.uintp(o + 2)], g0, g1, g2, g3,
-                                                      s20, s21, s22, s23)
-                        s30, s31, s32, s33 = _fma_row(xf[np.uintp(o + 3)], g0, g1, g2, g3,
-                                                      s30, s31, s32, s33)
-                        s40, s41, s42, s43 = _fma_row(xf[np.uintp(o + 4)], g0, g1, g2, g3,
-                                                      s40, s41, s42, s43)
-                        s50, s51, s52, s53 = _fma_row(xf[np.uintp(o + 5)], g0, g1, g2, g3,
-                                                      s50, s51, s52, s53)
-                    _store_block(sums, a, vec, (s00, s01, s02, s03,
-                                  s10, s11, s12, s13,
-                                  s20, s21, s22, s23,
-                                  s30, s31, s32, s33,
-                                  s40, s41, s42, s43,
-                                  s50, s51, s52, s53))
+                    s = _load_block(sums, a, vec)
+                    for q in range(q0, q1):  # six consecutive channels x four vectors
+                        s = _fma_step(_elements(xf, (0, 1, 2, 3, 4, 5), starts[q - q0] + c0),
+                                      gyc, q * width + g_at, vec, s)
+                    _store_block(sums, a, vec, s)
         k0 = g * kg + kblock * kb
         for kk in range(min(kb, (g + 1) * kg - k0)):
             for c in range(cb0 * KVECTOR_POSITIONS, min(cg, cb1 * KVECTOR_POSITIONS)):
