@@ -29,7 +29,7 @@ from ._numba_kvector import (
     _fma_step,
     _grad_task,
     _load_block,
-    _position_start,
+    _position_starts,
     _store_block,
     _sums_out,
     _tap_offset,
@@ -219,9 +219,7 @@ def _conv_forward_grouped(xp, wg, bias, stride, dilation, kernel, groups, kg, ou
         w_task = (gb * kblocks + kblock) * taps * cg * kb
         # where each position of the chunk starts reading (the last repeated past the end)
         starts = np.empty(p_hi - p_lo + GROUPED_POSITIONS, dtype=np.int64)
-        for p in range(p_lo, p_lo + starts.size):
-            starts[p - p_lo] = _position_start(min(p, last), gb * xp[0].size, stride,
-                                               out_size, shape)
+        _position_starts(p_lo, last, gb * xp[0].size, stride, out_size, shape, starts)
         for c0 in range(0, cg, c_block):
             for p0 in range(p_lo, p_hi, GROUPED_POSITIONS):
                 a = (p0 - p_lo) * kb
@@ -335,9 +333,8 @@ def _conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg,
         sums[:] = 0
         for q0 in range(q_lo, q_hi, chunk):
             q1 = min(q_hi, q0 + chunk)
-            for q in range(q0, q1):
-                starts[q - q0] = _position_start(q, gb * xp[0].size, stride, out_size,
-                                                 shape)
+            _position_starts(q0, q1 - 1, gb * xp[0].size, stride, out_size, shape,
+                             starts[:q1 - q0])
             # (block of filters, block of channels, tap) as one loop: nested three deep,
             # LLVM shuffled the 24 sums between registers on every position (2.3 against
             # 1.9 ms for ResNeXt's 16 x 16 filters at 14x14, batch 16)
