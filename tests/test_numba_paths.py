@@ -662,3 +662,19 @@ def test_rule_ways_are_kept_per_shape_and_follow_the_knobs(rng, monkeypatch):
     with numba_cpu.trace_ways() as taken:
         fc.conv2d(x, w, padding=1)
     assert taken == ["direct"]
+
+
+def test_one_blas_thread_sets_and_restores_the_blas_thread_count():
+    """BLAS runs one thread inside the context and its own count again after it, an error
+    inside included (the kernels call BLAS from Numba's threads)."""
+    from threadpoolctl import ThreadpoolController
+
+    blas = ThreadpoolController().select(user_api="blas")
+    with blas.limit(limits=2):
+        counts = [info["num_threads"] for info in blas.info()]
+        with _numba_tasks.one_blas_thread():
+            assert [info["num_threads"] for info in blas.info()] == [1] * len(counts)
+        assert [info["num_threads"] for info in blas.info()] == counts
+        with pytest.raises(RuntimeError), _numba_tasks.one_blas_thread():
+            raise RuntimeError("inside")
+        assert [info["num_threads"] for info in blas.info()] == counts

@@ -78,7 +78,7 @@ def conv_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_size):
     n_b, c_in = x.shape[:2]
     k_out, kernel = w.shape[0], w.shape[2:]
     cg, kg = c_in // groups, k_out // groups
-    ck = cg * int(np.prod(kernel))
+    ck = cg * math.prod(kernel)
     rows, ow = out_size[0] * out_size[1], out_size[2]
     w3 = np.ascontiguousarray(w).reshape(groups, kg, ck)
     y = np.empty((n_b, k_out, rows * ow), dtype=x.dtype)
@@ -115,7 +115,7 @@ def conv_weight_grad_gemm(x, gy, stride, pad, dilation, groups, kernel):
     n_b, c_in = x.shape[:2]
     k_out, out_size = gy.shape[1], gy.shape[2:]
     cg, kg = c_in // groups, k_out // groups
-    ck = cg * int(np.prod(kernel))
+    ck = cg * math.prod(kernel)
     rows, ow = out_size[0] * out_size[1], out_size[2]
     gy3 = gy.reshape(n_b, k_out, rows * ow)
     threads = numba.get_num_threads()
@@ -143,8 +143,8 @@ def conv_weight_grad_gemm(x, gy, stride, pad, dilation, groups, kernel):
 def conv_transpose_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_size):
     n_b, c_in = x.shape[:2]
     cig, cog, kernel = c_in // groups, w.shape[1], w.shape[2:]
-    taps, in_size = int(np.prod(kernel)), x.shape[2:]
-    positions = int(np.prod(in_size))
+    taps, in_size = math.prod(kernel), x.shape[2:]
+    positions = math.prod(in_size)
     w3 = np.ascontiguousarray(w).reshape(groups, cig, cog * taps)
     x3 = x.reshape(n_b, c_in, positions)
     y = np.empty((n_b, cog * groups, *out_size), dtype=x.dtype)

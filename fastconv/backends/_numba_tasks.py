@@ -8,6 +8,7 @@ from one call to the next, per thread: the BLAS paths' and the batch lanes' copi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -28,13 +29,25 @@ def _blas_threads():
     return ThreadpoolController().select(user_api="blas")
 
 
+@contextlib.contextmanager
 def one_blas_thread():
     """A context in which BLAS runs on the calling thread only: for the tasks, and for small
     products before them. A BLAS call on several threads leaves them spinning for a while
     after it returns, taking the cores from the tasks that follow: resnet-3x3's Winograd
     forward took 50-63 ms after a 0.05 ms product (the kernel's transform) on two BLAS
-    threads, 28-33 ms after the same product on one (one process, interleaved)."""
-    return _blas_threads().limit(limits=1)
+    threads, 28-33 ms after the same product on one (one process, interleaved). Each
+    library's count is read and set directly (threadpoolctl's ``limit`` took 8 us a call,
+    this 4: a small call's whole kernel takes about 5)."""
+    libraries = _blas_threads().lib_controllers
+    before = [library.get_num_threads() for library in libraries]
+    changed = [(library, n) for library, n in zip(libraries, before) if n not in (None, 1)]
+    for library, _ in changed:
+        library.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for library, n in changed:
+            library.set_num_threads(n)
 
 
 def split(count, item_bytes, threads):

@@ -999,7 +999,7 @@ def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices=True
 @_serialised
 def max_pool_backward(gy, idx, in_size, window):  # a scatter: no use for the window
     n, c = gy.shape[:2]
-    plane = int(np.prod(in_size))
+    plane = math.prod(in_size)
     outs = int(np.prod(gy.shape[2:]))  # explicit: -1 cannot be inferred for an empty batch
     gx = small_pages.empty((n * c, plane), dtype=gy.dtype)
     K._max_pool_backward(gy.reshape(n * c, outs), idx.reshape(n * c, outs), gx)
