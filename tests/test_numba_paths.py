@@ -541,13 +541,13 @@ TRAINING_CHOICES = [
     ((16, 512, 1, 7, 7), (512, 512, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
     ((16, 256, 1, 14, 14), (256, 256, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
     ((16, 64, 1, 56, 56), (64, 64, 1, 3, 3), 1, ("winograd", "winograd", "kvector")),
-    ((16, 64, 1, 56, 56), (128, 64, 1, 3, 3), 2, ("kvector", "gemm", "gemm")),
+    ((16, 64, 1, 56, 56), (128, 64, 1, 3, 3), 2, ("gemm", "gemm", "gemm")),
     ((2, 128, 8, 28, 28), (256, 128, 3, 3, 3), 1, ("kvector", "kvector", "kvector")),
     ((64, 128, 1, 1, 495), (128, 128, 1, 1, 3), 1, ("kvector", "kvector", "kvector")),
     ((64, 120, 1, 1, 495), (120, 120, 1, 1, 3), 1, ("blocked", "blocked", "gemm")),  # shallow
     ((16, 512, 1, 7, 7), (2048, 512, 1, 1, 1), 1, ("kvector", "kvector", "gemm")),
     ((16, 1024, 1, 14, 14), (256, 1024, 1, 1, 1), 1, ("gemm", "gemm", "gemm")),
-    ((16, 256, 1, 14, 14), (512, 256, 1, 3, 3), 2, ("kvector", "gemm", "gemm")),
+    ((16, 256, 1, 14, 14), (512, 256, 1, 3, 3), 2, ("gemm", "gemm", "gemm")),
     ((8, 32, 1, 1, 16385), (64, 32, 1, 1, 2), 1, ("blocked", "blocked", "gemm")),
     ((1, 512, 2, 7, 7), (512, 512, 3, 3, 3), 1, ("blocked", "gemm", "gemm")),  # few positions
     # few positions, 9% of the forward's multiply-adds in the padding, then 18%

@@ -202,17 +202,14 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 #   13.2 / 12.8 against 14.9 / 15.2, U-Net's bottleneck 35.4 / 36.2 against 37.8 / 37.8,
 #   AlexNet's 5x5 24.5 / 27.9 against 33.5 / 30.1; ahead of Winograd for 3-D kernels (C3D's
 #   conv3a: 73.1 / 77.0 against 87.0 / 83.0 Winograd). Winograd stays ahead for 2-D kernels
-#   on large images (ResNet-18's layer1 at batch 16: 12.3 against 15.1 ms), and the
+#   on large images (ResNet-18's layer1 at batch 16: 12.3 against 15.1 ms), packing + BLAS
+#   at stride 2 (ResNet-50's layer2.0.conv2 at batch 16: 18.6 against 22.9 ms), and the
 #   direct kernels for sums of fewer than KVECTOR_LARGE_MIN_DEPTH channels x taps, whose
 #   write-out costs as much as their sums (WaveNet's 32-channel kernel-2 layers at batch 8:
 #   11.3 against 9.5 ms `blocked`). M5's 128 x 3 at batch 64 lost at first (16.7 against
 #   15.1) and wins since the register-transposed copies (training step 51.3-52.7 against
 #   53.2-54.6 ms, forward, input and weight gradient kvector against blocked / blocked /
 #   gemm, alternated three times in one process): the threshold sits just below it;
-# - forwards at stride 2 as at stride 1: packing + BLAS won there (ResNet-50's layer2.0.conv2
-#   at batch 16: 18.6 against 22.9 ms) until kvector took input channels in pairs and kept
-#   its copies in workspaces; now 17.0 against 18.5, ResNet-18's layer2.0 at batch 16 8.7
-#   against 9.9, layer4.0 6.6 against 7.8 (each way forced, one process);
 # - weight gradients at stride 1 with more than one tap, the same depth as the forward's
 #   (once its tasks took every tap of a chunk of positions, its copy of the output gradient
 #   went by register transposes, and ranges of positions evened out its threads' work; each
@@ -546,7 +543,7 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
            and _padded_share(x_shape[2:], kernel, stride, pad_lo, dilation, out_size)
            <= KVECTOR_FEW_MAX_PADDED)
     if _kvector_fits(x_shape[0], groups, cg, k_out // groups, kernel, out_size, itemsize,
-                     _kvector_large(cg, kernel, out_size, winograd_fits), few):
+                     _kvector_large(cg, kernel, stride, out_size, winograd_fits), few):
         ways.append("kvector")
     elif blocked == "small":
         ways.append("blocked")
@@ -587,13 +584,13 @@ def _padded_share(in_size, kernel, stride, pad_lo, dilation, out_size):
     return 1.0 - inside
 
 
-def _kvector_large(cg, kernel, out_size, winograd_fits):
+def _kvector_large(cg, kernel, stride, out_size, winograd_fits):
     """Whether ``kvector`` takes a convolution (forward, or stride-1 transposed) of any size:
-    deep sums where Winograd does not take them or the kernel is 3-D, or 1x1 on thin
-    images."""
+    deep sums at stride 1 where Winograd does not take them or the kernel is 3-D, or 1x1 on
+    thin images."""
     if math.prod(kernel) == 1:
         return math.prod(out_size) <= KVECTOR_THIN_IMAGE
-    return (cg * math.prod(kernel) >= KVECTOR_LARGE_MIN_DEPTH
+    return (all(s == 1 for s in stride) and cg * math.prod(kernel) >= KVECTOR_LARGE_MIN_DEPTH
             and (not winograd_fits or kernel[0] > 1))
 
 
@@ -777,7 +774,7 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
                                                  x_shape[0], out_size)
     if stride_one and _kvector_fits(x_shape[0], groups, c_in // groups, cog, kernel,
                                     out_size, itemsize,
-                                    _kvector_large(c_in // groups, kernel, out_size,
+                                    _kvector_large(c_in // groups, kernel, stride, out_size,
                                                    winograd_fits)):
         ways.append("kvector")
     elif blocked == "small":
