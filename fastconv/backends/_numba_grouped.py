@@ -228,9 +228,9 @@ def _conv_forward_grouped(xp, wg, bias, stride, dilation, kernel, groups, kg, ou
                 s = _load_block(sums, a, vec)
                 for tap in range(taps):
                     w_tap = w_task + tap * cg * kb
-                    # one channel a step: in pairs (as kvector's forward) LLVM moved the
-                    # input pointers between registers on every pair (ResNeXt's layer1.conv2
-                    # at batch 16: 6.6-7.1 -> 7.2-8.6 ms)
+                    # one channel a step: in pairs (as kvector's forward) LLVM moved its
+                    # input pointers between registers on every pair (32 moves a pair), and
+                    # ResNeXt's layers gained nothing
                     for c in range(c0, min(cg, c0 + c_block)):
                         s = _fma_step(_vectors(xf, q, tap_at[tap] + c * vec), wf,
                                       w_tap + c * kb, vec, s)

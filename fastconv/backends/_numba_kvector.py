@@ -275,7 +275,7 @@ def _conv_forward_kvector(xp, w, groups, transposed, bias, stride, dilation, ker
     k_out = y.shape[1]
     kg = k_out // groups
     cg = w.shape[0] // groups if transposed else w.shape[1]
-    vec = _vcount(y)  # a constant: the weight vectors' offsets fold into the loads
+    vec = _vcount(y)  # a compile-time constant (an array's itemsize is read at run time)
     kb = KVECTOR_VECTORS * vec
     kblocks = (kg + kb - 1) // kb
     positions = out_size[0] * out_size[1] * out_size[2]
@@ -413,7 +413,7 @@ def _conv_weight_grad_kvector(xp, gyc, stride, dilation, kernel, groups, kblocks
     taps = kernel[0] * kernel[1] * kernel[2]
     total = xp.shape[0] * out_size[0] * out_size[1] * out_size[2]
     width = gyc.size // max(1, total)
-    vec = _vcount(gyc)  # a constant: the gradient vectors' offsets fold into the loads
+    vec = _vcount(gyc)  # a compile-time constant, as in the forward
     kb = KVECTOR_VECTORS * vec
     cblocks = (cg + KVECTOR_POSITIONS - 1) // KVECTOR_POSITIONS
     xf = xp.reshape(xp.size)

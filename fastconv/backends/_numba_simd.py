@@ -89,8 +89,8 @@ def _vsplat(typingctx, scalar, array):
 @intrinsic
 def _vcount(typingctx, array):
     """Elements of ``array``'s type in one vector, as a constant the compiler folds (an
-    array's ``itemsize`` is read from the array at run time: offsets of ``k * count`` then
-    cost the hot loops an add each)."""
+    array's ``itemsize`` is read from the array at run time, so offsets of ``k * count``
+    were computed at run time too)."""
     count = VECTOR_BYTES * 8 // array.dtype.bitwidth
 
     def codegen(context, builder, sig, args):
