@@ -997,7 +997,7 @@ def max_pool_forward(x, kernel, stride, pad_lo, dilation, out_size, indices=True
 def max_pool_backward(gy, idx, in_size, window):  # a scatter: no use for the window
     n, c = gy.shape[:2]
     plane = math.prod(in_size)
-    outs = int(np.prod(gy.shape[2:]))  # explicit: -1 cannot be inferred for an empty batch
+    outs = math.prod(gy.shape[2:])  # explicit: -1 cannot be inferred for an empty batch
     gx = small_pages.empty((n * c, plane), dtype=gy.dtype)
     K._max_pool_backward(gy.reshape(n * c, outs), idx.reshape(n * c, outs), gx)
     return gx.reshape(n, c, *in_size)
