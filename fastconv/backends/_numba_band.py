@@ -30,6 +30,12 @@ def _valid_range(count, stride, offset, size):
     return lo, hi
 
 
+@njit(cache=True, inline="always")
+def _share(count, part, parts):
+    """The ``part``-th of ``parts`` near-equal contiguous ranges of ``range(count)``."""
+    return count * part // parts, count * (part + 1) // parts
+
+
 # Direct kernels work band by band on a copy of the input: padded (so no tap needs a bounds
 # check) and split by stride phase (so every tap reads contiguously). With the band's rows laid
 # out at one pitch, a tap is one long multiply-add over the whole band, which vectorises; the

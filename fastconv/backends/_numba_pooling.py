@@ -12,16 +12,11 @@ from ._numba_band import (
     _band_height,
     _fill_band,
     _jit,
+    _share,
     _tap_start,
     _valid_range,
 )
 from ._numba_simd import VECTOR_BYTES, _vfma, _vload, _vsum
-
-
-@njit(cache=True, inline="always")
-def _share(count, part, parts):
-    """The ``part``-th of ``parts`` near-equal contiguous ranges of ``range(count)``."""
-    return count * part // parts, count * (part + 1) // parts
 
 
 @njit(cache=True, inline="always")

@@ -355,23 +355,16 @@ def _depthwise_fits(channels, cg, kg, out_size, stride):
 
 
 def _depthwise_conv(x, w, bias, stride, pad, dilation, out_size, transposed=False):
-    """:func:`K._depthwise_forward`, the weights by tap and the bias padded to whole vectors
-    of channels. With ``transposed``, ``w`` is a depthwise transposed convolution's weights,
-    computed at stride 1 as the convolution of the flipped kernel (``pad`` already the
-    convolution's)."""
+    """:func:`K._depthwise_forward`. With ``transposed``, ``w`` is a depthwise transposed
+    convolution's weights, computed at stride 1 as the convolution of the flipped kernel
+    (``pad`` already the convolution's)."""
     c_n, kernel = x.shape[1], w.shape[2:]
-    taps, vec = math.prod(kernel), depthwise.channel_vector(x.itemsize)
-    c_pad = -(-c_n // vec) * vec
-    wt = tasks.aligned_empty(taps * c_pad, x.dtype).reshape(taps, c_pad)
-    wt[:, c_n:] = 0
-    w2 = np.asarray(w).reshape(c_n, taps)
-    wt[:, :c_n] = (w2[:, ::-1] if transposed else w2).T
-    bias_p = np.zeros(c_pad, x.dtype)
-    if bias is not None:
-        bias_p[:c_n] = bias
     y = np.empty((x.shape[0], c_n, *out_size), dtype=x.dtype)
-    return K._depthwise_forward(x, wt, bias_p, stride, pad, dilation, kernel,
-                                _read_extent(kernel, stride, dilation, out_size), y)
+    return K._depthwise_forward(x, np.ascontiguousarray(w).reshape(c_n, -1),
+                                K._bias_array(bias, x.dtype), transposed, stride, pad,
+                                dilation, kernel,
+                                _read_extent(kernel, stride, dilation, out_size),
+                                numba.get_num_threads(), y)
 
 
 def _depthwise_weight_grad(x, gy, stride, pad, dilation, kernel):
@@ -382,7 +375,7 @@ def _depthwise_weight_grad(x, gy, stride, pad, dilation, kernel):
     partial = tasks.aligned_empty(n_b * taps * c_pad, x.dtype).reshape(n_b, taps, c_pad)
     K._depthwise_weight_grad(x, gy, stride, pad, dilation, kernel,
                              _read_extent(kernel, stride, dilation, gy.shape[2:]),
-                             partial)
+                             numba.get_num_threads(), partial)
     return np.ascontiguousarray(partial.sum(axis=0)[:, :c_n].T).reshape(c_n, 1, *kernel)
 
 
