@@ -12,7 +12,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
-from fastconv.backends import _numba_gemm, _numba_kvector, _numba_lanes, _numba_tasks, numba_cpu
+from fastconv.backends import (
+    _numba_gemm,
+    _numba_kvector,
+    _numba_lanes,
+    _numba_phases,
+    _numba_tasks,
+    numba_cpu,
+)
 
 CASES = [
     (2, {"padding": 1}),
@@ -221,6 +228,35 @@ def test_phases_agree_with_reference(k, s, p, d, op, groups, dtype, rng, monkeyp
             got = fc.conv_transpose2d(x, w, bias, **kw)
         assert ways == ["phases"]
         assert_close(got, expected, dtype, "yt")
+
+
+@pytest.mark.parametrize("k, s, p, d, op", PHASE_CASES)
+def test_phases_by_grouped_share_one_copy(k, s, p, d, op, dtype, rng, monkeypatch):
+    """Phases computed by ``grouped`` read one groups-last copy of the input, each from the
+    origin of its own padding (phases that crop the input make their own): the same numbers
+    as the reference, and the shared copy made."""
+    if numba_cpu._grouped_fits(16, 2, 3, np.dtype(dtype).itemsize) is None:
+        pytest.skip("grouped needs AVX-512")
+    force_numba_way("phases", monkeypatch)
+    force_numba_way("grouped", monkeypatch)
+    roles = []
+    copy = numba_cpu._grouped_copy
+    monkeypatch.setattr(numba_cpu, "_grouped_copy",
+                        lambda *a: roles.append(a[-1]) or copy(*a))
+    x = randn(rng, (2, 32, 5, 4), dtype)
+    w = randn(rng, (32, 3, k, 2), dtype)
+    kw = {"stride": (s, 1), "padding": (p, 0), "dilation": (d, 1), "output_padding": (op, 0),
+          "groups": 16}
+    with fc.use_backend("numpy"):
+        expected = fc.conv_transpose2d(x, w, **kw)
+    with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+        got = fc.conv_transpose2d(x, w, **kw)
+    assert ways == ["phases"]
+    assert_close(got, expected, dtype, "yt")
+    rows = (5 - 1) * s - 2 * p + d * (k - 1) + op + 1
+    sharing = any(a.taps and not a.crop
+                  for a in _numba_phases.axis_phases(5, k, s, p, d, rows))
+    assert roles.count("grouped shared input") == sharing, roles
 
 
 def test_phases_rule():

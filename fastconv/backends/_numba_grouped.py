@@ -181,11 +181,12 @@ def _group_weights(w, groups, transposed, wg):
 
 
 @njit(**_jit)
-def _conv_forward_grouped(xp, wg, bias, stride, dilation, kernel, groups, kg, out_size, chunk,
-                          c_block, y):
-    """Convolution of the groups-last copy ``xp`` (:func:`_groups_last_padded`) with the
-    weights ``wg`` (:func:`_group_weights`) into ``y`` ``(N, groups * kg, OD, OH, OW)``;
-    ``bias`` as ``wg``'s ``(gblocks, kblocks, F, vec)`` filters.
+def _conv_forward_grouped(xp, origin, wg, bias, stride, dilation, kernel, groups, kg, out_size,
+                          chunk, c_block, y):
+    """Convolution of the groups-last copy ``xp`` (:func:`_groups_last_padded`; the padded
+    input read from element ``origin`` of each vector of groups' copy on) with the weights
+    ``wg`` (:func:`_group_weights`) into ``y`` ``(N, groups * kg, OD, OH, OW)``; ``bias`` as
+    ``wg``'s ``(gblocks, kblocks, F, vec)`` filters.
 
     A task is one vector of groups, one block of filters and ``chunk`` positions of the batch;
     a chunk's blocks of filters are consecutive tasks, so that a thread's next task reads the
@@ -219,7 +220,8 @@ def _conv_forward_grouped(xp, wg, bias, stride, dilation, kernel, groups, kg, ou
         w_task = (gb * kblocks + kblock) * taps * cg * kb
         # where each position of the chunk starts reading (the last repeated past the end)
         starts = np.empty(p_hi - p_lo + GROUPED_POSITIONS, dtype=np.int64)
-        _position_starts(p_lo, last, gb * xp[0].size, stride, out_size, shape, starts)
+        _position_starts(p_lo, last, gb * xp[0].size + origin, stride, out_size, shape,
+                         starts)
         for c0 in range(0, cg, c_block):
             for p0 in range(p_lo, p_hi, GROUPED_POSITIONS):
                 a = (p0 - p_lo) * kb

@@ -76,6 +76,24 @@ def largest_phase(kernel, stride, dilation, out_size):
             tuple(d // c for d, c in zip(dilation, common)))
 
 
+def shared_reads(in_size, kernel, stride, pad_lo, dilation, out_size):
+    """Per axis, the padding and extent of one padded copy of the whole input (as a stride-1
+    convolution reads it) that holds what every phase reads: a phase whose convolution pads
+    by ``p`` reads its padded input from ``padding - p`` on. Phases that crop the input (they
+    read a copy of their own) and those no tap reaches are left out."""
+    per_axis = [axis_phases(*a) for a in zip(in_size, kernel, stride, pad_lo, dilation,
+                                             out_size)]
+    padding, extent = [], []
+    for size, axis in zip(in_size, per_axis):
+        # as a convolution: padding dilation * (taps - 1) - pad, reading this much of it
+        reads = [(a.dilation * (a.taps - 1) - a.pad, (a.size - 1) + a.dilation * (a.taps - 1)
+                  + 1) for a in axis if a.taps and not a.crop]
+        most = max([0, *(p for p, _ in reads)])
+        padding.append(most)
+        extent.append(max([size + most, *(most - p + e for p, e in reads)]))
+    return tuple(padding), tuple(extent)
+
+
 def transposed_by_phases(x, w, bias, stride, pad_lo, dilation, groups, out_size, transposed):
     """The transposed convolution of ``x`` and ``w`` (5-D) at ``stride``, as one stride-1
     transposed convolution per output phase, each computed by ``transposed(x, w, stride,

@@ -437,20 +437,56 @@ def _unaligned_width(width, itemsize):
     return width + (64 // itemsize if width * itemsize % 512 == 0 else 0)
 
 
-def _grouped_input(x, pad, groups, stride, dilation, kernel, out_size):
-    """``x`` copied groups last (:func:`K._groups_last_padded`), padded to what ``out_size``
-    positions read, 64-byte aligned, with a register block's worth of channel vectors of
-    zeros past its end (a block of six channels past a group's last, in the weight gradient,
-    reads and drops them)."""
+def _grouped_copy(x, pad, groups, extent, role):
+    """``x`` copied groups last (:func:`K._groups_last_padded`), shifted by ``pad`` into
+    ``extent`` per spatial axis, 64-byte aligned, with a register block's worth of channel
+    vectors of zeros past its end (a block of six channels past a group's last, in the weight
+    gradient, reads and drops them); kept in the workspace ``role``."""
     n_b, c_in = x.shape[:2]
     vec = K.group_vector(x.itemsize)
-    extent = _read_extent(kernel, stride, dilation, out_size)
     width = _unaligned_width(c_in // groups * vec, x.itemsize)
     size = -(-groups // vec) * n_b * math.prod(extent) * width
-    flat = tasks.workspace("grouped input", size + K.GROUPED_POSITIONS * vec, x.dtype)
+    flat = tasks.workspace(role, size + K.GROUPED_POSITIONS * vec, x.dtype)
     flat[size:] = 0
     return K._groups_last_padded(x, pad, groups,
                                  flat[:size].reshape(-(-groups // vec), n_b, *extent, width))
+
+
+# Within `_one_grouped_copy`, the grouped calls on one input read one copy of it: a strided
+# transposed convolution's phases (_numba_phases) each copied the same input, padded a little
+# differently (ResNeXt's 32 x 32 at stride 2, batch 16: four copies, 2.8 ms of its 17 ms
+# input gradient). Holds [input, padding, extent, the copy or None before its first use].
+_shared_grouped_input = contextvars.ContextVar("fastconv_grouped_input", default=None)
+
+
+@contextlib.contextmanager
+def _one_grouped_copy(x, pad, extent):
+    """Within the block, :func:`_grouped_input` reads ``x`` from one groups-last copy, padded
+    by ``pad`` into ``extent``, wherever that holds what the call reads."""
+    token = _shared_grouped_input.set([x, pad, extent, None])
+    try:
+        yield
+    finally:
+        _shared_grouped_input.reset(token)
+
+
+def _grouped_input(x, pad, groups, stride, dilation, kernel, out_size):
+    """``(copy, origin)``: ``x`` groups last (:func:`_grouped_copy`), padded by ``pad`` to what
+    ``out_size`` positions read, from element ``origin`` of each vector of groups' copy on:
+    the copy :func:`_one_grouped_copy` shares where it holds those reads, else one of its
+    own."""
+    extent = _read_extent(kernel, stride, dilation, out_size)
+    shared = _shared_grouped_input.get()
+    if shared is not None and shared[0] is x:
+        _, s_pad, s_extent, copy = shared
+        shift = [s - p for s, p in zip(s_pad, pad)]
+        if all(0 <= d and d + e <= s for d, e, s in zip(shift, extent, s_extent)):
+            if copy is None:
+                copy = shared[3] = _grouped_copy(x, s_pad, groups, s_extent,
+                                                 "grouped shared input")
+            _, _, _, hp_n, wp_n, width = copy.shape
+            return copy, ((shift[0] * hp_n + shift[1]) * wp_n + shift[2]) * width
+    return _grouped_copy(x, pad, groups, extent, "grouped input"), 0
 
 
 def _grouped_conv(x, w, bias, stride, pad, dilation, groups, out_size, transposed=False):
@@ -463,7 +499,7 @@ def _grouped_conv(x, w, bias, stride, pad, dilation, groups, out_size, transpose
                                                                      w.shape[0] // groups)
     taps, vec, f_n = math.prod(kernel), K.group_vector(x.itemsize), K.GROUPED_FILTERS
     gblocks, kblocks = -(-groups // vec), -(-kg // f_n)
-    xp = _grouped_input(x, pad, groups, stride, dilation, kernel, out_size)
+    xp, origin = _grouped_input(x, pad, groups, stride, dilation, kernel, out_size)
     wg = K._group_weights(np.ascontiguousarray(w).reshape(w.shape[0], w.shape[1], taps),
                           groups, transposed,
                           tasks.workspace("grouped weights",
@@ -479,8 +515,8 @@ def _grouped_conv(x, w, bias, stride, pad, dilation, groups, out_size, transpose
     chunk = _position_chunk(n_b * math.prod(out_size), gblocks * kblocks, GROUPED_CHUNK)
     c_block = max(1, KVECTOR_WEIGHT_ELEMS // (taps * f_n * vec))
     y = np.empty((n_b, kg * groups, *out_size), dtype=x.dtype)
-    return K._conv_forward_grouped(xp, wg, bias_g, stride, dilation, kernel, groups, kg,
-                                   out_size, chunk, c_block, y)
+    return K._conv_forward_grouped(xp, origin, wg, bias_g, stride, dilation, kernel, groups,
+                                   kg, out_size, chunk, c_block, y)
 
 
 def _grouped_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
@@ -491,7 +527,8 @@ def _grouped_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
     cg, kg, taps = c_in // groups, k_out // groups, math.prod(kernel)
     vec, f_n = K.group_vector(x.itemsize), K.GROUPED_FILTERS
     gblocks, kblocks = -(-groups // vec), -(-kg // f_n)
-    xp = _grouped_input(x, pad, groups, stride, dilation, kernel, out_size)
+    xp = _grouped_copy(x, pad, groups, _read_extent(kernel, stride, dilation, out_size),
+                       "grouped input")
     width = _unaligned_width(kblocks * f_n * vec, x.itemsize)
     gyg = K._grad_groups_last(gy, groups, kg,
                               tasks.workspace("grouped gradient",
@@ -828,7 +865,9 @@ def _transposed_by(way, x, w, stride, pad_lo, dilation, groups, out_size, bias):
                              transposed=True)
     if way == "phases":  # every phase by the way that takes the largest (see _phases_way)
         sub_way = _phases_way(x.shape, w.shape, stride, dilation, groups, out_size, x.itemsize)
-        with _untraced(), prefer_way(sub_way):
+        with _untraced(), prefer_way(sub_way), _one_grouped_copy(
+                x, *phases.shared_reads(x.shape[2:], w.shape[2:], stride, pad_lo, dilation,
+                                        out_size)):
             return phases.transposed_by_phases(x, w, bias, stride, pad_lo, dilation, groups,
                                                out_size, _transposed)
     if way == "gemm":
