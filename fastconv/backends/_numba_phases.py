@@ -18,6 +18,7 @@ per phase.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from typing import NamedTuple
@@ -76,13 +77,12 @@ def largest_phase(kernel, stride, dilation, out_size):
             tuple(d // c for d, c in zip(dilation, common)))
 
 
-def shared_reads(in_size, kernel, stride, pad_lo, dilation, out_size):
-    """Per axis, the padding and extent of one padded copy of the whole input (as a stride-1
-    convolution reads it) that holds what every phase reads: a phase whose convolution pads
-    by ``p`` reads its padded input from ``padding - p`` on. Phases that crop the input (they
-    read a copy of their own) and those no tap reaches are left out."""
-    per_axis = [axis_phases(*a) for a in zip(in_size, kernel, stride, pad_lo, dilation,
-                                             out_size)]
+def _shared_reads(in_size, per_axis):
+    """Per axis (its phases ``per_axis``), the padding and extent of one padded copy of the
+    whole input (as a stride-1 convolution reads it) that holds what every phase reads: a
+    phase whose convolution pads by ``p`` reads its padded input from ``padding - p`` on.
+    Phases that crop the input (they read a copy of their own) and those no tap reaches are
+    left out."""
     padding, extent = [], []
     for size, axis in zip(in_size, per_axis):
         # as a convolution: padding dilation * (taps - 1) - pad, reading this much of it
@@ -94,29 +94,33 @@ def shared_reads(in_size, kernel, stride, pad_lo, dilation, out_size):
     return tuple(padding), tuple(extent)
 
 
-def transposed_by_phases(x, w, bias, stride, pad_lo, dilation, groups, out_size, transposed):
+def transposed_by_phases(x, w, bias, stride, pad_lo, dilation, groups, out_size, transposed,
+                         one_copy=contextlib.nullcontext):
     """The transposed convolution of ``x`` and ``w`` (5-D) at ``stride``, as one stride-1
     transposed convolution per output phase, each computed by ``transposed(x, w, stride,
-    pad_lo, dilation, groups, out_size, bias)``."""
+    pad_lo, dilation, groups, out_size, bias)``, all within ``one_copy(x, padding, extent)``:
+    a context in which the way may read every phase's padded input from one copy of ``x``,
+    padded by ``padding`` into ``extent`` (:func:`_shared_reads`)."""
     y = np.empty((x.shape[0], w.shape[1] * groups, *out_size), dtype=x.dtype)
     bias_array = K._bias_array(bias, x.dtype)
     empty = np.empty(0, dtype=x.dtype)
     per_axis = [axis_phases(*a) for a in zip(x.shape[2:], w.shape[2:], stride, pad_lo,
                                              dilation, out_size)]
-    for phase in itertools.product(*per_axis):
-        start = tuple(a.start for a in phase)
-        if any(a.taps == 0 for a in phase):
-            K._put_phase(empty, bias_array, y, start, stride)
-            continue
-        sub_w = np.ascontiguousarray(w[(slice(None), slice(None))
-                                       + tuple(slice(a.first, a.first + a.step * a.taps, a.step)
-                                               for a in phase)])
-        sub_x = x
-        if any(a.crop for a in phase):
-            sub_x = np.ascontiguousarray(x[(slice(None), slice(None))
-                                           + tuple(slice(a.crop, None) for a in phase)])
-        part = transposed(sub_x, sub_w, (1, 1, 1), tuple(a.pad for a in phase),
-                          tuple(a.dilation for a in phase), groups,
-                          tuple(a.size for a in phase), bias)
-        K._put_phase(part, bias_array, y, start, stride)
+    with one_copy(x, *_shared_reads(x.shape[2:], per_axis)):
+        for phase in itertools.product(*per_axis):
+            start = tuple(a.start for a in phase)
+            if any(a.taps == 0 for a in phase):
+                K._put_phase(empty, bias_array, y, start, stride)
+                continue
+            sub_w = np.ascontiguousarray(w[(slice(None), slice(None))
+                                           + tuple(slice(a.first, a.first + a.step * a.taps, a.step)
+                                                   for a in phase)])
+            sub_x = x
+            if any(a.crop for a in phase):
+                sub_x = np.ascontiguousarray(x[(slice(None), slice(None))
+                                               + tuple(slice(a.crop, None) for a in phase)])
+            part = transposed(sub_x, sub_w, (1, 1, 1), tuple(a.pad for a in phase),
+                              tuple(a.dilation for a in phase), groups,
+                              tuple(a.size for a in phase), bias)
+            K._put_phase(part, bias_array, y, start, stride)
     return y

@@ -867,11 +867,9 @@ def _transposed_by(way, x, w, stride, pad_lo, dilation, groups, out_size, bias):
                              transposed=True)
     if way == "phases":  # every phase by the way that takes the largest (see _phases_way)
         sub_way = _phases_way(x.shape, w.shape, stride, dilation, groups, out_size, x.itemsize)
-        with _untraced(), prefer_way(sub_way), _one_grouped_copy(
-                x, *phases.shared_reads(x.shape[2:], w.shape[2:], stride, pad_lo, dilation,
-                                        out_size)):
+        with _untraced(), prefer_way(sub_way):
             return phases.transposed_by_phases(x, w, bias, stride, pad_lo, dilation, groups,
-                                               out_size, _transposed)
+                                               out_size, _transposed, _one_grouped_copy)
     if way == "gemm":
         return gemm.conv_transpose_forward_gemm(x, w, bias, stride, pad_lo, dilation, groups,
                                                 out_size)
