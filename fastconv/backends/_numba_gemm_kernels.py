@@ -20,14 +20,14 @@ from ._numba_packing import _col2im, _im2col, _pack_rows, _unpack_rows
 
 
 @njit(cache=True, nogil=True)
-def _add_bias(bias, yf, start, k0, k1, p0, p1, row_len):
-    """``y[k, p0:p1] += bias[k]`` for rows ``k0:k1`` of the ``row_len``-wide rows from flat
-    index ``start`` (row ``k`` at ``start + k * row_len``), while they are in cache."""
-    for k in range(k0, k1):
+def _fill_bias(bias, yf, start, rows, p0, p1, row_len):
+    """``y[k, p0:p1] = bias[k]`` for ``rows`` rows of ``row_len`` elements from flat index
+    ``start`` (row ``k`` at ``start + k * row_len``)."""
+    for k in range(rows):
         b = bias[k]
         row = start + k * row_len
         for p in range(p0, p1):
-            yf[np.uintp(row + p)] += b
+            yf[np.uintp(row + p)] = b
 
 
 @njit(**_jit)
@@ -48,16 +48,21 @@ def _pointwise(blas, w, w_transposed, x, bias, tasks, threads, y):
             for g in range(groups):
                 out = (n * k_out + g * kg + k0) * positions
                 src = (n * c_in + g * cg) * positions + p0
+                # The bias goes in first and BLAS adds the product to it (beta 1): with beta 0
+                # OpenBLAS zeroes C in a pass of its own, and a bias added after is one more
+                # pass over C (WaveNet's 32 -> 256 skip layer, 16 MB out: 2.85 -> 2.6 ms)
+                beta = 0.0
+                if bias.size:
+                    _fill_bias(bias[g * kg + k0:], yf, out, k1 - k0, p0, p1, positions)
+                    beta = 1.0
                 if w_transposed:
                     _gemm(blas, TRANSPOSE, NO_TRANSPOSE, k1 - k0, p1 - p0, cg,
-                          wf[g * cg * kg + k0:], kg, xf[src:], positions, 0.0,
+                          wf[g * cg * kg + k0:], kg, xf[src:], positions, beta,
                           yf[out + p0:], positions)
                 else:
                     _gemm(blas, NO_TRANSPOSE, NO_TRANSPOSE, k1 - k0, p1 - p0, cg,
-                          wf[(g * kg + k0) * cg:], cg, xf[src:], positions, 0.0,
+                          wf[(g * kg + k0) * cg:], cg, xf[src:], positions, beta,
                           yf[out + p0:], positions)
-                if bias.size:
-                    _add_bias(bias[g * kg + k0:], yf, out, 0, k1 - k0, p0, p1, positions)
 
 
 @njit(**_jit)
