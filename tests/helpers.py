@@ -44,11 +44,12 @@ NUMBA_WAYS = {
                   "numba_cpu.DEPTHWISE_MIN_CHANNELS": 1},
     # grouped convolutions vectorised over groups, whatever their group and channel counts
     "grouped": {"numba_cpu.GROUPED_MIN_FILL": 0, "numba_cpu.GROUPED_MIN_FILTERS": 1,
-                "numba_cpu.GROUPED_MIN_DEPTH": 0, "numba_cpu.GROUPED_MIN_MACS": 0},
+                "numba_cpu.GROUPED_MIN_DEPTH": 0, "numba_cpu.GROUPED_WHOLE_VECTORS": False},
     # strided transposed convolutions (strided input gradients) by output phases, each phase
     # by the way the rules choose for the largest
     "phases": {"numba_cpu.PHASES_WAYS": ("lanes", "blocked", "kvector", "depthwise", "grouped",
-                                         "winograd", "gemm", "direct")},
+                                         "winograd", "gemm", "direct"),
+               "numba_cpu.PHASES_MIN_MACS": 0},
     # 2-D and 1-D stride-1 cases on batch lanes (a batch of 3 in a group of 16 lanes)
     "lanes": {"_numba_lanes.LANE_MIN_BATCH": 1},
     # the same on the 256-bit loops that CPUs without AVX-512 take (this one may take either)

@@ -185,22 +185,23 @@ def test_grouped_agrees_with_reference(nd, groups, cg, kg, kw, dtype, rng, monke
 
 
 def test_grouped_rule_and_preference(rng):
-    """Deep groups at a training batch take ``grouped`` by the rules (forward, input and
-    weight gradient); a single image only for its weight gradient, unless ``prefer_way``
-    asks for it."""
-    w = randn(rng, (512, 16, 3, 3), np.float32)
-    for batch, expected in ((8, ["grouped"] * 3), (1, ["blocked", "grouped", "blocked"])):
-        x = randn(rng, (batch, 512, 14, 14), np.float32)
-        with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
-            fc.conv2d_backward(np.ones_like(x), x, w, padding=1, groups=32)
-            fc.conv2d(x, w, padding=1, groups=32)
-        assert ways == expected, (batch, ways)
+    """Deep groups in whole vectors of groups take ``grouped`` by the rules (forward, input
+    and weight gradient), at a training batch and for a single image; groups that leave a
+    vector partly empty only for their weight gradient, unless ``prefer_way`` asks for it."""
+    for groups, expected in ((32, ["grouped"] * 3), (24, ["blocked", "grouped", "blocked"])):
+        w = randn(rng, (16 * groups, 16, 3, 3), np.float32)
+        for batch in (8, 1):
+            x = randn(rng, (batch, 16 * groups, 14, 14), np.float32)
+            with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+                fc.conv2d_backward(np.ones_like(x), x, w, padding=1, groups=groups)
+                fc.conv2d(x, w, padding=1, groups=groups)
+            assert ways == expected, (groups, batch, ways)
     with (fc.use_backend("numba"), numba_cpu.prefer_way("grouped"),
           numba_cpu.trace_ways() as ways):
-        y = fc.conv2d(x, w, padding=1, groups=32)
+        y = fc.conv2d(x, w, padding=1, groups=24)
     assert ways == ["grouped"]
     with fc.use_backend("numpy"):
-        assert_close(y, fc.conv2d(x, w, padding=1, groups=32), np.float32, "forward")
+        assert_close(y, fc.conv2d(x, w, padding=1, groups=24), np.float32, "forward")
 
 
 PHASE_CASES = [  # (kernel, stride, padding, dilation, output padding) on each axis

@@ -389,21 +389,25 @@ def _depthwise_weight_grad(x, gy, stride, pad, dilation, kernel):
 #   + BLAS; at batch 1 0.38 against 1.4 ms (`kvector`); 32 groups of 4 at 56x56, batch 16,
 #   15.8 against 18.3 ms direct;
 # - forward and stride-1 transposed from GROUPED_MIN_DEPTH channels x taps per group, or
-#   GROUPED_MIN_CHANNELS channels per group whatever the kernel, and GROUPED_MIN_MACS
-#   multiply-adds: 32 groups of 16 at 14x14, batch 16, 3.5 / 4.0 against 6.2 / 5.3 ms
-#   `blocked`; 32 of 32 at stride 2, batch 4, 1.7 against 2.1 ms; 32 of 32 at 7x7, batch 16,
-#   1x1 1.3 against 1.8 ms, 2x2 2.0 against 2.6 (the kernels of a strided input gradient's
-#   phases); at 14x14 1x1 even (4.9 / 4.9 / 4.7 gemm), 2x2 7.5 against 10.4. The blocked
-#   kernel keeps fewer channels per group (8 x 9 taps, batch 16: 4.5 against 6.2 ms; 16 x 1x1
-#   1.4 against 1.8, 16 x 2x2 2.0 against 2.3) and single images (32 of 16 at batch 1: 0.28
-#   against 0.34 ms), where the copies in and out of the groups-last layout cost more than
-#   the sums.
+#   GROUPED_MIN_CHANNELS channels per group whatever the kernel, in whole vectors of groups:
+#   32 groups of 16 at 14x14, batch 16, 3.5 / 4.0 against 6.2 / 5.3 ms `blocked`; 32 of 32
+#   at stride 2, batch 4, 1.7 against 2.1 ms; 32 of 32 at 7x7, batch 16, 1x1 1.3 against 1.8
+#   ms, 2x2 2.0 against 2.6 (the kernels of a strided input gradient's phases); at 14x14 1x1
+#   even (4.9 / 4.9 / 4.7 gemm), 2x2 7.5 against 10.4. Single images too, since the groups-
+#   last copies went by register squares (forward, each way forced and alternated four
+#   times, best ms: 32 of 16 at 14x14 0.22 against 0.27, at 7x7 0.11 against 0.14; 32 of 32
+#   at stride 2 0.31 against 0.40, at 7x7 stride 1 0.29 against 0.28; 48 of 16 at 14x14
+#   0.33 against 0.39; 16 of 16 at 14x14 0.157 against 0.145, at 28x28 0.40 against 0.38).
+#   A vector partly empty computes its empty lanes too, and loses: 24 groups of 16 at 14x14,
+#   batch 1, 0.30 against 0.21 ms, batch 16 3.7 against 3.2; 28x28 0.80 against 0.57. The
+#   blocked kernel keeps fewer channels per group (8 x 9 taps, batch 16: 4.5 against 6.2 ms;
+#   16 x 1x1 1.4 against 1.8, 16 x 2x2 2.0 against 2.3).
 GROUPED = True
 GROUPED_MIN_FILL = 0.75
 GROUPED_MIN_FILTERS = 4
 GROUPED_MIN_DEPTH = 128
 GROUPED_MIN_CHANNELS = 32
-GROUPED_MIN_MACS = 1 << 25
+GROUPED_WHOLE_VECTORS = True
 # Positions of one task's chunk: the chunk's input, read by each block of filters in turn
 # (a vector of groups' channels a position: 1-2 KB), stays in the L2 cache
 GROUPED_CHUNK = 120
@@ -419,14 +423,13 @@ def _grouped_fits(groups, cg, kg, itemsize):
             and kg >= GROUPED_MIN_FILTERS and not (cg == 1 and kg == 1))
 
 
-def _grouped_forward_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize):
+def _grouped_forward_fits(groups, cg, kg, kernel, itemsize):
     """Whether ``grouped`` takes a convolution (forward, or stride-1 transposed) by the rules
     above (``None``: it cannot compute it)."""
     fits = _grouped_fits(groups, cg, kg, itemsize)
     taps = math.prod(kernel)
-    return fits and ((cg * taps >= GROUPED_MIN_DEPTH or cg >= GROUPED_MIN_CHANNELS)
-                     and n_batch * math.prod(out_size) * groups * kg * cg * taps
-                     >= GROUPED_MIN_MACS)
+    return fits and (cg * taps >= GROUPED_MIN_DEPTH or cg >= GROUPED_MIN_CHANNELS) and (
+        groups % K.group_vector(itemsize) == 0 or not GROUPED_WHOLE_VECTORS)
 
 
 def _unaligned_width(width, itemsize):
@@ -558,8 +561,7 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
     ``lanes``, ``kvector`` or ``blocked``, ``winograd``, ``gemm``, then always ``direct``."""
     k_out, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
     depthwise_fits = _depthwise_fits(k_out, cg, k_out // groups, out_size, stride)
-    grouped_fits = _grouped_forward_fits(x_shape[0], groups, cg, k_out // groups, kernel,
-                                         out_size, itemsize)
+    grouped_fits = _grouped_forward_fits(groups, cg, k_out // groups, kernel, itemsize)
     ways = ["depthwise"] if depthwise_fits else ["grouped"] if grouped_fits else []
     # one input channel: on 256-bit loops the banded direct kernel wins (LeNet c1 forward 1.7
     # vs 2.0 ms lanes, whose copies in and out are as large as the work there), on 512-bit
@@ -791,8 +793,8 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
     stride_one = all(s == 1 for s in stride)
     depthwise_fits = stride_one and _depthwise_fits(c_in, c_in // groups, cog, out_size,
                                                      stride)
-    grouped_fits = stride_one and _grouped_forward_fits(x_shape[0], groups, c_in // groups,
-                                                        cog, kernel, out_size, itemsize)
+    grouped_fits = stride_one and _grouped_forward_fits(groups, c_in // groups, cog, kernel,
+                                                        itemsize)
     ways = ["depthwise"] if depthwise_fits else ["grouped"] if grouped_fits else []
     if (stride_one and c_in > 1
             and lanes.lanes_fit(x_shape, cog * groups, kernel, stride,
@@ -888,8 +890,13 @@ def _transposed_by(way, x, w, stride, pad_lo, dilation, groups, out_size, bias):
 # ms packing + BLAS, whose per-group products are small). Elsewhere the phases' extra passes
 # (each phase copies the input into its way's layout, one pass puts it in place) cost more
 # than packing saves: ResNet-18's 64 -> 128 3x3 at stride 2, batch 16, 15-30 against 10-14 ms
-# (phases by `kvector`), U-Net's 2x2 up-convolutions (`gemm`) 1.3-1.7x slower.
+# (phases by `kvector`), U-Net's 2x2 up-convolutions (`gemm`) 1.3-1.7x slower. And only from
+# PHASES_MIN_MACS multiply-adds in the largest phase: below, the phases' passes cost more than
+# their sums save (the same layer's input gradient, each way forced and alternated four times,
+# best ms: batch 1 1.14 against 0.44 packing + BLAS, batch 2 1.37 against 0.81, batch 4 2.96
+# against 1.75; batch 8 2.84 against 3.17, batch 16 5.4 against 6.4).
 PHASES_WAYS = ("grouped",)
+PHASES_MIN_MACS = 1 << 25
 
 
 def _phases_way(x_shape, w_shape, stride, dilation, groups, out_size, itemsize):
@@ -897,6 +904,9 @@ def _phases_way(x_shape, w_shape, stride, dilation, groups, out_size, itemsize):
     largest phase) where the rule above takes ``phases``, else ``None``."""
     sub_kernel, sub_out, sub_dilation = phases.largest_phase(w_shape[2:], stride, dilation,
                                                              out_size)
+    if x_shape[0] * math.prod(sub_out) * w_shape[0] * w_shape[1] * math.prod(sub_kernel) \
+            < PHASES_MIN_MACS:
+        return None
     way = conv_transpose_forward_ways(x_shape, (*w_shape[:2], *sub_kernel), (1, 1, 1),
                                       (0, 0, 0), sub_dilation, groups, sub_out, itemsize)[0]
     return way if way in PHASES_WAYS else None
