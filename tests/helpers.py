@@ -24,9 +24,11 @@ NUMBA_WAYS = {
                        **_NO_BLOCKED},  # a row per task
     # 3x3 kernels at stride 1
     "winograd": {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 1,
-                 "_numba_winograd.WINOGRAD_TILES_PER_CHANNEL": 0, **_NO_BLOCKED},
+                 "_numba_winograd.WINOGRAD_TILES_PER_CHANNEL": 0,
+                 "numba_cpu.WINOGRAD_AHEAD_MIN_MACS": 0, **_NO_BLOCKED},
     "winograd_row_tasks": {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 1,
                            "_numba_winograd.WINOGRAD_TILES_PER_CHANNEL": 0,
+                           "numba_cpu.WINOGRAD_AHEAD_MIN_MACS": 0,
                            "_numba_tasks.TASK_BYTES": 1, **_NO_BLOCKED},
     # register-blocked direct kernel: every kernel but 1x1 with at least four filters per group
     "blocked": {"numba_cpu.BLOCKED_MAX_MACS": 10**18, **_NO_WINOGRAD},

@@ -18,6 +18,7 @@ from fastconv.backends import (
     _numba_lanes,
     _numba_phases,
     _numba_tasks,
+    _numba_winograd,
     numba_cpu,
 )
 
@@ -579,7 +580,7 @@ TRAINING_CHOICES = [
     ((16, 256, 1, 14, 14), (256, 256, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
     ((16, 64, 1, 56, 56), (64, 64, 1, 3, 3), 1, ("winograd", "winograd", "kvector")),
     ((16, 64, 1, 56, 56), (128, 64, 1, 3, 3), 2, ("gemm", "gemm", "gemm")),
-    ((2, 128, 8, 28, 28), (256, 128, 3, 3, 3), 1, ("kvector", "kvector", "kvector")),
+    ((2, 128, 8, 28, 28), (256, 128, 3, 3, 3), 1, ("winograd", "winograd", "kvector")),
     ((64, 128, 1, 1, 495), (128, 128, 1, 1, 3), 1, ("kvector", "kvector", "kvector")),
     ((64, 120, 1, 1, 495), (120, 120, 1, 1, 3), 1, ("blocked", "blocked", "gemm")),  # shallow
     ((16, 512, 1, 7, 7), (2048, 512, 1, 1, 1), 1, ("kvector", "kvector", "gemm")),
@@ -593,15 +594,18 @@ TRAINING_CHOICES = [
     ((1, 512, 1, 7, 7), (2048, 512, 1, 1, 1), 1, ("gemm", "gemm", "gemm")),  # 1x1: no padding
     ((1, 64, 1, 56, 56), (256, 64, 1, 1, 1), 1, ("gemm", "gemm", "gemm")),  # 1x1, batch 1
     ((1, 1024, 1, 14, 14), (256, 1024, 1, 1, 1), 1, ("gemm", "gemm", "gemm")),
+    # Winograd ahead of the direct kernels from WINOGRAD_AHEAD_MIN_MACS, not below
+    ((1, 64, 1, 56, 56), (64, 64, 1, 3, 3), 1, ("winograd", "winograd", "kvector")),
+    ((1, 32, 1, 56, 56), (32, 32, 1, 3, 3), 1, ("blocked", "blocked", "gemm")),
 ]
 
 
 @pytest.mark.skipif(not _numba_lanes.WIDE_VECTORS, reason="kvector needs AVX-512")
 @pytest.mark.parametrize("x_shape, w_shape, stride, expected", TRAINING_CHOICES)
 def test_training_batch_choices(x_shape, w_shape, stride, expected):
-    """The rules for large calls: kvector at stride 1 where Winograd does not take the call
-    (and ahead of it for 3-D kernels), 1x1 kernels on 7x7 images, weight gradients at stride 1
-    of deep sums; Winograd for 2-D kernels on large images; the blocked forward for calls of few
+    """The rules for large calls: kvector at stride 1 where Winograd does not take the call,
+    1x1 kernels on 7x7 images, weight gradients at stride 1 of deep sums; Winograd where it
+    takes the call (3-D kernels too) and it is not small; the blocked forward for calls of few
     positions, unless few of their multiply-adds read padding; packing + BLAS otherwise (1x1
     kernels at batch 1 too)."""
     pad = tuple((k - 1) // 2 for k in w_shape[2:])
@@ -615,6 +619,31 @@ def test_training_batch_choices(x_shape, w_shape, stride, expected):
            numba_cpu.conv_weight_grad_ways(x_shape, y_shape, strides, pad, one, 1,
                                            w_shape[2:], 4)[0])
     assert got == expected
+
+
+@pytest.mark.parametrize("budget_slices, most, expected", [(2, 8, 2), (9, 3, 3), (1, 8, 1)])
+def test_winograd_depth_blocks(budget_slices, most, expected, dtype, rng, monkeypatch):
+    """A 3-D Winograd convolution takes output depth slices in blocks of at most
+    WINOGRAD_DEPTH_BLOCK, as many as keep their input slices within WINOGRAD_DEPTH_BYTES per
+    tile point (here room for ``budget_slices`` output slices): the same numbers as the
+    reference over blocks and a short last one (7 slices), bias and depth padding included."""
+    force_numba_way("winograd", monkeypatch)
+    x = randn(rng, (2, 4, 7, 6, 9), dtype)
+    w = randn(rng, (5, 4, 3, 3, 3), dtype)
+    b = randn(rng, (5,), dtype)
+    monkeypatch.setattr(_numba_winograd, "WINOGRAD_DEPTH_BLOCK", most)
+    monkeypatch.setattr(_numba_winograd, "WINOGRAD_DEPTH_BYTES",
+                        (budget_slices + 2) * 4 * x.itemsize)
+    blocks = set()
+    task_array = _numba_tasks.task_array
+    monkeypatch.setattr(_numba_tasks, "task_array",
+                        lambda t: blocks.update((r[1], r[2]) for r in t) or task_array(t))
+    with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+        got = fc.conv3d(x, w, b, padding=1)
+    assert ways == ["winograd"]
+    assert blocks == {(d, min(d + expected, 7)) for d in range(0, 7, expected)}
+    with fc.use_backend("numpy"):
+        assert_close(got, fc.conv3d(x, w, b, padding=1), dtype, "forward")
 
 
 @pytest.mark.parametrize("groups", [1, 2])

@@ -20,13 +20,26 @@ from . import _numba_winograd_kernels as K
 # group: forward 18.6 ms Winograd, 7.7 ms packing + BLAS at batch 16)
 WINOGRAD_MIN_CHANNELS = 32
 # ... and enough 4x4 output tiles per call to pay for the kernel's transform (36 * C * K
-# values, read by every task): at least this many per channel of the larger side. Zoo suite,
-# forward: ResNet-18's 64 channels at 56x56, batch 1 (196 tiles): 1.50 ms Winograd, 1.93 ms
-# packing + BLAS; 128 channels at 28x28 (49 tiles): 3.4 vs 1.6 ms, at batch 16 (784 tiles)
-# 11.2 vs 15.2 ms; 512 channels at 7x7, batch 16 (64 tiles): 77 vs 27 ms
-WINOGRAD_TILES_PER_CHANNEL = 2
-# output depth slices per task of a 3-D Winograd convolution (they share input transforms)
+# values, read by every task): at least this many per channel of the larger side. Forward,
+# each way forced and alternated, best ms against the fastest other way (the direct kernels):
+# at 1.5 tiles a channel and more Winograd won on every shape measured (128 channels at
+# 56x56, batch 1: 4.05 against 4.58; at 28x28, batch 4: 3.91 against 4.77; 256 at 56x56,
+# batch 2: 22.8 against 34.2; 3x3x3 kernels, 128 channels at 4x28x28: 9.6 against 12.8;
+# C3D's conv3a, 256 at 8x28x28: 37.8 against 49.6), at 1 even (ResNet-18's layer3 at batch
+# 16, forward and input gradient), below it lost (64 at 28x28, 0.77 tiles a channel: 0.46
+# against 0.33; 256 at 28x28, batch 2, 0.38: 11.2 against 9.2; 3x3x3, 256 at 4x14x14,
+# 0.25: 38 against 13), once even won (VGG's conv3_2 at batch 1, 0.77: 14.3 against 16.7)
+WINOGRAD_TILES_PER_CHANNEL = 1.5
+# output depth slices per task of a 3-D Winograd convolution (they share input transforms):
+# at most WINOGRAD_DEPTH_BLOCK, and as many as keep a tile's transformed input over the
+# block's input slices within WINOGRAD_DEPTH_BYTES per each of its 36 points (each GEMM reads
+# them for every output slice). Eight slices a block at any channel count lost with many
+# channels (forward, best ms, 1, 2, 4, 8 slices: 128 -> 256 channels at 8x28x28, batch 2,
+# float32 67.6 / 65.1 / 66.2 / 81.6, float64 145 / 164 / 166 / 197; 64 channels at
+# 16x112x112, float32 119 / 110 / 85 / 84, float64 192 / 166 / 161 / 172); the budget gives
+# 4 and 1 slices for the first, 8 and 4 for the second.
 WINOGRAD_DEPTH_BLOCK = 8
+WINOGRAD_DEPTH_BYTES = 3 << 10
 
 
 def computes(kernel, stride):
@@ -107,7 +120,8 @@ def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
     wp = int(cols.max()) + 5 * dilation[2] + 1
     # consecutive output depth slices share the input slices they overlap on (not so with a
     # depth dilation): a task transforms each of its input slices once
-    od_block = min(WINOGRAD_DEPTH_BLOCK, out_size[0]) if dilation[0] == 1 else 1
+    fit = WINOGRAD_DEPTH_BYTES // (cg * x.itemsize) - kd + 1
+    od_block = max(1, min(WINOGRAD_DEPTH_BLOCK, fit, out_size[0])) if dilation[0] == 1 else 1
     slices = od_block - 1 + kd
     row_bytes = 36 * (slices * cg + kg) * cols.size * x.itemsize
     # a block of tile rows lies in one class of rows modulo the dilation, and its copy holds

@@ -172,9 +172,9 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 # Where the direct kernels vectorised over output channels (`kvector`, :mod:`._numba_kvector`;
 # CPUs with AVX-512) are chosen, from the zoo suite's layers, each way forced and timed
 # interleaved (docs/benchmarks.md): forward, stride-1 transposed and weight gradient of calls of
-# at most KVECTOR_MAX_MACS multiply-adds, ahead of `blocked` and Winograd (ResNet-18's layer1
-# to layer3 at batch 1: 0.7-1.3 ms against 1.0-1.4 ms blocked; weight gradients 1.1-1.9
-# against 1.2-3.0 ms), given
+# at most KVECTOR_MAX_MACS multiply-adds, ahead of `blocked` (ResNet-18's layer1 to layer3 at
+# batch 1: 0.7-1.3 ms against 1.0-1.4 ms blocked; weight gradients 1.1-1.9 against 1.2-3.0
+# ms) and of Winograd where it is not ahead (below), given
 # - a whole block of filters per group (64 float32, 32 float64: with fewer the zero filler is
 #   computed too; ResNeXt's 4-32 per group lost 1.1-10x) and
 #   KVECTOR_MIN_CHANNELS input channels per group (each channel is one step of the inner loop:
@@ -200,9 +200,8 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 # - forward and input gradient at stride 1 where Winograd does not take the call: ResNet-18's
 #   layer4 at batch 16 15.1 and 15.2 ms against 16.3 and 20.7 packing + BLAS, VGG's conv5_1
 #   13.2 / 12.8 against 14.9 / 15.2, U-Net's bottleneck 35.4 / 36.2 against 37.8 / 37.8,
-#   AlexNet's 5x5 24.5 / 27.9 against 33.5 / 30.1; ahead of Winograd for 3-D kernels (C3D's
-#   conv3a: 73.1 / 77.0 against 87.0 / 83.0 Winograd). Winograd stays ahead for 2-D kernels
-#   on large images (ResNet-18's layer1 at batch 16: 12.3 against 15.1 ms), packing + BLAS
+#   AlexNet's 5x5 24.5 / 27.9 against 33.5 / 30.1. Winograd stays ahead where it takes the
+#   call (below: ResNet-18's layer1 at batch 16: 12.3 against 15.1 ms), packing + BLAS
 #   at stride 2 (ResNet-50's layer2.0.conv2 at batch 16: 18.6 against 22.9 ms), and the
 #   direct kernels for sums of fewer than KVECTOR_LARGE_MIN_DEPTH channels x taps, whose
 #   write-out costs as much as their sums (WaveNet's 32-channel kernel-2 layers at batch 8:
@@ -217,6 +216,16 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 #   BLAS, layer3 12.9 against 14.4, VGG's conv1_2 at batch 4 66.4 against 90.2, AlexNet's
 #   5x5 23.5 against 30.1, C3D's conv3a at batch 2 74.6 against 83.8; below that depth the
 #   copies cost as much as the sums or more (WaveNet's 32 x 2: 13.0 against 10.4 ms).
+# Winograd, where its rules take a call (_numba_winograd: enough channels and tiles), goes
+# ahead of the direct kernels from WINOGRAD_AHEAD_MIN_MACS multiply-adds, 3-D kernels too;
+# below, its fixed costs (the kernel's transform, the copies) decide. Forward, each way forced
+# and alternated four times, best ms, batch 1 unless said: ResNet-18's layer1 1.10 against
+# 1.16 kvector, VGG's conv3_2 14.3 against 16.7, C3D's conv3a 37.8 against 49.6 (its
+# training step at batch 2, forward and input gradient Winograd, 232 against 309 ms all
+# kvector), 96 channels at 56x56 2.20 against 3.37, 48 at 112x112 1.83 against 2.52 blocked,
+# 64 -> 32 at 56x56 (58 M) 0.49 against 0.65 blocked; 32 at 56x56 (29 M) 0.42 against 0.35.
+WINOGRAD_AHEAD_MIN_MACS = 1 << 25
+
 KVECTOR = True
 KVECTOR_MAX_MACS = 1 << 28
 KVECTOR_THIN_IMAGE = 64
@@ -573,15 +582,19 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
     blocked = _blocked_fits(x_shape[0] * groups, cg, k_out // groups, kernel, out_size,
                             forward=True)
     winograd_fits = winograd.fits(kernel, stride, cg, k_out // groups, x_shape[0], out_size)
+    ahead = winograd_fits and _winograd_ahead(x_shape[0], groups, cg, k_out // groups, kernel,
+                                              out_size)
     few = (x_shape[0] * math.prod(out_size) < KVECTOR_MIN_POSITIONS and math.prod(kernel) > 1
            and _padded_share(x_shape[2:], kernel, stride, pad_lo, dilation, out_size)
            <= KVECTOR_FEW_MAX_PADDED)
+    if ahead:
+        ways.append("winograd")
     if _kvector_fits(x_shape[0], groups, cg, k_out // groups, kernel, out_size, itemsize,
-                     _kvector_large(cg, kernel, stride, out_size, winograd_fits), few):
+                     _kvector_large(cg, kernel, stride, out_size), few):
         ways.append("kvector")
     elif blocked == "small":
         ways.append("blocked")
-    if winograd_fits:
+    if winograd_fits and not ahead:
         ways.append("winograd")
     if blocked == "thin":
         ways.append("blocked")
@@ -618,14 +631,20 @@ def _padded_share(in_size, kernel, stride, pad_lo, dilation, out_size):
     return 1.0 - inside
 
 
-def _kvector_large(cg, kernel, stride, out_size, winograd_fits):
+def _kvector_large(cg, kernel, stride, out_size):
     """Whether ``kvector`` takes a convolution (forward, or stride-1 transposed) of any size:
-    deep sums at stride 1 where Winograd does not take them or the kernel is 3-D, or 1x1 on
-    thin images."""
+    deep sums at stride 1 (where Winograd takes them, it goes first), or 1x1 on thin
+    images."""
     if math.prod(kernel) == 1:
         return math.prod(out_size) <= KVECTOR_THIN_IMAGE
-    return (all(s == 1 for s in stride) and cg * math.prod(kernel) >= KVECTOR_LARGE_MIN_DEPTH
-            and (not winograd_fits or kernel[0] > 1))
+    return all(s == 1 for s in stride) and cg * math.prod(kernel) >= KVECTOR_LARGE_MIN_DEPTH
+
+
+def _winograd_ahead(n_batch, groups, cg, kg, kernel, out_size):
+    """Whether Winograd, where its rules take the call, goes ahead of the direct kernels: from
+    WINOGRAD_AHEAD_MIN_MACS multiply-adds."""
+    return (n_batch * math.prod(out_size) * groups * kg * cg * math.prod(kernel)
+            >= WINOGRAD_AHEAD_MIN_MACS)
 
 
 def _kvector_available():
@@ -806,14 +825,17 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
                                            out_size)
     winograd_fits = stride_one and winograd.fits(kernel, stride, cog, c_in // groups,
                                                  x_shape[0], out_size)
+    ahead = winograd_fits and _winograd_ahead(x_shape[0], groups, c_in // groups, cog, kernel,
+                                              out_size)
+    if ahead:
+        ways.append("winograd")
     if stride_one and _kvector_fits(x_shape[0], groups, c_in // groups, cog, kernel,
                                     out_size, itemsize,
-                                    _kvector_large(c_in // groups, kernel, stride, out_size,
-                                                   winograd_fits)):
+                                    _kvector_large(c_in // groups, kernel, stride, out_size)):
         ways.append("kvector")
     elif blocked == "small":
         ways.append("blocked")
-    if winograd_fits:
+    if winograd_fits and not ahead:
         ways.append("winograd")
     if blocked == "thin":
         ways.append("blocked")
