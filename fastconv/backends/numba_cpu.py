@@ -185,7 +185,8 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 #   Measured at batch 1 (`fastconv bench --ways`, float32, 2 threads), once each thread
 #   copies the weights it uses in vector squares: ResNet-18's layer4.0 (stride 2, 7x7, 9%
 #   padded) 0.80 ms against 1.18-1.21 blocked, its layer4 (stride 1, 7x7, 18%) 1.32 against
-#   1.32, C3D's conv5a (depth 2, 45%) 6.6 against 5.2; not 1x1 kernels, which BLAS takes at
+#   1.32 then, 1.49-1.56 against 1.65-1.68 since (alternated, four rounds), C3D's conv5a
+#   (depth 2, 45%) 8.2 against 6.0; not 1x1 kernels, which BLAS takes at
 #   batch 1 (below: ResNet-50's layer4.conv3 at 7x7 0.99x PyTorch on BLAS, 0.90x on kvector);
 # - for 1x1 kernels, only images of at most KVECTOR_THIN_IMAGE positions, whose per-image
 #   GEMMs are too thin for BLAS (ResNet-50's 512 -> 2048 at 7x7, batch 16: forward 6.6
@@ -234,7 +235,7 @@ KVECTOR_MIN_BLOCKS = 1
 KVECTOR_MIN_CHANNELS = 16
 KVECTOR_MIN_DEPTH = 64
 KVECTOR_MIN_POSITIONS = 128
-KVECTOR_FEW_MAX_PADDED = 0.125
+KVECTOR_FEW_MAX_PADDED = 0.25
 # Positions of one task's chunk (its sums buffer stays in the L2 cache), and weight elements of
 # one block of input channels (read from the L2 cache by every position of the chunk).
 KVECTOR_CHUNK = 240
