@@ -221,7 +221,7 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 # ahead of the direct kernels from WINOGRAD_AHEAD_MIN_MACS multiply-adds, 3-D kernels too;
 # below, its fixed costs (the kernel's transform, the copies) decide. Forward, each way forced
 # and alternated four times, best ms, batch 1 unless said: ResNet-18's layer1 1.10 against
-# 1.16 kvector, VGG's conv3_2 14.3 against 16.7, C3D's conv3a 37.8 against 49.6 (its
+# 1.16 kvector, C3D's conv3a 37.8 against 49.6 (its
 # training step at batch 2, forward and input gradient Winograd, 232 against 309 ms all
 # kvector), 96 channels at 56x56 2.20 against 3.37, 48 at 112x112 1.83 against 2.52 blocked,
 # 64 -> 32 at 56x56 (58 M) 0.49 against 0.65 blocked; 32 at 56x56 (29 M) 0.42 against 0.35.
@@ -568,7 +568,8 @@ def _all_finite(*arrays):
 def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_size,
                       itemsize):
     """The ways to compute this convolution, in the order the rules prefer them: some of
-    ``lanes``, ``kvector`` or ``blocked``, ``winograd``, ``gemm``, then always ``direct``."""
+    ``depthwise`` or ``grouped``, ``lanes``, ``winograd`` (where it goes ahead), ``kvector``
+    or ``blocked``, ``winograd``, ``blocked``, ``gemm``, then always ``direct``."""
     k_out, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
     depthwise_fits = _depthwise_fits(k_out, cg, k_out // groups, out_size, stride)
     grouped_fits = _grouped_forward_fits(groups, cg, k_out // groups, kernel, itemsize)
@@ -807,8 +808,9 @@ def _forward_by(way, x, w, stride, pad_lo, dilation, groups, out_size, bias):
 def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_size,
                                 itemsize):
     """The ways to compute this transposed convolution (a convolution's input gradient), in
-    the order the rules prefer them: ``lanes``, ``kvector`` or ``blocked``, ``winograd`` (at
-    stride 1, as a convolution with the kernel flipped), ``gemm``, then ``direct``."""
+    the order the rules prefer them, as :func:`conv_forward_ways` at stride 1 (Winograd as a
+    convolution with the kernel flipped), ``phases`` at larger strides, ``gemm``, then
+    ``direct``."""
     c_in, cog, kernel = x_shape[1], w_shape[1], w_shape[2:]
     stride_one = all(s == 1 for s in stride)
     depthwise_fits = stride_one and _depthwise_fits(c_in, c_in // groups, cog, out_size,
