@@ -353,6 +353,24 @@ def _kvector_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
 # 8.6 / 8.9, and at batch 1 0.52 / 0.58 against 0.43 / 0.48, so no further).
 DEPTHWISE_MAX_POSITIONS = 256
 DEPTHWISE_MIN_CHANNELS = 16
+# Weight gradients go to `depthwise` on planes of any size, given a vector's worth of channels
+# and a task (an image's vector of channels) for every thread: its sums stay in registers over
+# every position, where the direct kernel's go to memory per row (weight gradient alone, each
+# way forced and alternated three times, best ms: 144 x 56x56 at batch 16 4.1 against 7.6
+# direct, batch 1 0.23 against 0.36; 32 x 112x112 at batch 4 0.67 against 0.91, batch 1 0.26
+# against 0.29; 240 x 28x28 5x5 at batch 8 0.92 against 3.8; 96 x 112x112 at stride 2, batch
+# 8, 2.8 against 3.9). With fewer tasks than threads it lost (16 x 224x224 at batch 1: 0.80
+# against 0.41, one task).
+
+
+def _depthwise_grad_fits(n_batch, channels, cg, kg, out_size, stride, itemsize):
+    """Whether ``depthwise`` takes a weight gradient, by the rules above (``None``: it cannot
+    compute it)."""
+    fits = _depthwise_fits(channels, cg, kg, out_size, stride)
+    if fits is None or fits:
+        return fits
+    tasks_n = n_batch * -(-channels // depthwise.channel_vector(itemsize))
+    return channels >= DEPTHWISE_MIN_CHANNELS and tasks_n >= numba.get_num_threads()
 
 
 def _depthwise_fits(channels, cg, kg, out_size, stride):
@@ -976,7 +994,8 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
     ``lanes``, ``kvector``, ``gemm``, then ``direct``. (``exact`` serves a ``gy`` with NaN
     or Inf, whatever the shapes.)"""
     cg, kg = x_shape[1] // groups, gy_shape[1] // groups
-    depthwise_fits = _depthwise_fits(x_shape[1], cg, kg, gy_shape[2:], stride)
+    depthwise_fits = _depthwise_grad_fits(x_shape[0], x_shape[1], cg, kg, gy_shape[2:], stride,
+                                          itemsize)
     grouped_fits = _grouped_fits(groups, cg, kg, itemsize)
     ways = ["depthwise"] if depthwise_fits else ["grouped"] if grouped_fits else []
     if lanes.lanes_fit(x_shape, gy_shape[1], kernel, stride, pad_lo, dilation, groups,
