@@ -107,6 +107,10 @@ MIXING = frozenset({"winograd"})
 #   6.0-6.2; 1024 channels at 7x7: 5.9 against 7.0; 512 -> 1024 at 7x7, batch 2: 4.6 against
 #   4.8); forward only: the stride-1 transposed convolution lost there (C3D's conv5a input
 #   gradient at batch 1: 11.5 against 9.1 ms; 1024 channels at 7x7: 14.8 against 6.2);
+# - or calls, forward and stride-1 transposed, of which more than KVECTOR_MAX_PADDED of the
+#   multiply-adds read padding, which this kernel skips (C3D's conv5a, 45%: input gradient
+#   at batch 2 15.2 ms against 18.0 kvector and 19.3 packing + BLAS, at batch 1 8.9 against
+#   9.0 packing + BLAS);
 # - never 1x1 kernels (the sums go to memory after every 16 channels) nor fewer than four
 #   filters per group (a depthwise convolution would compute four times its work).
 BLOCKED = True
@@ -125,16 +129,18 @@ BLOCKED_BAND_ELEMS = 1 << 17
 BLOCKED_FEW_WEIGHTS = 1 << 16
 
 
-def _blocked_fits(n_batch, cg, kg, kernel, out_size, forward=False):
+def _blocked_fits(n_batch, cg, kg, kernel, out_size, forward=False, padded=0.0):
     """Whether the blocked kernel is the way, by the rules above: ``"small"`` (before
     Winograd), ``"thin"`` (after it), or ``None``; ``forward``: a forward convolution, not a
-    stride-1 transposed one."""
+    stride-1 transposed one; ``padded``: the share of its multiply-adds that read padding
+    (:func:`_padded_share`), which the blocked kernel skips."""
     taps = math.prod(kernel)
     if not BLOCKED or taps == 1 or kg < 4:
         return None
     positions = n_batch * math.prod(out_size)
     if (positions * kg * cg * taps <= BLOCKED_MAX_MACS
-            or (forward and positions <= BLOCKED_MAX_POSITIONS)):
+            or (forward and positions <= BLOCKED_MAX_POSITIONS)
+            or padded > KVECTOR_MAX_PADDED):
         return "small"
     return "thin" if cg * taps <= BLOCKED_MAX_DEPTH else None
 
@@ -179,9 +185,13 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 #   computed too; ResNeXt's 4-32 per group lost 1.1-10x) and
 #   KVECTOR_MIN_CHANNELS input channels per group (each channel is one step of the inner loop:
 #   a 3-channel stem lost 0.5x), and KVECTOR_MIN_DEPTH input channels x taps;
-# - at least KVECTOR_MIN_POSITIONS output positions in the batch, or (forward) at most
-#   KVECTOR_FEW_MAX_PADDED of its multiply-adds reading padding: `blocked` skips the taps
-#   that fall in the padding, kvector computes them, and on a few positions that decides.
+# - at most KVECTOR_MAX_PADDED of its multiply-adds reading padding, forward and stride-1
+#   transposed: `blocked` skips the taps that fall in the padding, kvector computes them
+#   (C3D's conv5a, 45% padded, at batch 2, each way forced and alternated three times, best
+#   ms: forward 11.8 blocked against 14.8, input gradient 14.1 against 16.8; PyTorch 10.9 and
+#   10.8), and `blocked` takes those calls at any size;
+# - at least KVECTOR_MIN_POSITIONS output positions in the batch, or (forward) a kernel of
+#   more than one tap within that padding limit.
 #   Measured at batch 1 (`fastconv bench --ways`, float32, 2 threads), once each thread
 #   copies the weights it uses in vector squares: ResNet-18's layer4.0 (stride 2, 7x7, 9%
 #   padded) 0.80 ms against 1.18-1.21 blocked, its layer4 (stride 1, 7x7, 18%) 1.32 against
@@ -235,7 +245,7 @@ KVECTOR_MIN_BLOCKS = 1
 KVECTOR_MIN_CHANNELS = 16
 KVECTOR_MIN_DEPTH = 64
 KVECTOR_MIN_POSITIONS = 128
-KVECTOR_FEW_MAX_PADDED = 0.25
+KVECTOR_MAX_PADDED = 0.25
 # Positions of one task's chunk (its sums buffer stays in the L2 cache), and weight elements of
 # one block of input channels (read from the L2 cache by every position of the chunk).
 KVECTOR_CHUNK = 240
@@ -599,18 +609,17 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
             and lanes.lanes_fit(x_shape, k_out, kernel, stride, pad_lo, dilation, groups,
                                 out_size)):
         ways.append("lanes")
+    padded = _padded_share(x_shape[2:], kernel, stride, pad_lo, dilation, out_size)
     blocked = _blocked_fits(x_shape[0] * groups, cg, k_out // groups, kernel, out_size,
-                            forward=True)
+                            forward=True, padded=padded)
     winograd_fits = winograd.fits(kernel, stride, cg, k_out // groups, x_shape[0], out_size)
     ahead = winograd_fits and _winograd_ahead(x_shape[0], groups, cg, k_out // groups, kernel,
                                               out_size)
-    few = (x_shape[0] * math.prod(out_size) < KVECTOR_MIN_POSITIONS and math.prod(kernel) > 1
-           and _padded_share(x_shape[2:], kernel, stride, pad_lo, dilation, out_size)
-           <= KVECTOR_FEW_MAX_PADDED)
     if ahead:
         ways.append("winograd")
     if _kvector_fits(x_shape[0], groups, cg, k_out // groups, kernel, out_size, itemsize,
-                     _kvector_large(cg, kernel, stride, out_size), few):
+                     _kvector_large(cg, kernel, stride, out_size), math.prod(kernel) > 1,
+                     padded):
         ways.append("kvector")
     elif blocked == "small":
         ways.append("blocked")
@@ -626,16 +635,18 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
                           *(["grouped"] if grouped_fits is not None else [])])
 
 
-def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize, large, few=False):
+def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize, large, few=False,
+                  padded=0.0):
     """Whether ``kvector`` is the way, by the rules above; ``large``: whether it may take the
     call above KVECTOR_MAX_MACS (1x1 kernels: whether it may take it at all); ``few``:
-    whether it may take fewer than KVECTOR_MIN_POSITIONS positions."""
+    whether it may take fewer than KVECTOR_MIN_POSITIONS positions; ``padded``: the share of
+    its multiply-adds that read padding (:func:`_padded_share`)."""
     positions, taps = n_batch * math.prod(out_size), math.prod(kernel)
     macs = positions * groups * kg * cg * taps
     return (_kvector_available() and kg >= KVECTOR_MIN_BLOCKS * K.block_filters(itemsize)
             and (large or (taps > 1 and macs <= KVECTOR_MAX_MACS))
             and cg >= KVECTOR_MIN_CHANNELS and cg * taps >= KVECTOR_MIN_DEPTH
-            and (positions >= KVECTOR_MIN_POSITIONS or few))
+            and (positions >= KVECTOR_MIN_POSITIONS or few) and padded <= KVECTOR_MAX_PADDED)
 
 
 def _padded_share(in_size, kernel, stride, pad_lo, dilation, out_size):
@@ -842,8 +853,11 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
                                 out_size)):
         ways.append("lanes")
     # at stride 1, a convolution of the flipped kernel: c_in // groups channels in, cog out
+    padded = stride_one and _padded_share(x_shape[2:], kernel, stride,
+                                          _as_conv_padding(kernel, pad_lo, dilation),
+                                          dilation, out_size)
     blocked = stride_one and _blocked_fits(x_shape[0] * groups, c_in // groups, cog, kernel,
-                                           out_size)
+                                           out_size, padded=padded)
     winograd_fits = stride_one and winograd.fits(kernel, stride, cog, c_in // groups,
                                                  x_shape[0], out_size)
     ahead = winograd_fits and _winograd_ahead(x_shape[0], groups, c_in // groups, cog, kernel,
@@ -852,7 +866,8 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
         ways.append("winograd")
     if stride_one and _kvector_fits(x_shape[0], groups, c_in // groups, cog, kernel,
                                     out_size, itemsize,
-                                    _kvector_large(c_in // groups, kernel, stride, out_size)):
+                                    _kvector_large(c_in // groups, kernel, stride, out_size),
+                                    padded=padded):
         ways.append("kvector")
     elif blocked == "small":
         ways.append("blocked")
