@@ -651,7 +651,10 @@ def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize, large, fe
 
 def _padded_share(in_size, kernel, stride, pad_lo, dilation, out_size):
     """The share of a convolution's (output position, tap) pairs that read padding: per axis
-    and tap, the outputs ``i`` with ``0 <= i * s + r * d - p < n`` are a range."""
+    and tap, the outputs ``i`` with ``0 <= i * s + r * d - p < n`` are a range. (No outputs:
+    no share.)"""
+    if 0 in out_size:
+        return 0.0
     inside = 1.0
     for n, k, s, p, d, o in zip(in_size, kernel, stride, pad_lo, dilation, out_size):
         reads = 0
