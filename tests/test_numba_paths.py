@@ -655,11 +655,16 @@ def test_winograd_depth_blocks(budget_slices, most, expected, dtype, rng, monkey
 
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("size", [(5, 7), (30, 31)])  # channel ranges; position ranges
-def test_pointwise_one_image_in_tasks(size, groups, dtype, rng, monkeypatch):
+@pytest.mark.parametrize("step", [None, 16])  # the rule's products; products of 16 positions
+def test_pointwise_one_image_in_tasks(size, groups, step, dtype, rng, monkeypatch):
     """A 1x1 convolution of one image (packing + BLAS) split over the threads, by output
-    channels where its positions are few, else by positions: forward with bias, weight
-    gradient, transposed."""
+    channels where its positions are few, else by positions, each task in products of
+    ``step`` positions (the last one short): forward with bias, weight gradient,
+    transposed."""
     force_numba_way("gemm", monkeypatch)
+    if step:
+        monkeypatch.setattr(_numba_gemm, "POINTWISE_MIN_STEP", step)
+        monkeypatch.setattr(_numba_gemm, "POINTWISE_STEP_BYTES", 1)
     x = randn(rng, (1, 8, *size), dtype)
     w, b = randn(rng, (12, 8 // groups, 1, 1), dtype), randn(rng, (12,), dtype)
     gy = randn(rng, (1, 12, *size), dtype)
