@@ -129,6 +129,21 @@ def test_depthwise_rule_and_preference(rng):
             fc.conv2d_backward(gy, x, w, padding=1, groups=32)
             fc.conv2d(x, w, padding=1, groups=32)
         assert ways == expected, ways
+    # one task (a vector of 16 channels, one image): depthwise on one thread, not on two; the
+    # choice follows the thread count from call to call
+    if numba.config.NUMBA_NUM_THREADS >= 2:
+        one = randn(rng, (1, 16, 20, 20), np.float32)
+        w16 = randn(rng, (16, 1, 3, 3), np.float32)
+        before = numba.get_num_threads()
+        try:
+            for threads, expected in ((1, "depthwise"), (2, "direct"), (1, "depthwise")):
+                numba.set_num_threads(threads)
+                with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+                    fc.conv2d_backward(np.ones_like(one), one, w16, padding=1, groups=16,
+                                       input_grad=False)
+                assert ways == [expected], (threads, ways)
+        finally:
+            numba.set_num_threads(before)
     # at stride 2 the limit on output positions is four times as large (20x20 out), the
     # input gradient (a strided transposed convolution) left to the direct kernels
     strided = randn(rng, (1, 32, 40, 40), np.float32)

@@ -1034,8 +1034,9 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
 
 @_serialised
 def conv_weight_grad(x, gy, stride, pad_lo, dilation, groups, kernel):
+    # the thread count too: the depthwise rule counts tasks against it
     key = ("conv_weight_grad", x.shape, gy.shape, stride, pad_lo, dilation, groups, kernel,
-           x.dtype.str)
+           x.dtype.str, numba.get_num_threads())
     way, gw = _computed(
         key, lambda: conv_weight_grad_ways(x.shape, gy.shape, stride, pad_lo, dilation,
                                            groups, kernel, x.itemsize), (),
