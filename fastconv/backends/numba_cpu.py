@@ -609,24 +609,10 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
             and lanes.lanes_fit(x_shape, k_out, kernel, stride, pad_lo, dilation, groups,
                                 out_size)):
         ways.append("lanes")
-    padded = _padded_share(x_shape[2:], kernel, stride, pad_lo, dilation, out_size)
-    blocked = _blocked_fits(x_shape[0] * groups, cg, k_out // groups, kernel, out_size,
-                            forward=True, padded=padded)
-    winograd_fits = winograd.fits(kernel, stride, cg, k_out // groups, x_shape[0], out_size)
-    ahead = winograd_fits and _winograd_ahead(x_shape[0], groups, cg, k_out // groups, kernel,
-                                              out_size)
-    if ahead:
-        ways.append("winograd")
-    if _kvector_fits(x_shape[0], groups, cg, k_out // groups, kernel, out_size, itemsize,
-                     _kvector_large(cg, kernel, stride, out_size), math.prod(kernel) > 1,
-                     padded):
-        ways.append("kvector")
-    elif blocked == "small":
-        ways.append("blocked")
-    if winograd_fits and not ahead:
-        ways.append("winograd")
-    if blocked == "thin":
-        ways.append("blocked")
+    ways += _direct_and_winograd(
+        x_shape[0], groups, cg, k_out // groups, kernel, stride, out_size,
+        _padded_share(x_shape[2:], kernel, stride, pad_lo, dilation, out_size), itemsize,
+        forward=True)
     if gemm.gemm_worthwhile(k_out // groups, cg, kernel):
         ways.append("gemm")
     return _listed(ways, ["blocked", *_kvector_capable(), *_winograd_capable(kernel, stride),
@@ -674,11 +660,32 @@ def _kvector_large(cg, kernel, stride, out_size):
     return all(s == 1 for s in stride) and cg * math.prod(kernel) >= KVECTOR_LARGE_MIN_DEPTH
 
 
-def _winograd_ahead(n_batch, groups, cg, kg, kernel, out_size):
-    """Whether Winograd, where its rules take the call, goes ahead of the direct kernels: from
-    WINOGRAD_AHEAD_MIN_MACS multiply-adds."""
-    return (n_batch * math.prod(out_size) * groups * kg * cg * math.prod(kernel)
-            >= WINOGRAD_AHEAD_MIN_MACS)
+def _direct_and_winograd(n_batch, groups, cg, kg, kernel, stride, out_size, padded, itemsize,
+                         forward):
+    """The register-blocked direct kernels and Winograd, in the order the rules prefer them,
+    for a convolution (``forward``) or a stride-1 transposed one as the convolution it is:
+    ``cg`` channels in and ``kg`` out per group, ``padded`` the share of its multiply-adds
+    that read padding (:func:`_padded_share`). Winograd goes first from
+    WINOGRAD_AHEAD_MIN_MACS multiply-adds, else after ``kvector`` or the small ``blocked``;
+    the thin ``blocked`` last."""
+    ways = []
+    blocked = _blocked_fits(n_batch * groups, cg, kg, kernel, out_size, forward, padded)
+    winograd_fits = winograd.fits(kernel, stride, cg, kg, n_batch, out_size)
+    macs = n_batch * math.prod(out_size) * groups * kg * cg * math.prod(kernel)
+    ahead = winograd_fits and macs >= WINOGRAD_AHEAD_MIN_MACS
+    if ahead:
+        ways.append("winograd")
+    if _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize,
+                     _kvector_large(cg, kernel, stride, out_size),
+                     forward and math.prod(kernel) > 1, padded):
+        ways.append("kvector")
+    elif blocked == "small":
+        ways.append("blocked")
+    if winograd_fits and not ahead:
+        ways.append("winograd")
+    if blocked == "thin":
+        ways.append("blocked")
+    return ways
 
 
 def _kvector_available():
@@ -855,29 +862,12 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
                                 _as_conv_padding(kernel, pad_lo, dilation), dilation, groups,
                                 out_size)):
         ways.append("lanes")
-    # at stride 1, a convolution of the flipped kernel: c_in // groups channels in, cog out
-    padded = stride_one and _padded_share(x_shape[2:], kernel, stride,
-                                          _as_conv_padding(kernel, pad_lo, dilation),
-                                          dilation, out_size)
-    blocked = stride_one and _blocked_fits(x_shape[0] * groups, c_in // groups, cog, kernel,
-                                           out_size, padded=padded)
-    winograd_fits = stride_one and winograd.fits(kernel, stride, cog, c_in // groups,
-                                                 x_shape[0], out_size)
-    ahead = winograd_fits and _winograd_ahead(x_shape[0], groups, c_in // groups, cog, kernel,
-                                              out_size)
-    if ahead:
-        ways.append("winograd")
-    if stride_one and _kvector_fits(x_shape[0], groups, c_in // groups, cog, kernel,
-                                    out_size, itemsize,
-                                    _kvector_large(c_in // groups, kernel, stride, out_size),
-                                    padded=padded):
-        ways.append("kvector")
-    elif blocked == "small":
-        ways.append("blocked")
-    if winograd_fits and not ahead:
-        ways.append("winograd")
-    if blocked == "thin":
-        ways.append("blocked")
+    if stride_one:  # a convolution of the flipped kernel: c_in // groups channels in, cog out
+        ways += _direct_and_winograd(
+            x_shape[0], groups, c_in // groups, cog, kernel, stride, out_size,
+            _padded_share(x_shape[2:], kernel, stride,
+                          _as_conv_padding(kernel, pad_lo, dilation), dilation, out_size),
+            itemsize, forward=False)
     if not stride_one and _phases_way(x_shape, w_shape, stride, dilation, groups, out_size,
                                       itemsize):
         ways.append("phases")
