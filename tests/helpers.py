@@ -164,6 +164,18 @@ def torch_conv(nd, stride=1, padding=0, dilation=1, groups=1, padding_mode="zero
     return f
 
 
+def weight_grad_scale(op, x, w, grad_output):
+    """The scale of a weight gradient's rounding error: the weight gradient of ``op(x, w)``
+    (PyTorch, float64) from ``|x|`` and ``|grad_output|``, so each entry is the sum of its
+    terms' magnitudes (as :func:`bias_grad_scale`: a few terms that cancel to a small sum
+    are off by roundings of the terms; three terms near 1 summing to 0.0043 were 2.8e-5
+    apart in float32, relative to the sum)."""
+    x64 = torch.from_numpy(np.abs(np.asarray(x, dtype=np.float64)))
+    w64 = torch.from_numpy(np.asarray(w, dtype=np.float64)).requires_grad_()
+    op(x64, w64).backward(torch.from_numpy(np.abs(np.asarray(grad_output, dtype=np.float64))))
+    return np.linalg.norm(w64.grad.numpy())
+
+
 def bias_grad_scale(grad_output):
     """The scale of a bias gradient's rounding error: per channel the sum of ``|grad_output|``
     (a float32 sum of terms that cancel is off by a few roundings of the terms, not of the

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch.nn.functional as F
-from helpers import assert_close, autograd, bias_grad_scale, pairs_of, randn, torch_conv
+from helpers import (
+    assert_close,
+    autograd,
+    bias_grad_scale,
+    pairs_of,
+    randn,
+    torch_conv,
+    weight_grad_scale,
+)
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -72,7 +80,8 @@ def test_conv_drawn(case, backend):
     gx, gw, gb = getattr(fc, f"conv{nd}d_backward")(gy, x, w, **kw)
     assert_close(gx, gx_t, dtype, "grad_x")
     if case["n"]:  # with an empty batch PyTorch's weight gradient is zeros; ours too, below
-        assert_close(gw, gw_t, dtype, "grad_weight")
+        assert_close(gw, gw_t, dtype, "grad_weight",
+                     weight_grad_scale(lambda x, w: torch_conv(nd, **kw)(x, w, None), x, w, gy))
     else:
         assert not gw.any() and gw.shape == w.shape
     if b is not None:
@@ -119,7 +128,8 @@ def test_conv_transpose_drawn(case, backend):
     gx, gw, gb = getattr(fc, f"conv_transpose{nd}d_backward")(gy, x, w, **kw)
     assert_close(gx, gx_t, dtype, "grad_x")
     if case["n"]:
-        assert_close(gw, gw_t, dtype, "grad_weight")
+        assert_close(gw, gw_t, dtype, "grad_weight",
+                     weight_grad_scale(lambda x, w: torch_op(x, w, None, **kw), x, w, gy))
     if b is not None:
         assert_close(gb, gb_t, dtype, "grad_bias", bias_grad_scale(gy))
 
