@@ -137,24 +137,58 @@ def _vsum(typingctx, vector):
     return vector.dtype(vector), codegen
 
 
-@intrinsic
-def _vtranspose(typingctx, src, start, step, dst, at):
-    """The square of ``count`` rows ``src[start + i * step:][:count]`` (``count`` elements a
-    vector), transposed: column ``j`` into ``dst[at[j]:][:count]``, i.e. ``dst[at[j] + i] =
-    src[start + i * step + j]``. One vector load per row, then the butterfly of shuffles that
-    swaps the off-diagonal b x b blocks of every 2b x 2b block, b = 1, 2, 4, ...; one vector
-    store per column (copied element by element, each element is a load and a store of its
-    own, one of them strided)."""
-    vector = _Vector(src.dtype)
+def _masked_call(builder, op, vector_type, args, result_type):
+    """LLVM's masked vector load or store (``op``): lanes whose mask is off neither read nor
+    write memory (AVX-512 masks them in the instruction)."""
+    bits = 32 if vector_type.element == ir.FloatType() else 64
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(result_type, [a.type for a in args]),
+        f"llvm.masked.{op}.v{vector_type.count}f{bits}.p0")
+    return builder.call(fn, args)
+
+
+def _lanes_below(context, builder, count, bound, bound_type):
+    """The mask of lanes ``0 .. count - 1`` below the run-time ``bound``."""
+    i64 = ir.IntType(64)
+    bound = context.cast(builder, bound, bound_type, types.int64)
+    one = builder.insert_element(ir.Constant(ir.VectorType(i64, count), ir.Undefined), bound,
+                                 ir.Constant(ir.IntType(32), 0))
+    splat = builder.shuffle_vector(one, ir.Constant(ir.VectorType(i64, count), ir.Undefined),
+                                   ir.Constant(ir.VectorType(ir.IntType(32), count),
+                                               [0] * count))
+    return builder.icmp_signed("<", ir.Constant(ir.VectorType(i64, count), list(range(count))),
+                               splat), bound
+
+
+def _transpose_codegen(vector, partial):
+    """The code of :func:`_vtranspose` (``partial`` False) and :func:`_vtranspose_part`."""
 
     def codegen(context, builder, sig, args):
         count = vector.count
-        rows = []
+        vt = context.get_value_type(vector)
+        align = vector.dtype.bitwidth // 8
+        if partial:  # lane masks: a row's first `columns` elements, a column's first `rows`
+            columns_mask, columns = _lanes_below(context, builder, count, args[6], sig.args[6])
+            rows_mask, rows = _lanes_below(context, builder, count, args[5], sig.args[5])
+            nothing = ir.Constant(ir.VectorType(ir.IntType(1), count), [0] * count)
+            zeros = ir.Constant(vt, [0] * count)
+            i32_align = ir.Constant(ir.IntType(32), align)
+            rows_start = columns_start = None  # the first row's and first column's addresses
+        square = []
         for i in range(count):
             at = builder.add(args[1], builder.mul(args[2], context.get_constant(sig.args[2], i)))
-            rows.append(builder.load(_element_pointer(context, builder, sig.args[0], args[0],
-                                                      at, sig.args[2], vector),
-                                     align=src.dtype.bitwidth // 8))
+            ptr = _element_pointer(context, builder, sig.args[0], args[0], at, sig.args[2],
+                                   vector)
+            if partial:  # a row past the last reads nothing, from the first row's address:
+                # a masked load from an unmapped page costs a fault's microcode assist
+                here = builder.icmp_signed("<", ir.Constant(ir.IntType(64), i), rows)
+                mask = builder.select(here, columns_mask, nothing)
+                ptr = builder.select(here, ptr, rows_start) if i else ptr
+                rows_start = ptr if i == 0 else rows_start
+                square.append(_masked_call(builder, "load", vt, [ptr, i32_align, mask, zeros],
+                                           vt))
+            else:
+                square.append(builder.load(ptr, align=align))
         i32 = ir.IntType(32)
         b = 1
         while b < count:
@@ -164,18 +198,49 @@ def _vtranspose(typingctx, src, start, step, dst, at):
                                                            for j in range(count)])
             for i in range(count):
                 if i & b == 0:
-                    rows[i], rows[i + b] = (builder.shuffle_vector(rows[i], rows[i + b], low),
-                                            builder.shuffle_vector(rows[i], rows[i + b], high))
+                    square[i], square[i + b] = (
+                        builder.shuffle_vector(square[i], square[i + b], low),
+                        builder.shuffle_vector(square[i], square[i + b], high))
             b *= 2
         offsets = context.make_array(sig.args[4])(context, builder, args[4]).data
         for j in range(count):
             at = builder.load(builder.gep(offsets, [context.get_constant(types.intp, j)]))
-            builder.store(rows[j], _element_pointer(context, builder, sig.args[3], args[3], at,
-                                                    sig.args[4].dtype, vector),
-                          align=dst.dtype.bitwidth // 8)
+            ptr = _element_pointer(context, builder, sig.args[3], args[3], at,
+                                   sig.args[4].dtype, vector)
+            if partial:  # likewise a column past the last (its `at` is not set)
+                here = builder.icmp_signed("<", ir.Constant(ir.IntType(64), j), columns)
+                mask = builder.select(here, rows_mask, nothing)
+                ptr = builder.select(here, ptr, columns_start) if j else ptr
+                columns_start = ptr if j == 0 else columns_start
+                _masked_call(builder, "store", vt, [square[j], ptr, i32_align, mask],
+                             ir.VoidType())
+            else:
+                builder.store(square[j], ptr, align=align)
         return context.get_dummy_value()
 
-    return types.none(src, start, step, dst, at), codegen
+    return codegen
+
+
+@intrinsic
+def _vtranspose(typingctx, src, start, step, dst, at):
+    """The square of ``count`` rows ``src[start + i * step:][:count]`` (``count`` elements a
+    vector), transposed: column ``j`` into ``dst[at[j]:][:count]``, i.e. ``dst[at[j] + i] =
+    src[start + i * step + j]``. One vector load per row, then the butterfly of shuffles that
+    swaps the off-diagonal b x b blocks of every 2b x 2b block, b = 1, 2, 4, ...; one vector
+    store per column (copied element by element, each element is a load and a store of its
+    own, one of them strided)."""
+    return types.none(src, start, step, dst, at), _transpose_codegen(_Vector(src.dtype), False)
+
+
+@intrinsic
+def _vtranspose_part(typingctx, src, start, step, dst, at, rows, columns):
+    """:func:`_vtranspose` of the square's first ``rows`` rows and ``columns`` columns only
+    (each at most ``count``): the loads and stores masked, so nothing outside them is read or
+    written, and ``at[j]`` for ``j >= columns`` is never used. The edges of a copy whose
+    sides are not multiples of a vector (rows of 14 or 7 positions, 3 channels) take it
+    instead of element-by-element copies."""
+    return (types.none(src, start, step, dst, at, rows, columns),
+            _transpose_codegen(_Vector(src.dtype), True))
 
 
 @intrinsic
@@ -223,19 +288,34 @@ def _vdeinterleave(typingctx, src, start, phases, dst, d0, d_step):
 @njit(cache=True, inline="always")
 def _copy_transposed(src, s0, s_step, dst, d0, d_step, n_i, n_j, at):
     """``dst[d0 + j * d_step + i] = src[s0 + i * s_step + j]`` for ``i < n_i``, ``j < n_j``
-    (``src``'s rows contiguous along ``j``, ``dst``'s columns along ``i``): whole squares of a
-    vector's worth transposed in registers (:func:`_vtranspose`), the rest element by element.
+    (``src``'s rows contiguous along ``j``, ``dst``'s columns along ``i``): squares of a
+    vector's worth transposed in registers (:func:`_vtranspose`), those at the edges in part
+    (:func:`_vtranspose_part`) where they hold a quarter of a square or more, element by
+    element where less (three channels of a 224x224 image: 46 us element by element, 118 us
+    in part-squares, one thread).
     ``at``: a vector's worth of int64 scratch."""
     count = at.size
-    i_whole, j_whole = n_i - n_i % count, n_j - n_j % count
-    for i0 in range(0, i_whole, count):
-        for j0 in range(0, j_whole, count):
+    for i0 in range(0, n_i, count):
+        rows = min(count, n_i - i0)
+        if 4 * rows < count:  # too few rows for squares (three channels): one by one
+            for i in range(i0, i0 + rows):
+                for j in range(n_j):
+                    dst[np.uintp(d0 + j * d_step + i)] = src[np.uintp(s0 + i * s_step + j)]
+            continue
+        for j0 in range(0, n_j, count):
+            columns = min(count, n_j - j0)
+            if 4 * rows * columns < count * count:
+                # a sliver: a square's shuffles cost more than its elements one by one
+                for i in range(i0, i0 + rows):
+                    for j in range(j0, j0 + columns):
+                        dst[np.uintp(d0 + j * d_step + i)] = src[np.uintp(s0 + i * s_step + j)]
+                continue
             for j in range(count):
                 at[j] = d0 + (j0 + j) * d_step + i0
-            _vtranspose(src, s0 + i0 * s_step + j0, s_step, dst, at)
-    for i in range(n_i):
-        for j in range(j_whole if i < i_whole else 0, n_j):
-            dst[np.uintp(d0 + j * d_step + i)] = src[np.uintp(s0 + i * s_step + j)]
+            if rows == count and columns == count:
+                _vtranspose(src, s0 + i0 * s_step + j0, s_step, dst, at)
+            else:
+                _vtranspose_part(src, s0 + i0 * s_step + j0, s_step, dst, at, rows, columns)
 
 
 @njit(cache=True, inline="always")
