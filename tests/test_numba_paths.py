@@ -541,13 +541,16 @@ KVECTOR_CASES = [*BLOCKED_CASES,
 
 @pytest.mark.skipif(not _numba_lanes.WIDE_VECTORS, reason="kvector needs AVX-512")
 @pytest.mark.parametrize("tasks", ["kvector", "kvector_small_tasks"])
+@pytest.mark.parametrize("layout", ["channel_major", "tap_major"])
 @pytest.mark.parametrize("x_shape, w_shape, kw", KVECTOR_CASES)
-def test_kvector_kernel(x_shape, w_shape, kw, tasks, dtype, rng, monkeypatch):
+def test_kvector_kernel(x_shape, w_shape, kw, layout, tasks, dtype, rng, monkeypatch):
     """The direct kernels vectorised over output channels, forced: forward with a bias, weight
     gradient, and the stride-1 transposed convolution (the kernel flipped, a crop here),
     against the reference; tasks over the whole batch, or chunks of one register block with
-    one input channel at a time."""
+    one input channel at a time; weight blocks laid out either way."""
     force_numba_way(tasks, monkeypatch)
+    monkeypatch.setattr(numba_cpu, "KVECTOR_CHANNEL_MAJOR_POSITIONS",
+                        1 << 40 if layout == "channel_major" else -1)
     nd, groups, x, w, b, wt, conv, transposed = _forced_kernel_case(x_shape, w_shape, kw,
                                                                     dtype, rng)
     backward = getattr(fc, f"conv{nd}d_backward")

@@ -250,6 +250,12 @@ KVECTOR_MAX_PADDED = 0.25
 # one block of input channels (read from the L2 cache by every position of the chunk).
 KVECTOR_CHUNK = 240
 KVECTOR_WEIGHT_ELEMS = 1 << 16
+# Calls of at most this many positions (the batch's) lay their weight blocks out channel-major
+# (K._block_strides): each block is copied for few positions, and that copy is twice as fast
+# so (ResNet-18's layer4 at batch 1, forward, one process alternating: 1.48-1.57 -> 1.40-1.43
+# ms, layer4.0 0.76-0.77 -> 0.70-0.71); with many its 1-4% slower sums cost more (layer3 at
+# batch 16, forward + backward: 54.7 -> 56.8 ms all channel-major).
+KVECTOR_CHANNEL_MAJOR_POSITIONS = 512
 # Positions of the weight gradient's chunks (their gradient vectors stay in the L1 cache), and
 # the most bytes of sums a task keeps (all its taps' and channels' sums, read and written once
 # per chunk: in the L2 cache).
@@ -322,9 +328,10 @@ def _kvector_conv(x, w, bias, stride, pad, dilation, groups, out_size, transpose
     blocks = tasks.workspace("kvector weights", threads * taps * cg * kb,
                              x.dtype).reshape(threads, -1)
     y = np.empty((n_b, k_out, *out_size), dtype=x.dtype)
+    channel_major = n_b * math.prod(out_size) <= KVECTOR_CHANNEL_MAJOR_POSITIONS
     return K._conv_forward_kvector(xp, np.ascontiguousarray(w).reshape(*w.shape[:2], taps),
                                    groups, transposed, bias_b.reshape(-1), stride, dilation,
-                                   kernel, out_size, chunk, c_block, blocks, y)
+                                   kernel, out_size, chunk, c_block, channel_major, blocks, y)
 
 
 def _kvector_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
