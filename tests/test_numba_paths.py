@@ -600,7 +600,11 @@ def test_weight_grad_split(way, groups, kg, sums_bytes, dtype, rng, monkeypatch)
 # gradient, weight gradient), as measured per primitive (numba_cpu, beside KVECTOR_MAX_MACS)
 TRAINING_CHOICES = [
     ((16, 512, 1, 7, 7), (512, 512, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
-    ((16, 256, 1, 14, 14), (256, 256, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
+    # Winograd from a quarter of a tile per channel (its kernel transform in the L3 cache)
+    ((16, 256, 1, 14, 14), (256, 256, 1, 3, 3), 1, ("winograd", "winograd", "kvector")),
+    ((1, 128, 1, 28, 28), (128, 128, 1, 3, 3), 1, ("winograd", "winograd", "kvector")),
+    ((1, 256, 1, 14, 14), (256, 256, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
+    ((4, 512, 1, 14, 14), (512, 512, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
     ((16, 64, 1, 56, 56), (64, 64, 1, 3, 3), 1, ("winograd", "winograd", "kvector")),
     ((16, 64, 1, 56, 56), (128, 64, 1, 3, 3), 2, ("gemm", "gemm", "gemm")),
     ((2, 128, 8, 28, 28), (256, 128, 3, 3, 3), 1, ("winograd", "winograd", "kvector")),
@@ -644,6 +648,16 @@ def test_training_batch_choices(x_shape, w_shape, stride, expected):
            numba_cpu.conv_weight_grad_ways(x_shape, y_shape, strides, pad, one, 1,
                                            w_shape[2:], 4)[0])
     assert got == expected
+
+
+def test_winograd_large_kernels():
+    """A transformed kernel past WINOGRAD_KERNEL_BYTES (every task reads it from memory) needs
+    WINOGRAD_LARGE_TILES_PER_CHANNEL tiles a channel: 256 channels at 14x14, batch 16 (one
+    tile a channel) take Winograd in float32 (9.4 MB), not in float64 (18.9 MB)."""
+    args = ((1, 3, 3), (1, 1, 1), 1, 256, 256, 16, (1, 14, 14))
+    assert _numba_winograd.fits(*args, 4)
+    assert not _numba_winograd.fits(*args, 8)
+    assert _numba_winograd.fits(*args[:5], 24, args[6], 8)  # 1.5 tiles a channel
 
 
 @pytest.mark.parametrize("budget_slices, most, expected", [(2, 8, 2), (9, 3, 3), (1, 8, 1)])

@@ -21,15 +21,20 @@ from . import _numba_winograd_kernels as K
 WINOGRAD_MIN_CHANNELS = 32
 # ... and enough 4x4 output tiles per call to pay for the kernel's transform (36 * C * K
 # values, read by every task): at least this many per channel of the larger side. Forward,
-# each way forced and alternated, best ms against the fastest other way (the direct kernels):
-# at 1.5 tiles a channel and more Winograd won on every shape measured (128 channels at
-# 56x56, batch 1: 4.05 against 4.58; at 28x28, batch 4: 3.91 against 4.77; 256 at 56x56,
-# batch 2: 22.8 against 34.2; 3x3x3 kernels, 128 channels at 4x28x28: 9.6 against 12.8;
-# C3D's conv3a, 256 at 8x28x28: 37.8 against 49.6), at 1 even (ResNet-18's layer3 at batch
-# 16, forward and input gradient), below it lost (64 at 28x28, 0.77 tiles a channel: 0.46
-# against 0.33; 256 at 28x28, batch 2, 0.38: 11.2 against 9.2; 3x3x3, 256 at 4x14x14,
-# 0.25: 38 against 13), once even won (VGG's conv3_2 at batch 1, 0.77: 14.3 against 16.7)
-WINOGRAD_TILES_PER_CHANNEL = 1.5
+# each way forced and alternated, best ms against kvector (winograd / kvector), since the
+# kernel transform is a kernel of its own (256 x 256 channels 5.3 -> 0.46 ms): 256 channels
+# at 14x14, batch 16 (1 tile a channel) 12.2 / 17.4, batch 8 (0.5) 6.4 / 8.8, batch 4 (0.25)
+# 3.8 / 4.4, batch 2 (0.12) 2.2 / 2.3, batch 1 (0.06) 1.31 / 1.14; 128 at 14x14, batch 2
+# (0.25) 0.50 / 0.58, batch 1 (0.12) 0.40 / 0.32; 256 at 28x28, batch 1 (0.19) 3.1 / 4.3;
+# 256 -> 512 at 14x14, batch 4 (0.12) 9.6 / 8.7. (Before, with the transform a float64 BLAS
+# product, the line was 1.5 tiles a channel.)
+WINOGRAD_TILES_PER_CHANNEL = 0.25
+# ... unless the transformed kernel is larger than this, which every task then reads from
+# memory, not the L3 cache: there the line stays at WINOGRAD_LARGE_TILES_PER_CHANNEL (512
+# channels at 7x7, batch 16 (0.12 tiles a channel), 48 / 18.6 ms; at 14x14, batch 16 (0.5)
+# 66 / 70, batch 8 (0.25) 34 / 34; at 28x28 it won from 0.19 tiles a channel: 28 / 34)
+WINOGRAD_KERNEL_BYTES = 16 << 20
+WINOGRAD_LARGE_TILES_PER_CHANNEL = 1.5
 # output depth slices per task of a 3-D Winograd convolution (they share input transforms):
 # at most WINOGRAD_DEPTH_BLOCK, and as many as keep a tile's transformed input over the
 # block's input slices within WINOGRAD_DEPTH_BYTES per each of its 36 points (each GEMM reads
@@ -47,13 +52,16 @@ def computes(kernel, stride):
     return tuple(kernel[1:]) == (3, 3) and tuple(stride) == (1, 1, 1)
 
 
-def fits(kernel, stride, c_per_group, k_per_group, n_batch, out_size):
+def fits(kernel, stride, groups, c_per_group, k_per_group, n_batch, out_size, itemsize):
     """Whether Winograd is the way by its rules: it computes the call, with enough channels
     per group, and enough output tiles (``n_batch`` images of ``out_size``) per channel."""
     tiles = n_batch * out_size[0] * -(-out_size[1] // 4) * -(-out_size[2] // 4)
+    kernel_bytes = 36 * kernel[0] * groups * c_per_group * k_per_group * itemsize
+    per_channel = (WINOGRAD_TILES_PER_CHANNEL if kernel_bytes <= WINOGRAD_KERNEL_BYTES
+                   else WINOGRAD_LARGE_TILES_PER_CHANNEL)
     return (computes(kernel, stride)
             and min(c_per_group, k_per_group) >= WINOGRAD_MIN_CHANNELS
-            and tiles >= WINOGRAD_TILES_PER_CHANNEL * max(c_per_group, k_per_group))
+            and tiles >= per_channel * max(c_per_group, k_per_group))
 
 
 def _sparse_rows(mat, terms):
@@ -76,7 +84,7 @@ F43_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 
                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
 F43_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
                    [0, 1, -1, 8, -8, 1]], float)
-F43_GG = np.kron(F43_G, F43_G)  # G w G^T of the nine taps, as one product
+F43_G_ROWS = _sparse_rows(F43_G, 3)
 F43_IN = _sparse_rows(F43_BT, 4)
 F43_OUT = _sparse_rows(F43_AT, 5)
 
@@ -89,17 +97,12 @@ def _tile_starts(out_n, dilation):
 
 def _f43_weights(w, groups):
     """``U[g, (i, j), (r, c), k] = (G w[k, c, r] G^T)[i, j]``: per group the right-hand GEMM
-    operands, depth taps ``r`` stacked with the channels so that one GEMM sums over both.
-
-    One product with ``G (x) G`` over the nine taps, in float64, on one BLAS thread. The
-    einsum it replaces (BLAS on all threads) left the bench's conv3d forward at 92-111 ms;
-    with this 66-69 ms (resnet-3x3: 32-38 -> 28-33 ms; one process, interleaved)."""
+    operands, depth taps ``r`` stacked with the channels so that one GEMM sums over both
+    (:func:`K._f43_weights`)."""
     k_out, cg, kd = w.shape[:3]
-    kg = k_out // groups
-    taps = w.reshape(groups, kg, cg, kd, 9).transpose(0, 4, 3, 2, 1)  # (g, tap, r, c, k)
-    with tasks.one_blas_thread():
-        u = F43_GG @ taps.astype(np.float64).reshape(groups, 9, kd * cg * kg)
-    return u.astype(w.dtype).reshape(groups, 36, kd * cg, kg)
+    u = tasks.workspace("winograd weights", groups * 36 * kd * cg * (k_out // groups), w.dtype)
+    return K._f43_weights(np.ascontiguousarray(w).reshape(k_out, cg, kd * 9), *F43_G_ROWS,
+                          u.reshape(groups, 36, kd * cg, k_out // groups))
 
 
 def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):

@@ -677,7 +677,7 @@ def _direct_and_winograd(n_batch, groups, cg, kg, kernel, stride, out_size, padd
     the thin ``blocked`` last."""
     ways = []
     blocked = _blocked_fits(n_batch * groups, cg, kg, kernel, out_size, forward, padded)
-    winograd_fits = winograd.fits(kernel, stride, cg, kg, n_batch, out_size)
+    winograd_fits = winograd.fits(kernel, stride, groups, cg, kg, n_batch, out_size, itemsize)
     macs = n_batch * math.prod(out_size) * groups * kg * cg * math.prod(kernel)
     ahead = winograd_fits and macs >= WINOGRAD_AHEAD_MIN_MACS
     if ahead:
