@@ -606,13 +606,14 @@ TRAINING_CHOICES = [
     ((1, 256, 1, 14, 14), (256, 256, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
     ((4, 512, 1, 14, 14), (512, 512, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
     ((16, 64, 1, 56, 56), (64, 64, 1, 3, 3), 1, ("winograd", "winograd", "kvector")),
-    ((16, 64, 1, 56, 56), (128, 64, 1, 3, 3), 2, ("gemm", "gemm", "gemm")),
+    # stride 2: kvector forward and weight gradient (packing + BLAS for the input gradient)
+    ((16, 64, 1, 56, 56), (128, 64, 1, 3, 3), 2, ("kvector", "gemm", "kvector")),
     ((2, 128, 8, 28, 28), (256, 128, 3, 3, 3), 1, ("winograd", "winograd", "kvector")),
     ((64, 128, 1, 1, 495), (128, 128, 1, 1, 3), 1, ("kvector", "kvector", "kvector")),
     ((64, 120, 1, 1, 495), (120, 120, 1, 1, 3), 1, ("blocked", "blocked", "gemm")),  # shallow
     ((16, 512, 1, 7, 7), (2048, 512, 1, 1, 1), 1, ("kvector", "kvector", "gemm")),
     ((16, 1024, 1, 14, 14), (256, 1024, 1, 1, 1), 1, ("gemm", "gemm", "gemm")),
-    ((16, 256, 1, 14, 14), (512, 256, 1, 3, 3), 2, ("gemm", "gemm", "gemm")),
+    ((16, 256, 1, 14, 14), (512, 256, 1, 3, 3), 2, ("kvector", "gemm", "kvector")),
     ((8, 32, 1, 1, 16385), (64, 32, 1, 1, 2), 1, ("blocked", "blocked", "gemm")),
     # few positions; 45% of the multiply-adds in the padding, at batch 1 and 2
     ((1, 512, 2, 7, 7), (512, 512, 3, 3, 3), 1, ("blocked", "blocked", "gemm")),
@@ -648,6 +649,17 @@ def test_training_batch_choices(x_shape, w_shape, stride, expected):
            numba_cpu.conv_weight_grad_ways(x_shape, y_shape, strides, pad, one, 1,
                                            w_shape[2:], 4)[0])
     assert got == expected
+
+
+def test_strided_weight_grad_float64():
+    """kvector's float64 weight gradient at stride 2 lost to packing + BLAS (its blocks hold
+    half the filters); at stride 1, and in float32 at stride 2, it takes the call."""
+    x_shape, gy_shape = (16, 256, 1, 14, 14), (16, 512, 1, 7, 7)
+    one, two = (1, 1, 1), (1, 2, 2)
+    ways = numba_cpu.conv_weight_grad_ways
+    assert ways(x_shape, gy_shape, two, one, one, 1, (1, 3, 3), 8)[0] == "gemm"
+    assert ways(x_shape, gy_shape, two, one, one, 1, (1, 3, 3), 4)[0] == "kvector"
+    assert ways(x_shape, (16, 512, 1, 14, 14), one, one, one, 1, (1, 3, 3), 8)[0] == "kvector"
 
 
 def test_winograd_large_kernels():

@@ -212,14 +212,21 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 #   layer4 at batch 16 15.1 and 15.2 ms against 16.3 and 20.7 packing + BLAS, VGG's conv5_1
 #   13.2 / 12.8 against 14.9 / 15.2, U-Net's bottleneck 35.4 / 36.2 against 37.8 / 37.8,
 #   AlexNet's 5x5 24.5 / 27.9 against 33.5 / 30.1. Winograd stays ahead where it takes the
-#   call (below: ResNet-18's layer1 at batch 16: 12.3 against 15.1 ms), packing + BLAS
-#   at stride 2 (ResNet-50's layer2.0.conv2 at batch 16: 18.6 against 22.9 ms), and the
+#   call (below: ResNet-18's layer1 at batch 16: 12.3 against 15.1 ms), and the
 #   direct kernels for sums of fewer than KVECTOR_LARGE_MIN_DEPTH channels x taps, whose
 #   write-out costs as much as their sums (WaveNet's 32-channel kernel-2 layers at batch 8:
 #   11.3 against 9.5 ms `blocked`). M5's 128 x 3 at batch 64 lost at first (16.7 against
 #   15.1) and wins since the register-transposed copies (training step 51.3-52.7 against
 #   53.2-54.6 ms, forward, input and weight gradient kvector against blocked / blocked /
 #   gemm, alternated three times in one process): the threshold sits just below it;
+# - at stride 2 too, forward and weight gradient, since the copies went by register
+#   transposes (each way forced, per primitive, alternated three times in one process
+#   without PyTorch calls between, best ms, kvector against packing + BLAS): ResNet-18's
+#   layer4.0 at batch 16 9.1 / 10.0 and 10.1 / 10.9, layer2.0 10.0 / 11.1 and 11.6 / 13.1,
+#   ResNet-50's layer2.0.conv2 21.1 / 21.9 and 25.0 / 25.9 (packing + BLAS had won there,
+#   18.6 against 22.9 forward). Not float64 weight gradients at stride 2, where its blocks
+#   hold half the filters: layer2.0.conv2 53.9 / 43.3, layer2.0 27.7 / 22.2 (forward even:
+#   41.9 / 43.1, 21.6 / 21.0);
 # - weight gradients at stride 1 with more than one tap, the same depth as the forward's
 #   (once its tasks took every tap of a chunk of positions, its copy of the output gradient
 #   went by register transposes, and ranges of positions evened out its threads' work; each
@@ -658,13 +665,13 @@ def _padded_share(in_size, kernel, stride, pad_lo, dilation, out_size):
     return 1.0 - inside
 
 
-def _kvector_large(cg, kernel, stride, out_size):
+def _kvector_large(cg, kernel, out_size):
     """Whether ``kvector`` takes a convolution (forward, or stride-1 transposed) of any size:
-    deep sums at stride 1 (where Winograd takes them, it goes first), or 1x1 on thin
+    deep sums at any stride (where Winograd takes them, it goes first), or 1x1 on thin
     images."""
     if math.prod(kernel) == 1:
         return math.prod(out_size) <= KVECTOR_THIN_IMAGE
-    return all(s == 1 for s in stride) and cg * math.prod(kernel) >= KVECTOR_LARGE_MIN_DEPTH
+    return cg * math.prod(kernel) >= KVECTOR_LARGE_MIN_DEPTH
 
 
 def _direct_and_winograd(n_batch, groups, cg, kg, kernel, stride, out_size, padded, itemsize,
@@ -683,7 +690,7 @@ def _direct_and_winograd(n_batch, groups, cg, kg, kernel, stride, out_size, padd
     if ahead:
         ways.append("winograd")
     if _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize,
-                     _kvector_large(cg, kernel, stride, out_size),
+                     _kvector_large(cg, kernel, out_size),
                      forward and math.prod(kernel) > 1, padded):
         ways.append("kvector")
     elif blocked == "small":
@@ -1016,8 +1023,9 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
     if lanes.lanes_fit(x_shape, gy_shape[1], kernel, stride, pad_lo, dilation, groups,
                        gy_shape[2:]):
         ways.append("lanes")
+    strided_ok = itemsize == 4 or all(s == 1 for s in stride)  # (see the rules above)
     if _kvector_fits(x_shape[0], groups, cg, kg, kernel, gy_shape[2:], itemsize,
-                     math.prod(kernel) > 1 and all(s == 1 for s in stride)
+                     math.prod(kernel) > 1 and strided_ok
                      and cg * math.prod(kernel) >= KVECTOR_LARGE_MIN_DEPTH):
         ways.append("kvector")
     # the same rule as the forward: LeNet c1's weight gradient 3.4 ms direct vs 5.9 packed,
