@@ -144,3 +144,24 @@ def test_unwritable_numba_cache_still_computes():
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "18.0"
+
+
+def test_alternate_settles_after_each_switch(monkeypatch):
+    """Each contender runs untimed for SETTLE_SECONDS after the other's calls (at least
+    once), then its timed share; every contender is timed ``repeat`` times in all."""
+    from fastconv.bench import measure
+
+    counts = {"a": 0, "b": 0}
+
+    def counter(name):
+        def call():
+            counts[name] += 1
+        return call
+
+    monkeypatch.setattr(measure, "SETTLE_SECONDS", 0.0)
+    measure.alternate({"a": counter("a"), "b": counter("b")}, repeat=6, rounds=3)
+    assert counts == {"a": 3 * (1 + 2), "b": 3 * (1 + 2)}
+    counts.update(a=0, b=0)
+    monkeypatch.setattr(measure, "SETTLE_SECONDS", 0.002)
+    measure.alternate({"a": counter("a"), "b": counter("b")}, repeat=6, rounds=3)
+    assert min(counts.values()) > 3 * (1 + 2) + 30  # a free call runs many times in 2 ms

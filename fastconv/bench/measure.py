@@ -67,20 +67,29 @@ def timed(call):
     return time.perf_counter() - start
 
 
+# Seconds of untimed calls after each switch of contender (at least one call).
+SETTLE_SECONDS = 0.005
+
+
 def alternate(calls, repeat, rounds=3):
     """Median time of each call over ``repeat`` timed runs, in ``rounds`` interleaved rounds.
 
-    In a round, each call runs once untimed, then its share of the timed runs back to back.
-    Rounds interleave the contenders, so slow drifts of a shared machine hit all alike; the
-    untimed run and the consecutive timing keep one contender's idle threads, still spinning
-    after its call (PyTorch's OpenMP), from slowing the next one (measured: LeNet c2 through
-    fastconv took 8.2 ms right after a PyTorch call, 4.3 ms on its own).
+    In a round, each call runs untimed for SETTLE_SECONDS (once at least), then its share of
+    the timed runs back to back. Rounds interleave the contenders, so slow drifts of a shared
+    machine hit all alike; the untimed runs and the consecutive timing keep one contender's
+    idle threads, still spinning after its calls (OpenMP's, PyTorch's and Numba's alike), from
+    slowing the next one. One untimed call was not enough for short calls: ResNet-18's layer2
+    at batch 1 took 0.92, 0.78, 0.73, 0.74, 0.70 ms through fastconv right after PyTorch's
+    calls, and PyTorch's 1.17, 1.12, 1.10, 1.10, 1.08 ms right after fastconv's.
     """
     per_round = max(1, -(-repeat // rounds))
     times = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
+            start = time.perf_counter()
             call()
+            while time.perf_counter() - start < SETTLE_SECONDS:
+                call()
             times[name].extend(timed(call) for _ in range(per_round))
     return {name: statistics.median(ts) for name, ts in times.items()}
 
