@@ -298,17 +298,13 @@ def _copy_transposed(src, s0, s_step, dst, d0, d_step, n_i, n_j, at):
     for i0 in range(0, n_i, count):
         rows = min(count, n_i - i0)
         if 4 * rows < count:  # too few rows for squares (three channels): one by one
-            for i in range(i0, i0 + rows):
-                for j in range(n_j):
-                    dst[np.uintp(d0 + j * d_step + i)] = src[np.uintp(s0 + i * s_step + j)]
+            _copy_elements(src, s0, s_step, dst, d0, d_step, i0, rows, 0, n_j)
             continue
         for j0 in range(0, n_j, count):
             columns = min(count, n_j - j0)
             if 4 * rows * columns < count * count:
                 # a sliver: a square's shuffles cost more than its elements one by one
-                for i in range(i0, i0 + rows):
-                    for j in range(j0, j0 + columns):
-                        dst[np.uintp(d0 + j * d_step + i)] = src[np.uintp(s0 + i * s_step + j)]
+                _copy_elements(src, s0, s_step, dst, d0, d_step, i0, rows, j0, columns)
                 continue
             for j in range(count):
                 at[j] = d0 + (j0 + j) * d_step + i0
@@ -316,6 +312,15 @@ def _copy_transposed(src, s0, s_step, dst, d0, d_step, n_i, n_j, at):
                 _vtranspose(src, s0 + i0 * s_step + j0, s_step, dst, at)
             else:
                 _vtranspose_part(src, s0 + i0 * s_step + j0, s_step, dst, at, rows, columns)
+
+
+@njit(cache=True, inline="always")
+def _copy_elements(src, s0, s_step, dst, d0, d_step, i0, rows, j0, columns):
+    """:func:`_copy_transposed`'s rows ``i0 .. i0 + rows - 1`` and columns ``j0 .. j0 +
+    columns - 1``, element by element."""
+    for i in range(i0, i0 + rows):
+        for j in range(j0, j0 + columns):
+            dst[np.uintp(d0 + j * d_step + i)] = src[np.uintp(s0 + i * s_step + j)]
 
 
 @njit(cache=True, inline="always")

@@ -43,23 +43,24 @@ def _f43_weights(w, idx, coef, u):
         for k in range(kg):
             for t in range(9):
                 taps[t, k] = w[g * kg + k, c, r * 9 + t]
-        gw = np.empty((18, kg), dtype=np.float64)  # (G w)[i, col]
+        gw = np.empty((18, kg), dtype=np.float64)  # (G w)[i, col]: G's row i on tap column col
         for i in range(6):
-            a0, a1, a2 = coef[i, 0], coef[i, 1], coef[i, 2]
-            t0, t1, t2 = idx[i, 0] * 3, idx[i, 1] * 3, idx[i, 2] * 3
             for col in range(3):
-                row = gw[i * 3 + col]
-                x0, x1, x2 = taps[t0 + col], taps[t1 + col], taps[t2 + col]
-                for k in range(kg):
-                    row[k] = a0 * x0[k] + a1 * x1[k] + a2 * x2[k]
-        for i in range(6):
+                _g_row(gw[i * 3 + col], idx[i], coef[i], taps[col::3])
+        for i in range(6):  # (G w) G^T [i, j]: G's row j on (G w)'s row i
             for j in range(6):
-                a0, a1, a2 = coef[j, 0], coef[j, 1], coef[j, 2]
-                x0, x1, x2 = gw[i * 3 + idx[j, 0]], gw[i * 3 + idx[j, 1]], gw[i * 3 + idx[j, 2]]
-                out = u[g, i * 6 + j, r * cg + c]
-                for k in range(kg):
-                    out[k] = a0 * x0[k] + a1 * x1[k] + a2 * x2[k]
+                _g_row(u[g, i * 6 + j, r * cg + c], idx[j], coef[j], gw[i * 3:i * 3 + 3])
     return u
+
+
+@njit(cache=True, inline="always")
+def _g_row(out, idx, coef, rows):
+    """``out = sum_e coef[e] * rows[idx[e]]``: one sparse row of ``G`` (three terms) applied
+    to ``rows``, vectorised over their filters."""
+    a0, a1, a2 = coef[0], coef[1], coef[2]
+    x0, x1, x2 = rows[idx[0]], rows[idx[1]], rows[idx[2]]
+    for k in range(out.size):
+        out[k] = a0 * x0[k] + a1 * x1[k] + a2 * x2[k]
 
 
 @njit(cache=True, nogil=True)

@@ -1026,7 +1026,7 @@ def conv_weight_grad_ways(x_shape, gy_shape, stride, pad_lo, dilation, groups, k
     strided_ok = itemsize == 4 or all(s == 1 for s in stride)  # (see the rules above)
     if _kvector_fits(x_shape[0], groups, cg, kg, kernel, gy_shape[2:], itemsize,
                      math.prod(kernel) > 1 and strided_ok
-                     and cg * math.prod(kernel) >= KVECTOR_LARGE_MIN_DEPTH):
+                     and _kvector_large(cg, kernel, gy_shape[2:])):
         ways.append("kvector")
     # the same rule as the forward: LeNet c1's weight gradient 3.4 ms direct vs 5.9 packed,
     # LeNet c2's 4.2 ms packed vs 21 direct
