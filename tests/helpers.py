@@ -22,14 +22,22 @@ NUMBA_WAYS = {
     "gemm_row_tasks": {"_numba_gemm.GEMM_MIN_WORK": 0, "_numba_gemm.GEMM_MIN_CHANNELS": 0,
                        "_numba_tasks.TASK_BYTES": 1, **_NO_WINOGRAD,
                        **_NO_BLOCKED},  # a row per task
-    # 3x3 kernels at stride 1
+    # 3x3 kernels at stride 1, by tasks of tiles
     "winograd": {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 1,
                  "_numba_winograd.WINOGRAD_TILES_PER_CHANNEL": 0,
+                 "_numba_winograd.WINOGRAD_BLOCKS_FILTERS_PER_TILE": 10**9,
                  "numba_cpu.WINOGRAD_AHEAD_MIN_MACS": 0, **_NO_BLOCKED},
     "winograd_row_tasks": {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 1,
                            "_numba_winograd.WINOGRAD_TILES_PER_CHANNEL": 0,
+                           "_numba_winograd.WINOGRAD_BLOCKS_FILTERS_PER_TILE": 10**9,
                            "numba_cpu.WINOGRAD_AHEAD_MIN_MACS": 0,
                            "_numba_tasks.TASK_BYTES": 1, **_NO_BLOCKED},
+    # the same, 2-D and undilated, by blocks of filters (a filter a block)
+    "winograd_filter_blocks": {"_numba_winograd.WINOGRAD_MIN_CHANNELS": 1,
+                               "_numba_winograd.WINOGRAD_MIN_POSITIONS": 0,
+                               "_numba_winograd.WINOGRAD_BLOCKS_FILTERS_PER_TILE": 0,
+                               "_numba_winograd.WINOGRAD_BLOCK_BYTES": 1,
+                               "numba_cpu.WINOGRAD_AHEAD_MIN_MACS": 0, **_NO_BLOCKED},
     # register-blocked direct kernel: every kernel but 1x1 with at least four filters per group
     "blocked": {"numba_cpu.BLOCKED_MAX_MACS": 10**18, **_NO_WINOGRAD},
     # the same with bands of a few rows and output channels in chunks of four

@@ -599,12 +599,15 @@ def test_weight_grad_split(way, groups, kg, sums_bytes, dtype, rng, monkeypatch)
 # Zoo layers at their training batch and the ways the rules give them (forward, input
 # gradient, weight gradient), as measured per primitive (numba_cpu, beside KVECTOR_MAX_MACS)
 TRAINING_CHOICES = [
-    ((16, 512, 1, 7, 7), (512, 512, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
+    # Winograd by blocks of filters from WINOGRAD_MIN_POSITIONS (as many filters as tiles)
+    ((16, 512, 1, 7, 7), (512, 512, 1, 3, 3), 1, ("winograd", "winograd", "kvector")),
+    ((1, 512, 1, 16, 16), (1024, 512, 1, 3, 3), 1, ("winograd", "winograd", "kvector")),
     # Winograd from a quarter of a tile per channel (its kernel transform in the L3 cache)
     ((16, 256, 1, 14, 14), (256, 256, 1, 3, 3), 1, ("winograd", "winograd", "kvector")),
     ((1, 128, 1, 28, 28), (128, 128, 1, 3, 3), 1, ("winograd", "winograd", "kvector")),
     ((1, 256, 1, 14, 14), (256, 256, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
-    ((4, 512, 1, 14, 14), (512, 512, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
+    ((4, 512, 1, 14, 14), (512, 512, 1, 3, 3), 1, ("winograd", "winograd", "kvector")),
+    ((1, 512, 1, 14, 14), (512, 512, 1, 3, 3), 1, ("kvector", "kvector", "kvector")),
     ((16, 64, 1, 56, 56), (64, 64, 1, 3, 3), 1, ("winograd", "winograd", "kvector")),
     # stride 2: kvector forward and weight gradient (packing + BLAS for the input gradient)
     ((16, 64, 1, 56, 56), (128, 64, 1, 3, 3), 2, ("kvector", "gemm", "kvector")),
@@ -663,13 +666,59 @@ def test_strided_weight_grad_float64():
 
 
 def test_winograd_large_kernels():
-    """A transformed kernel past WINOGRAD_KERNEL_BYTES (every task reads it from memory) needs
-    WINOGRAD_LARGE_TILES_PER_CHANNEL tiles a channel: 256 channels at 14x14, batch 16 (one
-    tile a channel) take Winograd in float32 (9.4 MB), not in float64 (18.9 MB)."""
-    args = ((1, 3, 3), (1, 1, 1), 1, 256, 256, 16, (1, 14, 14))
-    assert _numba_winograd.fits(*args, 4)
-    assert not _numba_winograd.fits(*args, 8)
-    assert _numba_winograd.fits(*args[:5], 24, args[6], 8)  # 1.5 tiles a channel
+    """By tasks of tiles (more tiles than filters), a transformed kernel past
+    WINOGRAD_KERNEL_BYTES (every task reads it from memory) needs
+    WINOGRAD_LARGE_TILES_PER_CHANNEL tiles a channel: 256 channels at 28x28, batch 6 (294
+    tiles, 1.1 a channel) take Winograd in float32 (9.4 MB), not in float64 (18.9 MB) until
+    batch 8 (1.5 a channel); by blocks of filters the line is WINOGRAD_MIN_POSITIONS, whatever
+    the kernel's size."""
+    fits, one, kernel = _numba_winograd.fits, (1, 1, 1), (1, 3, 3)
+    assert fits(kernel, one, one, 1, 256, 256, 6, (1, 28, 28), 4)
+    assert not fits(kernel, one, one, 1, 256, 256, 6, (1, 28, 28), 8)
+    assert fits(kernel, one, one, 1, 256, 256, 8, (1, 28, 28), 8)
+    assert fits(kernel, one, one, 1, 512, 512, 1, (1, 16, 16), 8)  # by blocks
+    assert not fits(kernel, one, one, 1, 512, 512, 1, (1, 14, 14), 8)
+    assert not fits(kernel, one, (1, 2, 2), 1, 512, 512, 1, (1, 16, 16), 8)  # by tiles
+    blocks = _numba_winograd.by_filter_blocks
+    assert blocks(16, 256, kernel, one, (1, 14, 14))  # 256 filters, 256 tiles
+    assert not blocks(16, 255, kernel, one, (1, 14, 14))
+    assert not blocks(1, 512, (3, 3, 3), one, (1, 14, 14))  # 3-D
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("block", [1, 7, 40])  # filters a block: 1, 7 (7, 7, 6), all 20
+def test_winograd_filter_blocks(block, groups, pad, dtype, rng, monkeypatch):
+    """Winograd by blocks of filters (the transformed kernel at most WINOGRAD_BLOCK_BYTES a
+    block, the blocks of near-equal size; those of the forward counted): the reference's
+    forward with bias, input gradient and transposed convolution, at sizes that are not
+    multiples of the tile."""
+    force_numba_way("winograd_filter_blocks", monkeypatch)
+    cg = 6
+    monkeypatch.setattr(_numba_winograd, "WINOGRAD_BLOCK_BYTES",
+                        36 * cg * np.dtype(dtype).itemsize * block)
+    x = randn(rng, (2, cg * groups, 9, 11), dtype)
+    w, b = randn(rng, (20 * groups, cg, 3, 3), dtype), randn(rng, (20 * groups,), dtype)
+    gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, padding=pad, groups=groups), dtype)
+    blocks = []
+    gemms = _numba_winograd.K._winograd43_point_gemms
+    monkeypatch.setattr(_numba_winograd.K, "_winograd43_point_gemms",
+                        lambda *a: blocks.append(a[4].shape[2]) or gemms(*a))
+
+    def run():
+        return [fc.conv2d(x, w, b, padding=pad, groups=groups),
+                fc.conv2d_backward(gy, x, w, padding=pad, groups=groups)[0],
+                fc.conv_transpose2d(gy, w, b[:cg * groups], padding=pad, groups=groups)]
+
+    with fc.use_backend("numpy"):
+        expected = run()
+    with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+        got = run()
+    sizes = {1: [1] * 20, 7: [7, 7, 6], 40: [20]}[block] * groups
+    assert blocks[:len(sizes)] == sizes
+    assert ways.count("winograd") == 3
+    for a, e, what in zip(got, expected, ["y", "gx", "yt"]):
+        assert_close(a, e, dtype, what)
 
 
 @pytest.mark.parametrize("budget_slices, most, expected", [(2, 8, 2), (9, 3, 3), (1, 8, 1)])

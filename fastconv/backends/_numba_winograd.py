@@ -9,6 +9,8 @@ weight gradient by F(2x2, 3x3) existed until measured on the zoo suite: packing 
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -45,6 +47,28 @@ WINOGRAD_LARGE_TILES_PER_CHANNEL = 1.5
 # 4 and 1 slices for the first, 8 and 4 for the second.
 WINOGRAD_DEPTH_BLOCK = 8
 WINOGRAD_DEPTH_BYTES = 3 << 10
+# A 2-D, undilated call with at least WINOGRAD_BLOCKS_FILTERS_PER_TILE filters per group a
+# tile (1: its transformed kernel, 36 x C x K values, at least its transformed input, 36 x
+# tiles x C) goes by blocks of
+# filters (:func:`by_filter_blocks`): the tiles' transforms are made once for the batch and
+# each block's kernel transform once, where the tasks of tiles read the whole transformed
+# kernel once a task (512 channels at 7x7, batch 16: 37.7 MB, 16 tasks). Forward, forced and
+# alternated, best ms, by blocks / by tasks of tiles: 512 at 7x7, batch 16, 12.1 / 41.8;
+# ResNet-18's layer2 at batch 1 (128 at 28x28, 49 tiles) 0.56 / 0.65; 256 at 56x56, batch 1
+# (196 tiles) 8.2 / 9.0; 256 at 14x14, batch 16 (256 tiles, as many as filters) 10.6 / 11.0;
+# with more tiles than filters the tasks of tiles win: 128 at 56x56 (196 tiles) 3.3 / 3.2,
+# batch 4 at 28x28 3.2 / 2.5; 64 at 112x112 4.2 / 2.8. Each block's transformed kernel is
+# WINOGRAD_BLOCK_BYTES at most (512 at 7x7, batch 16: blocks of 2, 4, 8, 16 MB 11.8, 11.8,
+# 11.5, 12.2 ms). By blocks Winograd takes calls from WINOGRAD_MIN_POSITIONS output positions,
+# whatever the channels (against kvector, float32: 512 channels at 16x16, batch 1, 5.4 /
+# 5.9, at 14x14 5.4 / 4.6, at 7x7 batch 5 (245 positions) 5.4 / 5.7, batch 8 6.8 / 9.0;
+# 256 at 16x16 1.26 / 1.45, at 14x14 1.21 / 1.13; 512 -> 1024 at 16x16 11.3 / 12.0, batch 4
+# 27.0 / 44.8; 128 at 16x16 0.35 / 0.44; float64 the same line: 512 at 7x7, batch 4 10.8 /
+# 9.2, batch 8 13.9 / 17.8; 256 at 14x14, batch 2, 2.7 / 4.4); with fewer channels kvector
+# goes first below WINOGRAD_AHEAD_MIN_MACS (64 at 16x16: 0.16 / 0.14).
+WINOGRAD_BLOCKS_FILTERS_PER_TILE = 1
+WINOGRAD_BLOCK_BYTES = 4 << 20
+WINOGRAD_MIN_POSITIONS = 256
 
 
 def computes(kernel, stride):
@@ -52,16 +76,29 @@ def computes(kernel, stride):
     return tuple(kernel[1:]) == (3, 3) and tuple(stride) == (1, 1, 1)
 
 
-def fits(kernel, stride, groups, c_per_group, k_per_group, n_batch, out_size, itemsize):
+def fits(kernel, stride, dilation, groups, c_per_group, k_per_group, n_batch, out_size,
+         itemsize):
     """Whether Winograd is the way by its rules: it computes the call, with enough channels
-    per group, and enough output tiles (``n_batch`` images of ``out_size``) per channel."""
+    per group, and by blocks of filters enough output positions, by tasks of tiles enough
+    output tiles (``n_batch`` images of ``out_size``) per channel."""
+    if not (computes(kernel, stride)
+            and min(c_per_group, k_per_group) >= WINOGRAD_MIN_CHANNELS):
+        return False
+    if by_filter_blocks(n_batch, k_per_group, kernel, dilation, out_size):
+        return n_batch * math.prod(out_size) >= WINOGRAD_MIN_POSITIONS
     tiles = n_batch * out_size[0] * -(-out_size[1] // 4) * -(-out_size[2] // 4)
     kernel_bytes = 36 * kernel[0] * groups * c_per_group * k_per_group * itemsize
     per_channel = (WINOGRAD_TILES_PER_CHANNEL if kernel_bytes <= WINOGRAD_KERNEL_BYTES
                    else WINOGRAD_LARGE_TILES_PER_CHANNEL)
-    return (computes(kernel, stride)
-            and min(c_per_group, k_per_group) >= WINOGRAD_MIN_CHANNELS
-            and tiles >= per_channel * max(c_per_group, k_per_group))
+    return tiles >= per_channel * max(c_per_group, k_per_group)
+
+
+def by_filter_blocks(n_batch, k_per_group, kernel, dilation, out_size):
+    """Whether :func:`conv_forward_winograd` takes the call by blocks of filters (by the rules
+    above: 2-D, undilated, enough filters per group a tile), else by tasks of tiles."""
+    tiles = n_batch * -(-out_size[1] // 4) * -(-out_size[2] // 4)
+    return (kernel[0] == 1 and out_size[0] == 1 and tuple(dilation[1:]) == (1, 1)
+            and k_per_group >= WINOGRAD_BLOCKS_FILTERS_PER_TILE * tiles)
 
 
 def _sparse_rows(mat, terms):
@@ -84,7 +121,6 @@ F43_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 
                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
 F43_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
                    [0, 1, -1, 8, -8, 1]], float)
-F43_G_ROWS = _sparse_rows(F43_G, 3)
 F43_IN = _sparse_rows(F43_BT, 4)
 F43_OUT = _sparse_rows(F43_AT, 5)
 
@@ -101,20 +137,23 @@ def _f43_weights(w, groups):
     (:func:`K._f43_weights`)."""
     k_out, cg, kd = w.shape[:3]
     u = tasks.workspace("winograd weights", groups * 36 * kd * cg * (k_out // groups), w.dtype)
-    return K._f43_weights(np.ascontiguousarray(w).reshape(k_out, cg, kd * 9), *F43_G_ROWS,
+    return K._f43_weights(np.ascontiguousarray(w).reshape(k_out, cg, kd * 9), F43_G,
                           u.reshape(groups, 36, kd * cg, k_out // groups))
 
 
 def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
     """A 3x3 convolution at stride 1 (any dilation, kernel depth, padding) by F(4x4, 3x3),
-    channels last. A task is one image, a block of output depth slices and a block of tile
+    channels last: by blocks of filters where :func:`by_filter_blocks` says, else by tasks
+    of tiles. A task is one image, a block of output depth slices and a block of tile
     rows; its 36 GEMMs per group and output slice run on BLAS on the task's thread."""
     n_b, c_in = x.shape[:2]
     k_out, kd = w.shape[0], w.shape[2]
     cg, kg = c_in // groups, k_out // groups
     dtype = x.dtype
-    u = _f43_weights(w, groups)
     bias = np.zeros(k_out, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
+    if by_filter_blocks(n_b, kg, w.shape[2:], dilation, out_size):
+        return _by_filter_blocks(x, w, bias, pad, groups, out_size)
+    u = _f43_weights(w, groups)
     in_idx, in_coef = F43_IN[0], F43_IN[1].astype(dtype)
     out_idx, out_coef = F43_OUT[0], F43_OUT[1].astype(dtype)
     y = np.empty((n_b, k_out, *out_size), dtype=dtype)
@@ -152,3 +191,43 @@ def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
                       np.concatenate(row_blocks), cols, wp, in_idx, in_coef, out_idx, out_coef,
                       threads, *copies, y)
     return y
+
+
+def _by_filter_blocks(x, w, bias, pad, groups, out_size):
+    """:func:`conv_forward_winograd` of a 2-D convolution by blocks of filters: every tile of
+    the batch transformed once, then per group and block of filters (their transformed
+    kernel within WINOGRAD_BLOCK_BYTES) the block's kernel transform, its 36 GEMMs over all
+    the tiles and its output transform, into a channels-last copy of the output that takes
+    the bias on its way back."""
+    n_b, c_in = x.shape[:2]
+    k_out = w.shape[0]
+    cg, kg = c_in // groups, k_out // groups
+    dtype = x.dtype
+    th, tw = -(-out_size[1] // 4), -(-out_size[2] // 4)
+    tiles = n_b * th * tw
+    threads = min(numba.get_num_threads(), n_b * th)
+    x_copy = tasks.slot_rows("winograd-in", threads, 6 * (4 * tw + 2) * c_in, dtype)
+    v = tasks.workspace("winograd-v", 36 * tiles * c_in, dtype).reshape(36, tiles, c_in)
+    K._winograd43_tiles_in(x, tuple(pad), th, tw, F43_IN[0], F43_IN[1].astype(dtype), threads,
+                           x_copy, v)
+    yb = tasks.workspace("winograd-out", n_b * 4 * th * out_size[2] * k_out,
+                         dtype).reshape(n_b, 4 * th, out_size[2], k_out)
+    kb = max(1, min(kg, WINOGRAD_BLOCK_BYTES // (36 * cg * x.itemsize)))
+    kb = -(-kg // -(-kg // kb))  # blocks of equal size
+    w3 = np.ascontiguousarray(w).reshape(k_out, cg, 9)
+    gemm = blas.gemm_function(dtype)
+    out_idx, out_coef = F43_OUT[0], F43_OUT[1].astype(dtype)
+    with tasks.one_blas_thread():
+        for g in range(groups):
+            for k0 in range(g * kg, (g + 1) * kg, kb):
+                k1 = min((g + 1) * kg, k0 + kb)
+                u = K._f43_weights(w3[k0:k1], F43_G,
+                                   tasks.workspace("winograd weights", 36 * cg * (k1 - k0),
+                                                   dtype).reshape(1, 36, cg, k1 - k0))
+                m = K._winograd43_point_gemms(
+                    gemm, v, g * cg, cg, u[0],
+                    tasks.workspace("winograd-m", 36 * tiles * (k1 - k0),
+                                    dtype).reshape(36, tiles, k1 - k0))
+                K._winograd43_tiles_out(m, th, tw, (out_size[1], out_size[2]), k0, out_idx,
+                                        out_coef, yb)
+    return K._winograd43_tiles_store(yb, bias, np.empty((n_b, k_out, *out_size), dtype))

@@ -9,6 +9,7 @@ from numba import njit, prange
 from . import _numba_cache  # noqa: F401  (first: the kernels' cache stamp)
 from ._numba_band import _jit, _valid_range
 from ._numba_blas import NO_TRANSPOSE, _gemm
+from ._numba_simd import VECTOR_BYTES, _vector_scratch, _vfma, _vload, _vsplat, _vstore
 
 # ------------------------------------------------------------------ Winograd forward
 # Winograd F(4x4, 3x3), channels last, for the forward pass. A task copies the input slices it
@@ -22,45 +23,85 @@ from ._numba_blas import NO_TRANSPOSE, _gemm
 
 
 @njit(**_jit)
-def _f43_weights(w, idx, coef, u):
+def _f43_weights(w, g_mat, u):
     """``u[g, (i, j), r * cg + c, k] = (G w[g * kg + k, c, r] G^T)[i, j]`` for the 3x3 taps
-    of every filter (``w`` ``(K, cg, kd * 9)``), ``G``'s rows as the sparse ``idx``, ``coef``
-    (float64; the sums too, rounded once into ``u``'s dtype).
+    of every filter (``w`` ``(K, cg, kd * 9)``, ``G`` ``g_mat``), in ``u``'s dtype.
 
     A task is one group, depth tap and input channel: its filters' nine taps gathered into a
-    row per tap (filters innermost), then ``G w`` (18 rows) and ``(G w) G^T`` (36), each row
-    one vectorised loop over the filters. (One float64 BLAS product of ``G (x) G`` with
-    transposed copies of the weights took 5.3 ms for 256 x 256 channels, this 0.46; for 512
-    x 512, 38.7 and 7.0, the 38 MB written past the L3 cache.)"""
+    row per tap (filters innermost), then per vector of filters ``G w`` and ``(G w) G^T`` in
+    registers (:func:`_g_rows`), 36 vector stores. (A float64 BLAS product with transposed
+    copies of the weights took 5.3 ms for 256 x 256 channels; per point of ``G w`` one pass
+    over the filters in float64, 0.46 ms, and 512 x 512 7.0 ms, 4.0 in blocks of 52 filters,
+    each pass a trip through the L2 cache.)"""
     groups, kdcg, kg = u.shape[0], u.shape[2], u.shape[3]
     cg = w.shape[1]
     kd = kdcg // cg
+    vec = VECTOR_BYTES // u.itemsize
+    padded = (kg + vec - 1) // vec * vec
+    wf, uf = w.reshape(w.size), u.reshape(u.size)
+    point = kdcg * kg  # from one point's row to the next
     for task in prange(groups * kd * cg):
         c = task % cg
         r = (task // cg) % kd
         g = task // (cg * kd)
-        taps = np.empty((9, kg), dtype=np.float64)
+        taps = _vector_scratch(9 * padded, u)
+        last = _vector_scratch(36 * vec, u)  # the last, partial vector of filters
+        zero = _vsplat(0, taps)
         for k in range(kg):
+            src = ((g * kg + k) * cg + c) * kd * 9 + r * 9
             for t in range(9):
-                taps[t, k] = w[g * kg + k, c, r * 9 + t]
-        gw = np.empty((18, kg), dtype=np.float64)  # (G w)[i, col]: G's row i on tap column col
-        for i in range(6):
-            for col in range(3):
-                _g_row(gw[i * 3 + col], idx[i], coef[i], taps[col::3])
-        for i in range(6):  # (G w) G^T [i, j]: G's row j on (G w)'s row i
-            for j in range(6):
-                _g_row(u[g, i * 6 + j, r * cg + c], idx[j], coef[j], gw[i * 3:i * 3 + 3])
+                taps[t * padded + k] = wf[np.uintp(src + t)]
+        for k in range(kg, padded):
+            for t in range(9):
+                taps[t * padded + k] = 0
+        row = (g * 36 * kdcg + r * cg + c) * kg  # point 0's row
+        for k0 in range(0, kg, vec):
+            # (G w)'s rows: G on each column (taps s, 3 + s, 6 + s) of the 3x3 kernel
+            ga = _g_rows(g_mat, _vload(taps, k0), _vload(taps, 3 * padded + k0),
+                         _vload(taps, 6 * padded + k0), zero)
+            gb = _g_rows(g_mat, _vload(taps, padded + k0), _vload(taps, 4 * padded + k0),
+                         _vload(taps, 7 * padded + k0), zero)
+            gc = _g_rows(g_mat, _vload(taps, 2 * padded + k0), _vload(taps, 5 * padded + k0),
+                         _vload(taps, 8 * padded + k0), zero)
+            whole = k0 + vec <= kg
+            out, at, step = (uf, row + k0, point) if whole else (last, 0, vec)
+            _u_row(g_mat, ga[0], gb[0], gc[0], zero, out, at, step)
+            _u_row(g_mat, ga[1], gb[1], gc[1], zero, out, at + 6 * step, step)
+            _u_row(g_mat, ga[2], gb[2], gc[2], zero, out, at + 12 * step, step)
+            _u_row(g_mat, ga[3], gb[3], gc[3], zero, out, at + 18 * step, step)
+            _u_row(g_mat, ga[4], gb[4], gc[4], zero, out, at + 24 * step, step)
+            _u_row(g_mat, ga[5], gb[5], gc[5], zero, out, at + 30 * step, step)
+            if not whole:
+                for p in range(36):
+                    for k in range(kg - k0):
+                        uf[np.uintp(row + p * point + k0 + k)] = last[p * vec + k]
     return u
 
 
 @njit(cache=True, inline="always")
-def _g_row(out, idx, coef, rows):
-    """``out = sum_e coef[e] * rows[idx[e]]``: one sparse row of ``G`` (three terms) applied
-    to ``rows``, vectorised over their filters."""
-    a0, a1, a2 = coef[0], coef[1], coef[2]
-    x0, x1, x2 = rows[idx[0]], rows[idx[1]], rows[idx[2]]
-    for k in range(out.size):
-        out[k] = a0 * x0[k] + a1 * x1[k] + a2 * x2[k]
+def _g_rows(g_mat, a, b, c, zero):
+    """``G (a, b, c)^T``: the six rows of ``G`` on three vectors."""
+    return (_g_row(g_mat, 0, a, b, c, zero), _g_row(g_mat, 1, a, b, c, zero),
+            _g_row(g_mat, 2, a, b, c, zero), _g_row(g_mat, 3, a, b, c, zero),
+            _g_row(g_mat, 4, a, b, c, zero), _g_row(g_mat, 5, a, b, c, zero))
+
+
+@njit(cache=True, inline="always")
+def _g_row(g_mat, i, a, b, c, zero):
+    """Row ``i`` of ``G`` on three vectors."""
+    return _vfma(g_mat[i, 0], a, _vfma(g_mat[i, 1], b, _vfma(g_mat[i, 2], c, zero)))
+
+
+@njit(cache=True, inline="always")
+def _u_row(g_mat, a, b, c, zero, out, at, step):
+    """Row ``i`` of ``(G w) G^T`` from row ``i`` of ``G w`` (``a``, ``b``, ``c``): its six
+    vectors to ``out[at + j * step]``."""
+    _vstore(out, at, _g_row(g_mat, 0, a, b, c, zero))
+    _vstore(out, at + step, _g_row(g_mat, 1, a, b, c, zero))
+    _vstore(out, at + 2 * step, _g_row(g_mat, 2, a, b, c, zero))
+    _vstore(out, at + 3 * step, _g_row(g_mat, 3, a, b, c, zero))
+    _vstore(out, at + 4 * step, _g_row(g_mat, 4, a, b, c, zero))
+    _vstore(out, at + 5 * step, _g_row(g_mat, 5, a, b, c, zero))
 
 
 @njit(cache=True, nogil=True)
@@ -107,8 +148,8 @@ def _channels_last(x, n, d_lo, d_step, r_lo, r_step, pad_h, pad_w, out):
 
 
 @njit(cache=True, nogil=True)
-def _winograd43_input(xb, step, rows, cols, c0, cg, idx, coef, v):
-    """``v[(i, j), t, s * cg + c] = (B^T d B)[i, j]``, ``d`` the 6x6 patch of channel
+def _winograd43_input(xb, step, rows, cols, c0, cg, idx, coef, v, t0):
+    """``v[(i, j), t0 + t, s * cg + c] = (B^T d B)[i, j]``, ``d`` the 6x6 patch of channel
     ``c0 + c`` of slice ``s`` of the block ``xb`` that tile ``t`` reads.
 
     Tile ``t`` is (``rows[t // cols.size]``, ``cols[t % cols.size]``): the block position of
@@ -116,8 +157,8 @@ def _winograd43_input(xb, step, rows, cols, c0, cg, idx, coef, v):
     """
     slices, hp, wp, c_all = xb.shape
     n_cols = cols.size
-    n_tiles, width = v.shape[1], v.shape[2]
-    plane = n_tiles * width
+    n_tiles, width = rows.size * n_cols, v.shape[2]
+    plane = v.shape[1] * width
     xf = xb.reshape(xb.size)
     vf = v.reshape(v.size)
     tb = np.empty(36 * cg, dtype=xb.dtype)  # B^T d: tb[i, j, c]
@@ -138,7 +179,7 @@ def _winograd43_input(xb, step, rows, cols, c0, cg, idx, coef, v):
                         tb[np.uintp(dst + c)] = (
                             k0 * xf[np.uintp(a0 + c)] + k1 * xf[np.uintp(a1 + c)]
                             + k2 * xf[np.uintp(a2 + c)] + k3 * xf[np.uintp(a3 + c)])
-            o = t * width + s * cg
+            o = (t0 + t) * width + s * cg
             for i in range(6):
                 for j in range(6):
                     k0, k1, k2, k3 = coef[j, 0], coef[j, 1], coef[j, 2], coef[j, 3]
@@ -154,21 +195,22 @@ def _winograd43_input(xb, step, rows, cols, c0, cg, idx, coef, v):
 
 
 @njit(cache=True, nogil=True)
-def _winograd43_output(m, step, rows, cols, out_size, k0, idx, coef, yb):
+def _winograd43_output(m, step, rows, cols, out_size, k0, idx, coef, yb, t0):
     """``yb[4 * tr + a, ow, k0 + k] = (A^T M A)[a, b]`` for tile ``t`` (tile row ``tr``),
-    ``M = m[:, t, k]``, at output column ``ow = cols[..] + b * step[1]``; rows and columns
-    past ``out_size`` (output rows ``rows[tr] + a * step[0]``) are left out."""
-    n_tiles, kg = m.shape[1], m.shape[2]
+    ``M = m[:, t0 + t, k]``, at output column ``ow = cols[..] + b * step[1]``; rows and
+    columns past ``out_size`` (output rows ``rows[tr] + a * step[0]``) are left out."""
+    kg = m.shape[2]
     out_w, k_all = yb.shape[1], yb.shape[2]
     n_cols = cols.size
-    plane = n_tiles * kg
+    n_tiles = rows.size * n_cols
+    plane = m.shape[1] * kg
     mf = m.reshape(m.size)
     yf = yb.reshape(yb.size)
     s = np.empty(24 * kg, dtype=m.dtype)  # A^T M: s[a, j, k]
     for t in range(n_tiles):
         tr = t // n_cols
         col = cols[t % n_cols]
-        q = t * kg
+        q = (t0 + t) * kg
         for a in range(4):
             if rows[tr] + a * step[0] >= out_size[0]:
                 break
@@ -259,7 +301,7 @@ def _winograd43(blas, x, u, bias, pad, dilation, out_size, tasks, row_starts, co
             tile_rows = (rows - r0) // step[0]
             for g in range(groups):
                 _winograd43_input(xb, (1, step[1]), tile_rows, cols, g * cg, cg, in_idx,
-                                  in_coef, v)
+                                  in_coef, v, 0)
                 for od in range(od0, od1):
                     lo = (od - od0) * cg
                     for i in range(36):
@@ -268,6 +310,74 @@ def _winograd43(blas, x, u, bias, pad, dilation, out_size, tasks, row_starts, co
                               uf[(g * 36 + i) * kdcg * kg:], kg, 0.0,
                               mf[i * n_tiles * kg:], kg)
                     _winograd43_output(m, step, rows, cols, (out_size[1], out_size[2]),
-                                       g * kg, out_idx, out_coef, yb[od - od0])
+                                       g * kg, out_idx, out_coef, yb[od - od0], 0)
             for od in range(od0, od1):
                 _channels_first(yb[od - od0], rows, step[0], bias, y, n, od)
+
+
+# ------------------------------------------------------- Winograd by blocks of filters
+# The same transforms in another order, for calls whose transformed kernel outweighs their
+# transformed input (many channels, few tiles: ResNet-18's 512 channels at 7x7): every tile of
+# the batch transformed once into one matrix per point, then per block of filters the
+# kernel's transform (small enough to stay in the cache) and 36 GEMMs over all the tiles, a
+# point per task, then the block's output transform. Each transformed value is written and
+# read once; the tasks above read the whole transformed kernel once per task.
+
+
+@njit(**_jit)
+def _winograd43_tiles_in(x, pad, th, tw, idx, coef, threads, x_copy, v):
+    """``v`` ``(36, N * th * tw, C)``: the input transform of every 4x4 output tile (``th``
+    x ``tw`` per image, image by image, rows first) of the 2-D ``x`` ``(N, C, 1, H, W)``
+    padded by ``pad``. A task is one row of tiles, its six input rows copied channels last
+    into its thread's row of ``x_copy`` first."""
+    n_b, c_in = x.shape[0], x.shape[1]
+    wp = 4 * tw + 2
+    rows = np.zeros(1, dtype=np.int64)
+    cols = np.arange(0, 4 * tw, 4)
+    for slot in prange(threads):
+        for task in range(slot, n_b * th, threads):
+            n, tr = task // th, task % th
+            xb = x_copy[slot][:6 * wp * c_in].reshape((1, 6, wp, c_in))
+            _channels_last(x, n, -pad[0], 1, 4 * tr, 1, pad[1], pad[2], xb)
+            _winograd43_input(xb, (1, 1), rows, cols, 0, c_in, idx, coef, v, task * tw)
+    return v
+
+
+@njit(**_jit)
+def _winograd43_point_gemms(blas, v, c0, cg, u, m):
+    """``m[i] = v[i][:, c0:c0 + cg] @ u[i]`` for the 36 points ``i``: one GEMM per task, on
+    BLAS on the task's thread."""
+    n_tiles, c_all = v.shape[1], v.shape[2]
+    kb = u.shape[2]
+    vf, uf, mf = v.reshape(v.size), u.reshape(u.size), m.reshape(m.size)
+    for i in prange(36):
+        _gemm(blas, NO_TRANSPOSE, NO_TRANSPOSE, n_tiles, kb, cg,
+              vf[i * n_tiles * c_all + c0:], c_all, uf[i * cg * kb:], kb, 0.0,
+              mf[i * n_tiles * kb:], kb)
+    return m
+
+
+@njit(**_jit)
+def _winograd43_tiles_out(m, th, tw, out_size, k0, idx, coef, yb):
+    """The output transform of ``m`` ``(36, N * th * tw, kb)`` (tiles as
+    :func:`_winograd43_tiles_in`'s) into filters ``k0 .. k0 + kb`` of ``yb`` ``(N, 4 * th,
+    OW, K)``, channels last; a row of tiles per task."""
+    cols = np.arange(0, 4 * tw, 4)
+    for task in prange(yb.shape[0] * th):
+        n, tr = task // th, task % th
+        rows = np.full(1, 4 * tr, dtype=np.int64)
+        _winograd43_output(m, (1, 1), rows, cols, out_size, k0, idx, coef,
+                           yb[n, 4 * tr:4 * tr + 4], task * tw)
+    return yb
+
+
+@njit(**_jit)
+def _winograd43_tiles_store(yb, bias, y):
+    """``y[n, k, 0, oh, ow] = yb[n, oh, ow, k] + bias[k]``: the channels-last outputs of
+    :func:`_winograd43_tiles_out` in the output's layout; a row of tiles per task."""
+    th = yb.shape[1] // 4
+    for task in prange(y.shape[0] * th):
+        n, tr = task // th, task % th
+        rows = np.full(1, 4 * tr, dtype=np.int64)
+        _channels_first(yb[n, 4 * tr:4 * tr + 4], rows, 1, bias, y, n, 0)
+    return y

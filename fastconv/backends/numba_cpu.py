@@ -624,7 +624,7 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
                                 out_size)):
         ways.append("lanes")
     ways += _direct_and_winograd(
-        x_shape[0], groups, cg, k_out // groups, kernel, stride, out_size,
+        x_shape[0], groups, cg, k_out // groups, kernel, stride, dilation, out_size,
         _padded_share(x_shape[2:], kernel, stride, pad_lo, dilation, out_size), itemsize,
         forward=True)
     if gemm.gemm_worthwhile(k_out // groups, cg, kernel):
@@ -674,8 +674,8 @@ def _kvector_large(cg, kernel, out_size):
     return cg * math.prod(kernel) >= KVECTOR_LARGE_MIN_DEPTH
 
 
-def _direct_and_winograd(n_batch, groups, cg, kg, kernel, stride, out_size, padded, itemsize,
-                         forward):
+def _direct_and_winograd(n_batch, groups, cg, kg, kernel, stride, dilation, out_size, padded,
+                         itemsize, forward):
     """The register-blocked direct kernels and Winograd, in the order the rules prefer them,
     for a convolution (``forward``) or a stride-1 transposed one as the convolution it is:
     ``cg`` channels in and ``kg`` out per group, ``padded`` the share of its multiply-adds
@@ -684,7 +684,8 @@ def _direct_and_winograd(n_batch, groups, cg, kg, kernel, stride, out_size, padd
     the thin ``blocked`` last."""
     ways = []
     blocked = _blocked_fits(n_batch * groups, cg, kg, kernel, out_size, forward, padded)
-    winograd_fits = winograd.fits(kernel, stride, groups, cg, kg, n_batch, out_size, itemsize)
+    winograd_fits = winograd.fits(kernel, stride, dilation, groups, cg, kg, n_batch, out_size,
+                                  itemsize)
     macs = n_batch * math.prod(out_size) * groups * kg * cg * math.prod(kernel)
     ahead = winograd_fits and macs >= WINOGRAD_AHEAD_MIN_MACS
     if ahead:
@@ -878,7 +879,7 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
         ways.append("lanes")
     if stride_one:  # a convolution of the flipped kernel: c_in // groups channels in, cog out
         ways += _direct_and_winograd(
-            x_shape[0], groups, c_in // groups, cog, kernel, stride, out_size,
+            x_shape[0], groups, c_in // groups, cog, kernel, stride, dilation, out_size,
             _padded_share(x_shape[2:], kernel, stride,
                           _as_conv_padding(kernel, pad_lo, dilation), dilation, out_size),
             itemsize, forward=False)
