@@ -687,23 +687,19 @@ def test_winograd_large_kernels():
 
 @pytest.mark.parametrize("pad", [0, 1, 2])
 @pytest.mark.parametrize("groups", [1, 2])
-@pytest.mark.parametrize("block", [1, 7, 40])  # filters a block: 1, 7 (7, 7, 6), all 20
-def test_winograd_filter_blocks(block, groups, pad, dtype, rng, monkeypatch):
+@pytest.mark.parametrize("budget, blocks", [(1, 20), (7, 3), (40, 1)])  # filters' worth
+def test_winograd_filter_blocks(budget, blocks, groups, pad, dtype, rng, monkeypatch):
     """Winograd by blocks of filters (the transformed kernel at most WINOGRAD_BLOCK_BYTES a
-    block, the blocks of near-equal size; those of the forward counted): the reference's
-    forward with bias, input gradient and transposed convolution, at sizes that are not
-    multiples of the tile."""
+    block, here ``budget`` filters' worth, the blocks of near-equal size; those of the
+    forward counted, one thread): the reference's forward with bias, input gradient and
+    transposed convolution, at sizes that are not multiples of the tile."""
     force_numba_way("winograd_filter_blocks", monkeypatch)
-    cg = 6
-    monkeypatch.setattr(_numba_winograd, "WINOGRAD_BLOCK_BYTES",
-                        36 * cg * np.dtype(dtype).itemsize * block)
+    cg, itemsize = 6, np.dtype(dtype).itemsize
+    monkeypatch.setattr(_numba_winograd, "WINOGRAD_BLOCK_BYTES", 36 * cg * itemsize * budget)
+    assert _numba_winograd.filter_blocks(groups, cg, 20, itemsize, 1) == blocks
     x = randn(rng, (2, cg * groups, 9, 11), dtype)
     w, b = randn(rng, (20 * groups, cg, 3, 3), dtype), randn(rng, (20 * groups,), dtype)
     gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, padding=pad, groups=groups), dtype)
-    blocks = []
-    gemms = _numba_winograd.K._winograd43_point_gemms
-    monkeypatch.setattr(_numba_winograd.K, "_winograd43_point_gemms",
-                        lambda *a: blocks.append(a[4].shape[2]) or gemms(*a))
 
     def run():
         return [fc.conv2d(x, w, b, padding=pad, groups=groups),
@@ -714,11 +710,24 @@ def test_winograd_filter_blocks(block, groups, pad, dtype, rng, monkeypatch):
         expected = run()
     with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
         got = run()
-    sizes = {1: [1] * 20, 7: [7, 7, 6], 40: [20]}[block] * groups
-    assert blocks[:len(sizes)] == sizes
     assert ways.count("winograd") == 3
     for a, e, what in zip(got, expected, ["y", "gx", "yt"]):
         assert_close(a, e, dtype, what)
+
+
+def test_winograd_filter_blocks_share_threads():
+    """Blocks of filters as a multiple of the threads, all the groups' together: 512 x 512
+    channels float32 need 9 blocks of 4 MB (two threads: 10), 512 x 520 10; one group of
+    one block gives two threads one each, two groups one each, three groups two; never more
+    blocks than filters."""
+    blocks = _numba_winograd.filter_blocks
+    assert blocks(1, 512, 512, 4, 2) == 10
+    assert blocks(1, 512, 512, 4, 3) == 9
+    assert blocks(1, 512, 520, 4, 2) == 10
+    assert blocks(1, 32, 32, 4, 2) == 2
+    assert blocks(2, 32, 32, 4, 2) == 1
+    assert blocks(3, 32, 32, 4, 2) == 2
+    assert blocks(1, 32, 1, 4, 2) == 1
 
 
 @pytest.mark.parametrize("budget_slices, most, expected", [(2, 8, 2), (9, 3, 3), (1, 8, 1)])

@@ -132,13 +132,13 @@ def _tile_starts(out_n, dilation):
 
 
 def _f43_weights(w, groups):
-    """``U[g, (i, j), (r, c), k] = (G w[k, c, r] G^T)[i, j]``: per group the right-hand GEMM
+    """``U[g, (r, c), (i, j), k] = (G w[k, c, r] G^T)[i, j]``: per group the right-hand GEMM
     operands, depth taps ``r`` stacked with the channels so that one GEMM sums over both
     (:func:`K._f43_weights`)."""
     k_out, cg, kd = w.shape[:3]
     u = tasks.workspace("winograd weights", groups * 36 * kd * cg * (k_out // groups), w.dtype)
     return K._f43_weights(np.ascontiguousarray(w).reshape(k_out, cg, kd * 9), F43_G,
-                          u.reshape(groups, 36, kd * cg, k_out // groups))
+                          u.reshape(groups, kd * cg, 36, k_out // groups))
 
 
 def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
@@ -193,41 +193,43 @@ def conv_forward_winograd(x, w, bias, pad, dilation, groups, out_size):
     return y
 
 
+def filter_blocks(groups, cg, kg, itemsize, threads):
+    """Blocks of filters per group for :func:`_by_filter_blocks`: as few as keep each block's
+    transformed kernel within WINOGRAD_BLOCK_BYTES, then as many as give the threads equal
+    numbers of blocks (all the groups' together), at most one filter a block."""
+    blocks = max(1, min(kg, -(-36 * cg * kg * itemsize // WINOGRAD_BLOCK_BYTES)))
+    step = threads // math.gcd(groups, threads)  # groups x step blocks: a multiple
+    return min(kg, -(-blocks // step) * step)
+
+
 def _by_filter_blocks(x, w, bias, pad, groups, out_size):
     """:func:`conv_forward_winograd` of a 2-D convolution by blocks of filters: every tile of
     the batch transformed once, then per group and block of filters (their transformed
-    kernel within WINOGRAD_BLOCK_BYTES) the block's kernel transform, its 36 GEMMs over all
-    the tiles and its output transform, into a channels-last copy of the output that takes
-    the bias on its way back."""
+    kernel within WINOGRAD_BLOCK_BYTES, the blocks a multiple of the threads) the block's
+    kernel transform, its 36 GEMMs over all the tiles and its output transform, into a
+    channels-last copy of the output that takes the bias on its way back."""
     n_b, c_in = x.shape[:2]
     k_out = w.shape[0]
     cg, kg = c_in // groups, k_out // groups
     dtype = x.dtype
     th, tw = -(-out_size[1] // 4), -(-out_size[2] // 4)
     tiles = n_b * th * tw
-    threads = min(numba.get_num_threads(), n_b * th)
-    x_copy = tasks.slot_rows("winograd-in", threads, 6 * (4 * tw + 2) * c_in, dtype)
+    threads = numba.get_num_threads()
+    x_copy = tasks.slot_rows("winograd-in", min(threads, n_b * th),
+                             6 * (4 * tw + 2) * c_in, dtype)
     v = tasks.workspace("winograd-v", 36 * tiles * c_in, dtype).reshape(36, tiles, c_in)
-    K._winograd43_tiles_in(x, tuple(pad), th, tw, F43_IN[0], F43_IN[1].astype(dtype), threads,
-                           x_copy, v)
+    K._winograd43_tiles_in(x, tuple(pad), th, tw, F43_IN[0], F43_IN[1].astype(dtype),
+                           x_copy.shape[0], x_copy, v)
+    blocks = filter_blocks(groups, cg, kg, x.itemsize, threads)
+    slots = min(threads, groups * blocks)
+    kb = -(-kg // blocks)
     yb = tasks.workspace("winograd-out", n_b * 4 * th * out_size[2] * k_out,
                          dtype).reshape(n_b, 4 * th, out_size[2], k_out)
-    kb = max(1, min(kg, WINOGRAD_BLOCK_BYTES // (36 * cg * x.itemsize)))
-    kb = -(-kg // -(-kg // kb))  # blocks of equal size
-    w3 = np.ascontiguousarray(w).reshape(k_out, cg, 9)
-    gemm = blas.gemm_function(dtype)
-    out_idx, out_coef = F43_OUT[0], F43_OUT[1].astype(dtype)
     with tasks.one_blas_thread():
-        for g in range(groups):
-            for k0 in range(g * kg, (g + 1) * kg, kb):
-                k1 = min((g + 1) * kg, k0 + kb)
-                u = K._f43_weights(w3[k0:k1], F43_G,
-                                   tasks.workspace("winograd weights", 36 * cg * (k1 - k0),
-                                                   dtype).reshape(1, 36, cg, k1 - k0))
-                m = K._winograd43_point_gemms(
-                    gemm, v, g * cg, cg, u[0],
-                    tasks.workspace("winograd-m", 36 * tiles * (k1 - k0),
-                                    dtype).reshape(36, tiles, k1 - k0))
-                K._winograd43_tiles_out(m, th, tw, (out_size[1], out_size[2]), k0, out_idx,
-                                        out_coef, yb)
+        K._winograd43_filter_blocks(
+            blas.gemm_function(dtype), v, np.ascontiguousarray(w).reshape(k_out, cg, 9), F43_G,
+            groups, blocks, th, tw, (out_size[1], out_size[2]), F43_OUT[0],
+            F43_OUT[1].astype(dtype), slots,
+            tasks.slot_rows("winograd weights", slots, cg * 36 * kb, dtype),
+            tasks.slot_rows("winograd-m", slots, 36 * tiles * kb, dtype), yb)
     return K._winograd43_tiles_store(yb, bias, np.empty((n_b, k_out, *out_size), dtype))

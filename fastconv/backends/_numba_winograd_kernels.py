@@ -24,58 +24,64 @@ from ._numba_simd import VECTOR_BYTES, _vector_scratch, _vfma, _vload, _vsplat, 
 
 @njit(**_jit)
 def _f43_weights(w, g_mat, u):
-    """``u[g, (i, j), r * cg + c, k] = (G w[g * kg + k, c, r] G^T)[i, j]`` for the 3x3 taps
-    of every filter (``w`` ``(K, cg, kd * 9)``, ``G`` ``g_mat``), in ``u``'s dtype.
+    """``u[g, r * cg + c, (i, j), k] = (G w[g * kg + k, c, r] G^T)[i, j]`` for the 3x3 taps
+    of every filter (``w`` ``(K, cg, kd * 9)``, ``G`` ``g_mat``), in ``u``'s dtype: per
+    point ``(i, j)`` a GEMM operand whose rows are ``36 * kg`` elements apart. A task is one
+    group, depth tap and input channel (:func:`_f43_channel`)."""
+    groups, kdcg = u.shape[0], u.shape[1]
+    for task in prange(groups * kdcg):
+        _f43_channel(w, g_mat, u, task // kdcg, task % kdcg)
+    return u
 
-    A task is one group, depth tap and input channel: its filters' nine taps gathered into a
-    row per tap (filters innermost), then per vector of filters ``G w`` and ``(G w) G^T`` in
-    registers (:func:`_g_rows`), 36 vector stores. (A float64 BLAS product with transposed
-    copies of the weights took 5.3 ms for 256 x 256 channels; per point of ``G w`` one pass
-    over the filters in float64, 0.46 ms, and 512 x 512 7.0 ms, 4.0 in blocks of 52 filters,
-    each pass a trip through the L2 cache.)"""
-    groups, kdcg, kg = u.shape[0], u.shape[2], u.shape[3]
+
+@njit(cache=True, nogil=True)
+def _f43_channel(w, g_mat, u, g, rc):
+    """:func:`_f43_weights` for group ``g`` and row ``rc`` (depth tap ``r``, channel ``c``):
+    its filters' nine taps gathered into a row per tap (filters innermost), then per vector
+    of filters ``G w`` and ``(G w) G^T`` in registers (:func:`_g_rows`), 36 vector stores
+    into one contiguous run. (A float64 BLAS product with transposed copies of the weights
+    took 5.3 ms for 256 x 256 channels; a pass over the filters per row of ``G w`` in
+    float64, 0.46 ms, and for 512 x 512 7.0; this 0.29 and 3.7. With the points outermost,
+    a task's 36 rows lay a multiple of 4 KB apart, in one set of the L1 cache: 512 x 1024
+    channels took 5 ms in some processes, 16 in others.)"""
+    kdcg, kg = u.shape[1], u.shape[3]
     cg = w.shape[1]
     kd = kdcg // cg
+    c, r = rc % cg, rc // cg
     vec = VECTOR_BYTES // u.itemsize
     padded = (kg + vec - 1) // vec * vec
     wf, uf = w.reshape(w.size), u.reshape(u.size)
-    point = kdcg * kg  # from one point's row to the next
-    for task in prange(groups * kd * cg):
-        c = task % cg
-        r = (task // cg) % kd
-        g = task // (cg * kd)
-        taps = _vector_scratch(9 * padded, u)
-        last = _vector_scratch(36 * vec, u)  # the last, partial vector of filters
-        zero = _vsplat(0, taps)
-        for k in range(kg):
-            src = ((g * kg + k) * cg + c) * kd * 9 + r * 9
-            for t in range(9):
-                taps[t * padded + k] = wf[np.uintp(src + t)]
-        for k in range(kg, padded):
-            for t in range(9):
-                taps[t * padded + k] = 0
-        row = (g * 36 * kdcg + r * cg + c) * kg  # point 0's row
-        for k0 in range(0, kg, vec):
-            # (G w)'s rows: G on each column (taps s, 3 + s, 6 + s) of the 3x3 kernel
-            ga = _g_rows(g_mat, _vload(taps, k0), _vload(taps, 3 * padded + k0),
-                         _vload(taps, 6 * padded + k0), zero)
-            gb = _g_rows(g_mat, _vload(taps, padded + k0), _vload(taps, 4 * padded + k0),
-                         _vload(taps, 7 * padded + k0), zero)
-            gc = _g_rows(g_mat, _vload(taps, 2 * padded + k0), _vload(taps, 5 * padded + k0),
-                         _vload(taps, 8 * padded + k0), zero)
-            whole = k0 + vec <= kg
-            out, at, step = (uf, row + k0, point) if whole else (last, 0, vec)
-            _u_row(g_mat, ga[0], gb[0], gc[0], zero, out, at, step)
-            _u_row(g_mat, ga[1], gb[1], gc[1], zero, out, at + 6 * step, step)
-            _u_row(g_mat, ga[2], gb[2], gc[2], zero, out, at + 12 * step, step)
-            _u_row(g_mat, ga[3], gb[3], gc[3], zero, out, at + 18 * step, step)
-            _u_row(g_mat, ga[4], gb[4], gc[4], zero, out, at + 24 * step, step)
-            _u_row(g_mat, ga[5], gb[5], gc[5], zero, out, at + 30 * step, step)
-            if not whole:
-                for p in range(36):
-                    for k in range(kg - k0):
-                        uf[np.uintp(row + p * point + k0 + k)] = last[p * vec + k]
-    return u
+    taps = _vector_scratch(9 * padded, u)
+    last = _vector_scratch(36 * vec, u)  # the last, partial vector of filters
+    zero = _vsplat(0, taps)
+    for k in range(kg):
+        src = ((g * kg + k) * cg + c) * kd * 9 + r * 9
+        for t in range(9):
+            taps[t * padded + k] = wf[np.uintp(src + t)]
+    for k in range(kg, padded):
+        for t in range(9):
+            taps[t * padded + k] = 0
+    row = (g * kdcg + rc) * 36 * kg  # point 0's row; the next point's kg further
+    for k0 in range(0, kg, vec):
+        # (G w)'s rows: G on each column (taps s, 3 + s, 6 + s) of the 3x3 kernel
+        ga = _g_rows(g_mat, _vload(taps, k0), _vload(taps, 3 * padded + k0),
+                     _vload(taps, 6 * padded + k0), zero)
+        gb = _g_rows(g_mat, _vload(taps, padded + k0), _vload(taps, 4 * padded + k0),
+                     _vload(taps, 7 * padded + k0), zero)
+        gc = _g_rows(g_mat, _vload(taps, 2 * padded + k0), _vload(taps, 5 * padded + k0),
+                     _vload(taps, 8 * padded + k0), zero)
+        whole = k0 + vec <= kg
+        out, at, step = (uf, row + k0, kg) if whole else (last, 0, vec)
+        _u_row(g_mat, ga[0], gb[0], gc[0], zero, out, at, step)
+        _u_row(g_mat, ga[1], gb[1], gc[1], zero, out, at + 6 * step, step)
+        _u_row(g_mat, ga[2], gb[2], gc[2], zero, out, at + 12 * step, step)
+        _u_row(g_mat, ga[3], gb[3], gc[3], zero, out, at + 18 * step, step)
+        _u_row(g_mat, ga[4], gb[4], gc[4], zero, out, at + 24 * step, step)
+        _u_row(g_mat, ga[5], gb[5], gc[5], zero, out, at + 30 * step, step)
+        if not whole:
+            for p in range(36):
+                for k in range(kg - k0):
+                    uf[np.uintp(row + p * kg + k0 + k)] = last[p * vec + k]
 
 
 @njit(cache=True, inline="always")
@@ -271,12 +277,12 @@ def _winograd43(blas, x, u, bias, pad, dilation, out_size, tasks, row_starts, co
     """F(4x4, 3x3) over tasks ``(n, od0, od1, s0, s1)``: image ``n``, output depth slices
     ``od0:od1``, the tiles of rows ``row_starts[s0:s1]`` (of one class modulo the dilation)
     and columns ``cols`` (copied ``wp`` columns wide). Per group, the input tiles transformed
-    (``v``), then per output slice 36 GEMMs with the transformed weights ``u`` (groups, 36,
-    kd x cg, kg) into ``m``, whose output transform fills a channels-last block of ``y``
+    (``v``), then per output slice 36 GEMMs with the transformed weights ``u`` (groups,
+    kd x cg, 36, kg) into ``m``, whose output transform fills a channels-last block of ``y``
     (``yb``), put back with the bias at the end. The ``*_copy`` arrays hold one workspace row
     per thread."""
     c_in = x.shape[1]
-    groups, kdcg, kg = u.shape[0], u.shape[2], u.shape[3]
+    groups, kdcg, kg = u.shape[0], u.shape[1], u.shape[3]
     cg = c_in // groups
     kd = kdcg // cg
     k_out, w_out = y.shape[1], y.shape[4]
@@ -307,7 +313,7 @@ def _winograd43(blas, x, u, bias, pad, dilation, out_size, tasks, row_starts, co
                     for i in range(36):
                         _gemm(blas, NO_TRANSPOSE, NO_TRANSPOSE, n_tiles, kg, kd * cg,
                               vf[i * n_tiles * width + lo:], width,
-                              uf[(g * 36 + i) * kdcg * kg:], kg, 0.0,
+                              uf[(g * kdcg * 36 + i) * kg:], 36 * kg, 0.0,
                               mf[i * n_tiles * kg:], kg)
                     _winograd43_output(m, step, rows, cols, (out_size[1], out_size[2]),
                                        g * kg, out_idx, out_coef, yb[od - od0], 0)
@@ -344,37 +350,49 @@ def _winograd43_tiles_in(x, pad, th, tw, idx, coef, threads, x_copy, v):
 
 
 @njit(**_jit)
-def _winograd43_point_gemms(blas, v, c0, cg, u, m):
-    """``m[i] = v[i][:, c0:c0 + cg] @ u[i]`` for the 36 points ``i``: one GEMM per task, on
-    BLAS on the task's thread."""
+def _winograd43_filter_blocks(blas, v, w, g_mat, groups, blocks, th, tw, out_size, idx, coef,
+                              threads, u_copy, m_copy, yb):
+    """Per group and each of its ``blocks`` blocks of filters (near-equal; a task each, the
+    tasks dealt round the threads): the block's kernel transform (:func:`_f43_channel`) into
+    its thread's row of ``u_copy``, 36 GEMMs of ``v`` ``(36, N * th * tw, C)``
+    (:func:`_winograd43_tiles_in`) with it into the thread's row of ``m_copy``, on BLAS on the
+    thread, and their output transform into the block's filters of ``yb`` ``(N, 4 * th, OW,
+    K)``, channels last. One launch for them all: a launch per block and step left each
+    waiting on the threads' wake-up, 60 of them a call (twice the time in some processes)."""
     n_tiles, c_all = v.shape[1], v.shape[2]
-    kb = u.shape[2]
-    vf, uf, mf = v.reshape(v.size), u.reshape(u.size), m.reshape(m.size)
-    for i in prange(36):
-        _gemm(blas, NO_TRANSPOSE, NO_TRANSPOSE, n_tiles, kb, cg,
-              vf[i * n_tiles * c_all + c0:], c_all, uf[i * cg * kb:], kb, 0.0,
-              mf[i * n_tiles * kb:], kb)
-    return m
-
-
-@njit(**_jit)
-def _winograd43_tiles_out(m, th, tw, out_size, k0, idx, coef, yb):
-    """The output transform of ``m`` ``(36, N * th * tw, kb)`` (tiles as
-    :func:`_winograd43_tiles_in`'s) into filters ``k0 .. k0 + kb`` of ``yb`` ``(N, 4 * th,
-    OW, K)``, channels last; a row of tiles per task."""
+    k_out, cg = w.shape[0], w.shape[1]
+    kg = k_out // groups
+    n_b = yb.shape[0]
     cols = np.arange(0, 4 * tw, 4)
-    for task in prange(yb.shape[0] * th):
-        n, tr = task // th, task % th
-        rows = np.full(1, 4 * tr, dtype=np.int64)
-        _winograd43_output(m, (1, 1), rows, cols, out_size, k0, idx, coef,
-                           yb[n, 4 * tr:4 * tr + 4], task * tw)
+    vf = v.reshape(v.size)
+    for slot in prange(threads):
+        rows = np.zeros(1, dtype=np.int64)  # the thread's own
+        for task in range(slot, groups * blocks, threads):
+            g, b = task // blocks, task % blocks
+            k0 = g * kg + b * kg // blocks
+            kb = g * kg + (b + 1) * kg // blocks - k0
+            u = u_copy[slot][:cg * 36 * kb].reshape((1, cg, 36, kb))
+            for c in range(cg):
+                _f43_channel(w[k0:k0 + kb], g_mat, u, 0, c)
+            uf = u.reshape(u.size)
+            m = m_copy[slot][:36 * n_tiles * kb].reshape((36, n_tiles, kb))
+            mf = m.reshape(m.size)
+            for i in range(36):
+                _gemm(blas, NO_TRANSPOSE, NO_TRANSPOSE, n_tiles, kb, cg,
+                      vf[i * n_tiles * c_all + g * cg:], c_all, uf[i * kb:], 36 * kb, 0.0,
+                      mf[i * n_tiles * kb:], kb)
+            for n in range(n_b):
+                for tr in range(th):
+                    rows[0] = 4 * tr
+                    _winograd43_output(m, (1, 1), rows, cols, out_size, k0, idx, coef,
+                                       yb[n, 4 * tr:4 * tr + 4], (n * th + tr) * tw)
     return yb
 
 
 @njit(**_jit)
 def _winograd43_tiles_store(yb, bias, y):
     """``y[n, k, 0, oh, ow] = yb[n, oh, ow, k] + bias[k]``: the channels-last outputs of
-    :func:`_winograd43_tiles_out` in the output's layout; a row of tiles per task."""
+    :func:`_winograd43_filter_blocks` in the output's layout; a row of tiles per task."""
     th = yb.shape[1] // 4
     for task in prange(y.shape[0] * th):
         n, tr = task // th, task % th
