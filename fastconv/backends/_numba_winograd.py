@@ -2,9 +2,10 @@
 any kernel depth) and their input gradients (as convolutions).
 
 F(4x4, 3x3) on channels-last copies of the input (:mod:`._numba_winograd_kernels`): 36 GEMMs
-per task, on BLAS called by the Numba thread that runs the task (:mod:`._numba_blas`). (A
-weight gradient by F(2x2, 3x3) existed until measured on the zoo suite: packing + BLAS or
-``kvector`` beat it on every layer it took, by 1.02-1.34x.)
+per task, on BLAS called by the Numba thread that runs the task (:mod:`._numba_blas`); a
+task is a block of tiles, or, for calls with as many filters as tiles or more, a block of
+filters. (A weight gradient by F(2x2, 3x3) existed until measured on the zoo suite: packing +
+BLAS or ``kvector`` beat it on every layer it took, by 1.02-1.34x.)
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ WINOGRAD_DEPTH_BLOCK = 8
 WINOGRAD_DEPTH_BYTES = 3 << 10
 # A 2-D, undilated call with at least WINOGRAD_BLOCKS_FILTERS_PER_TILE filters per group a
 # tile (1: its transformed kernel, 36 x C x K values, at least its transformed input, 36 x
-# tiles x C) goes by blocks of
-# filters (:func:`by_filter_blocks`): the tiles' transforms are made once for the batch and
-# each block's kernel transform once, where the tasks of tiles read the whole transformed
-# kernel once a task (512 channels at 7x7, batch 16: 37.7 MB, 16 tasks). Forward, forced and
+# tiles x C) goes by blocks of filters (:func:`by_filter_blocks`): the tiles' transforms are
+# made once for the batch and each block's kernel transform once, where the tasks of tiles
+# read the whole transformed kernel once a task (512 channels at 7x7, batch 16: 37.7 MB, 16
+# tasks). Figures measured with a launch of the thread pool per block and step (since, one
+# launch for all blocks: 0-10% slower alone, steadier in the bench). Forward, forced and
 # alternated, best ms, by blocks / by tasks of tiles: 512 at 7x7, batch 16, 12.1 / 41.8;
 # ResNet-18's layer2 at batch 1 (128 at 28x28, 49 tiles) 0.56 / 0.65; 256 at 56x56, batch 1
 # (196 tiles) 8.2 / 9.0; 256 at 14x14, batch 16 (256 tiles, as many as filters) 10.6 / 11.0;
