@@ -108,9 +108,9 @@ MIXING = frozenset({"winograd"})
 #   4.8); forward only: the stride-1 transposed convolution lost there (C3D's conv5a input
 #   gradient at batch 1: 11.5 against 9.1 ms; 1024 channels at 7x7: 14.8 against 6.2);
 # - or calls, forward and stride-1 transposed, of which more than KVECTOR_MAX_PADDED of the
-#   multiply-adds read padding, which this kernel skips (C3D's conv5a, 45%: input gradient
-#   at batch 2 15.2 ms against 18.0 kvector and 19.3 packing + BLAS, at batch 1 8.9 against
-#   9.0 packing + BLAS);
+#   multiply-adds read depth padding, whole slices, which this kernel skips (C3D's conv5a,
+#   33% in depth, 45% in all: input gradient at batch 2 15.2 ms against 18.0 kvector and 19.3
+#   packing + BLAS, at batch 1 8.9 against 9.0 packing + BLAS);
 # - never 1x1 kernels (the sums go to memory after every 16 channels) nor fewer than four
 #   filters per group (a depthwise convolution would compute four times its work).
 BLOCKED = True
@@ -132,8 +132,8 @@ BLOCKED_FEW_WEIGHTS = 1 << 16
 def _blocked_fits(n_batch, cg, kg, kernel, out_size, forward=False, padded=0.0):
     """Whether the blocked kernel is the way, by the rules above: ``"small"`` (before
     Winograd), ``"thin"`` (after it), or ``None``; ``forward``: a forward convolution, not a
-    stride-1 transposed one; ``padded``: the share of its multiply-adds that read padding
-    (:func:`_padded_share`), which the blocked kernel skips."""
+    stride-1 transposed one; ``padded``: the share of its multiply-adds that read depth
+    padding (:func:`_depth_padded_share`), which the blocked kernel skips."""
     taps = math.prod(kernel)
     if not BLOCKED or taps == 1 or kg < 4:
         return None
@@ -185,11 +185,16 @@ def _blocked_conv(x, w, bias, stride, pad, dilation, groups, out_size):
 #   computed too; ResNeXt's 4-32 per group lost 1.1-10x) and
 #   KVECTOR_MIN_CHANNELS input channels per group (each channel is one step of the inner loop:
 #   a 3-channel stem lost 0.5x), and KVECTOR_MIN_DEPTH input channels x taps;
-# - at most KVECTOR_MAX_PADDED of its multiply-adds reading padding, forward and stride-1
-#   transposed: `blocked` skips the taps that fall in the padding, kvector computes them
-#   (C3D's conv5a, 45% padded, at batch 2, each way forced and alternated three times, best
-#   ms: forward 11.8 blocked against 14.8, input gradient 14.1 against 16.8; PyTorch 10.9 and
-#   10.8), and `blocked` takes those calls at any size;
+# - at most KVECTOR_MAX_PADDED of its multiply-adds reading depth padding, forward and
+#   stride-1 transposed: `blocked` skips the depth slices that fall in the padding, kvector
+#   computes them (C3D's conv5a, 33% in depth, at batch 2, each way forced and alternated
+#   three times, best ms: forward 11.8 blocked against 14.8, input gradient 14.1 against
+#   16.8; PyTorch 10.9 and 10.8), and `blocked` takes those calls at any size. Padding of
+#   rows and columns does not count: until the thirteenth session it did, and 2-D calls of
+#   few positions with 30-40% of their taps in the padding went to `blocked`, which lost
+#   2-5x there (forward, forced, best ms, blocked / kvector: 384 -> 768 channels at stride 2
+#   on 7x7, batch 1, 1.72 / 0.72; 512 at 4x4, batch 1, 1.54 / 0.62, batch 2 2.87 / 1.00; 512
+#   at 3x3, 40%, 1.51 / 0.50; 128 -> 256 5x5 at stride 2 on 9x9 0.57 / 0.33);
 # - at least KVECTOR_MIN_POSITIONS output positions in the batch, or (forward) a kernel of
 #   more than one tap within that padding limit.
 #   Measured at batch 1 (`fastconv bench --ways`, float32, 2 threads), once each thread
@@ -625,8 +630,8 @@ def conv_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, groups, out_si
         ways.append("lanes")
     ways += _direct_and_winograd(
         x_shape[0], groups, cg, k_out // groups, kernel, stride, dilation, out_size,
-        _padded_share(x_shape[2:], kernel, stride, pad_lo, dilation, out_size), itemsize,
-        forward=True)
+        _depth_padded_share(x_shape[2:], kernel, stride, pad_lo, dilation, out_size),
+        itemsize, forward=True)
     if gemm.gemm_worthwhile(k_out // groups, cg, kernel):
         ways.append("gemm")
     return _listed(ways, ["blocked", *_kvector_capable(), *_winograd_capable(kernel, stride),
@@ -640,13 +645,20 @@ def _kvector_fits(n_batch, groups, cg, kg, kernel, out_size, itemsize, large, fe
     """Whether ``kvector`` is the way, by the rules above; ``large``: whether it may take the
     call above KVECTOR_MAX_MACS (1x1 kernels: whether it may take it at all); ``few``:
     whether it may take fewer than KVECTOR_MIN_POSITIONS positions; ``padded``: the share of
-    its multiply-adds that read padding (:func:`_padded_share`)."""
+    its multiply-adds that read depth padding (:func:`_depth_padded_share`)."""
     positions, taps = n_batch * math.prod(out_size), math.prod(kernel)
     macs = positions * groups * kg * cg * taps
     return (_kvector_available() and kg >= KVECTOR_MIN_BLOCKS * K.block_filters(itemsize)
             and (large or (taps > 1 and macs <= KVECTOR_MAX_MACS))
             and cg >= KVECTOR_MIN_CHANNELS and cg * taps >= KVECTOR_MIN_DEPTH
             and (positions >= KVECTOR_MIN_POSITIONS or few) and padded <= KVECTOR_MAX_PADDED)
+
+
+def _depth_padded_share(in_size, kernel, stride, pad_lo, dilation, out_size):
+    """The share of a convolution's multiply-adds whose depth tap reads padding (whole
+    slices, which the blocked kernel skips): :func:`_padded_share` of the depth axis."""
+    return _padded_share(in_size[:1], kernel[:1], stride[:1], pad_lo[:1], dilation[:1],
+                         out_size[:1])
 
 
 def _padded_share(in_size, kernel, stride, pad_lo, dilation, out_size):
@@ -679,7 +691,7 @@ def _direct_and_winograd(n_batch, groups, cg, kg, kernel, stride, dilation, out_
     """The register-blocked direct kernels and Winograd, in the order the rules prefer them,
     for a convolution (``forward``) or a stride-1 transposed one as the convolution it is:
     ``cg`` channels in and ``kg`` out per group, ``padded`` the share of its multiply-adds
-    that read padding (:func:`_padded_share`). Winograd goes first from
+    that read depth padding (:func:`_depth_padded_share`). Winograd goes first from
     WINOGRAD_AHEAD_MIN_MACS multiply-adds, else after ``kvector`` or the small ``blocked``;
     the thin ``blocked`` last."""
     ways = []
@@ -880,8 +892,9 @@ def conv_transpose_forward_ways(x_shape, w_shape, stride, pad_lo, dilation, grou
     if stride_one:  # a convolution of the flipped kernel: c_in // groups channels in, cog out
         ways += _direct_and_winograd(
             x_shape[0], groups, c_in // groups, cog, kernel, stride, dilation, out_size,
-            _padded_share(x_shape[2:], kernel, stride,
-                          _as_conv_padding(kernel, pad_lo, dilation), dilation, out_size),
+            _depth_padded_share(x_shape[2:], kernel, stride,
+                                _as_conv_padding(kernel, pad_lo, dilation), dilation,
+                                out_size),
             itemsize, forward=False)
     if not stride_one and _phases_way(x_shape, w_shape, stride, dilation, groups, out_size,
                                       itemsize):
