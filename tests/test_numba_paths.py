@@ -803,6 +803,24 @@ def test_pointwise_weight_grad_packing_images(pack, dtype, rng, monkeypatch):
         assert_close(fc.conv2d_backward(gy, x, w, groups=2)[1], expected, dtype, "gw")
 
 
+@pytest.mark.parametrize("n_b, size", [(1, (7, 7)), (2, (5, 9)), (40, (7, 7))])
+def test_packed_weight_grad_few_positions(n_b, size, dtype, rng, monkeypatch):
+    """A weight gradient by packing + BLAS over few positions (at stride 2, 16 or 10 of them
+    an image; 40 images: many) splits the filters between the threads into one sum, the
+    same numbers as the reference either way, groups of an odd number of filters too."""
+    force_numba_way("gemm", monkeypatch)
+    x = randn(rng, (n_b, 8, *size), dtype)
+    w = randn(rng, (14, 4, 3, 3), dtype)
+    gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, stride=2, padding=1, groups=2),
+               dtype)
+    with fc.use_backend("numpy"):
+        expected = fc.conv2d_backward(gy, x, w, stride=2, padding=1, groups=2)[1]
+    with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+        got = fc.conv2d_backward(gy, x, w, stride=2, padding=1, groups=2)[1]
+    assert ways[-1] == "gemm"
+    assert_close(got, expected, dtype, "gw")
+
+
 @pytest.mark.parametrize("way", numba_cpu.WAYS)
 @pytest.mark.parametrize("nd, kw", CASES)
 def test_preferred_way_agrees_with_reference(way, nd, kw, dtype, rng):

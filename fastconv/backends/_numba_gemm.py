@@ -150,16 +150,28 @@ def conv_weight_grad_gemm(x, gy, stride, pad, dilation, groups, kernel):
             K._pointwise_weight_grad(gemm, x.reshape(n_b, c_in, rows * ow), gy3, groups,
                                      tasks.task_array(task_list), used, partial)
         return tasks.sum_slots(partial, used).reshape(k_out, cg, *kernel)
-    task_list = tasks.image_row_tasks(n_b, rows, ck * ow * x.itemsize, threads)
-    span = max(((n1 - n0) * (r1 - r0) * ow for n0, n1, r0, r1 in task_list), default=0)
+    if (threads > 1 and n_b * rows * ow < threads * tasks.MIN_TASK_POSITIONS
+            and kg >= threads):
+        # few positions: the threads split the filters, each packing the same columns, into
+        # one sum, where a partial sum of the whole gradient per thread, zeroed and added,
+        # was most of the call (384 -> 768 channels 3x3 at stride 2 on 7x7, batch 1: 16
+        # positions, 10.6 MB of gradient)
+        task_list = [(0, n_b, 0, rows, k0, k1) for k0, k1 in tasks.split(kg, 0, threads)]
+        sums = 1
+    else:
+        task_list = [(*task, 0, kg)
+                     for task in tasks.image_row_tasks(n_b, rows, ck * ow * x.itemsize,
+                                                       threads)]
+        sums = max(1, min(threads, len(task_list)))
+    span = max(((t[1] - t[0]) * (t[3] - t[2]) * ow for t in task_list), default=0)
     used = max(1, min(threads, len(task_list)))
-    partial = np.zeros((used, k_out, ck), dtype=x.dtype)
+    partial = np.zeros((sums, k_out, ck), dtype=x.dtype)
     with tasks.one_blas_thread():
         K._packed_weight_grad(gemm, x, gy3, groups, tuple(kernel), tuple(stride), tuple(pad),
                               tuple(dilation), tuple(out_size), tasks.task_array(task_list), used,
                               tasks.slot_rows("gemm-cols", used, ck * span, x.dtype),
                               tasks.slot_rows("gemm-grads", used, kg * span, x.dtype), partial)
-    return tasks.sum_slots(partial, used).reshape(k_out, cg, *kernel)
+    return tasks.sum_slots(partial, sums).reshape(k_out, cg, *kernel)
 
 
 def conv_transpose_forward_gemm(x, w, bias, stride, pad, dilation, groups, out_size):

@@ -114,25 +114,29 @@ def _pointwise_weight_grad(blas, x, gy, groups, tasks, threads, partial):
 @njit(**_jit)
 def _packed_weight_grad(blas, x, gy, groups, kernel, stride, pad, dilation, out_size, tasks,
                         threads, cols, grads, partial):
-    """A weight gradient by im2col and GEMM: per task ``(n0, n1, r0, r1)`` and group, pack the
-    inputs (``cols``) and the output gradient's rows (``grads``) and add their product into
-    ``partial[slot]`` of (K, cg x taps); ``gy`` of shape (N, K, positions)."""
+    """A weight gradient by im2col and GEMM: per task ``(n0, n1, r0, r1, k0, k1)`` and group,
+    pack the inputs (``cols``) and the output gradient's rows of filters ``k0 .. k1`` of the
+    group (``grads``) and add their product into the thread's partial sum of (K, cg x taps),
+    ``partial[slot]``, or into ``partial[0]`` where it holds one sum for all (tasks that split
+    the filters write apart); ``gy`` of shape (N, K, positions)."""
     k_out, ck = partial.shape[1], partial.shape[2]
     cg, kg = x.shape[1] // groups, k_out // groups
     ow = out_size[2]
     for slot in prange(threads):
-        pf = partial[slot].reshape(k_out * ck)
+        part = np.int64(slot) if partial.shape[0] > 1 else np.int64(0)
+        pf = partial[part].reshape(k_out * ck)
         for t in range(slot, tasks.shape[0], threads):
             n0, n1, r0, r1 = tasks[t, 0], tasks[t, 1], tasks[t, 2], tasks[t, 3]
+            k0, k1 = tasks[t, 4], tasks[t, 5]
             span = (n1 - n0) * (r1 - r0) * ow
             packed = cols[slot][:ck * span].reshape((ck, span))
-            rows = grads[slot][:kg * span].reshape((kg, span))
+            rows = grads[slot][:(k1 - k0) * span].reshape((k1 - k0, span))
             for g in range(groups):
                 _im2col(x, g * cg, cg, kernel, stride, pad, dilation, out_size, n0, n1, r0, r1,
                         packed)
-                _pack_rows(gy, g * kg, kg, n0, n1, r0 * ow, r1 * ow, rows)
-                _gemm(blas, NO_TRANSPOSE, TRANSPOSE, kg, ck, span, rows, span, packed, span,
-                      1.0, pf[g * kg * ck:], ck)
+                _pack_rows(gy, g * kg + k0, k1 - k0, n0, n1, r0 * ow, r1 * ow, rows)
+                _gemm(blas, NO_TRANSPOSE, TRANSPOSE, k1 - k0, ck, span, rows, span, packed,
+                      span, 1.0, pf[(g * kg + k0) * ck:], ck)
 
 
 @njit(**_jit)
