@@ -150,8 +150,7 @@ def conv_weight_grad_gemm(x, gy, stride, pad, dilation, groups, kernel):
             K._pointwise_weight_grad(gemm, x.reshape(n_b, c_in, rows * ow), gy3, groups,
                                      tasks.task_array(task_list), used, partial)
         return tasks.sum_slots(partial, used).reshape(k_out, cg, *kernel)
-    if (threads > 1 and n_b * rows * ow < threads * tasks.MIN_TASK_POSITIONS
-            and kg >= threads):
+    if tasks.splits_channels(n_b * rows * ow, kg, threads):
         # few positions: the threads split the filters, each packing the same columns, into
         # one sum, where a partial sum of the whole gradient per thread, zeroed and added,
         # was most of the call (384 -> 768 channels 3x3 at stride 2 on 7x7, batch 1: 16

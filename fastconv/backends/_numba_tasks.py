@@ -120,6 +120,12 @@ def slot_rows(role, threads, size, dtype):
 MIN_TASK_POSITIONS = 256
 
 
+def splits_channels(positions, channels, parts):
+    """Whether ``parts`` tasks over ``positions`` split the ``channels`` (output rows) instead:
+    their ranges of positions would be narrower than ``MIN_TASK_POSITIONS``."""
+    return parts > 1 and positions < parts * MIN_TASK_POSITIONS and channels >= parts
+
+
 def position_tasks(n_images, positions, channels, threads):
     """Tasks ``(n, p0, p1, k0, k1)`` of a per-image GEMM: whole images when there are enough
     for every thread, else each image's positions in ranges, or, where those would be narrower
@@ -127,7 +133,7 @@ def position_tasks(n_images, positions, channels, threads):
     512 -> 2048 1x1 layer at 7x7, batch 1: 49 positions in two tasks ran slower than one task
     on two BLAS threads.)"""
     parts = -(-threads // max(n_images, 1))
-    if parts > 1 and positions < parts * MIN_TASK_POSITIONS and channels >= parts:
+    if splits_channels(positions, channels, parts):
         return [(n, 0, positions, k0, k1) for n in range(n_images)
                 for k0, k1 in split(channels, 0, parts)]
     return [(n, p0, p1, 0, channels) for n in range(n_images)

@@ -88,7 +88,7 @@ def fits(kernel, stride, dilation, groups, c_per_group, k_per_group, n_batch, ou
         return False
     if by_filter_blocks(n_batch, k_per_group, kernel, dilation, out_size):
         return n_batch * math.prod(out_size) >= WINOGRAD_MIN_POSITIONS
-    tiles = n_batch * out_size[0] * -(-out_size[1] // 4) * -(-out_size[2] // 4)
+    tiles = n_batch * out_size[0] * math.prod(_tile_grid(out_size))
     kernel_bytes = 36 * kernel[0] * groups * c_per_group * k_per_group * itemsize
     per_channel = (WINOGRAD_TILES_PER_CHANNEL if kernel_bytes <= WINOGRAD_KERNEL_BYTES
                    else WINOGRAD_LARGE_TILES_PER_CHANNEL)
@@ -98,9 +98,14 @@ def fits(kernel, stride, dilation, groups, c_per_group, k_per_group, n_batch, ou
 def by_filter_blocks(n_batch, k_per_group, kernel, dilation, out_size):
     """Whether :func:`conv_forward_winograd` takes the call by blocks of filters (by the rules
     above: 2-D, undilated, enough filters per group a tile), else by tasks of tiles."""
-    tiles = n_batch * -(-out_size[1] // 4) * -(-out_size[2] // 4)
+    tiles = n_batch * math.prod(_tile_grid(out_size))
     return (kernel[0] == 1 and out_size[0] == 1 and tuple(dilation[1:]) == (1, 1)
             and k_per_group >= WINOGRAD_BLOCKS_FILTERS_PER_TILE * tiles)
+
+
+def _tile_grid(out_size):
+    """Rows and columns of 4x4 output tiles per output slice."""
+    return -(-out_size[1] // 4), -(-out_size[2] // 4)
 
 
 def _sparse_rows(mat, terms):
@@ -214,7 +219,7 @@ def _by_filter_blocks(x, w, bias, pad, groups, out_size):
     k_out = w.shape[0]
     cg, kg = c_in // groups, k_out // groups
     dtype = x.dtype
-    th, tw = -(-out_size[1] // 4), -(-out_size[2] // 4)
+    th, tw = _tile_grid(out_size)
     tiles = n_b * th * tw
     threads = numba.get_num_threads()
     x_copy = tasks.slot_rows("winograd-in", min(threads, n_b * th),
