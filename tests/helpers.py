@@ -45,10 +45,12 @@ NUMBA_WAYS = {
                             "numba_cpu.BLOCKED_BAND_ELEMS": 1, **_NO_WINOGRAD},
     # vectors of output channels (CPUs with AVX-512): the forward and stride-1 transposed
     "kvector": _ANY_KVECTOR,
-    # the same in chunks of one register block of positions, one input channel per block
+    # the same in chunks of one register block of positions, one input channel per block,
+    # each block skipping the taps that read only padding
     "kvector_small_tasks": {**_ANY_KVECTOR, "numba_cpu.KVECTOR_CHUNK": 1,
                             "numba_cpu.KVECTOR_WEIGHT_ELEMS": 1,
-                            "numba_cpu.KVECTOR_GRAD_SUMS_BYTES": 1},
+                            "numba_cpu.KVECTOR_GRAD_SUMS_BYTES": 1,
+                            "numba_cpu.KVECTOR_SKIP_MIN_STEPS": 0},
     # depthwise convolutions vectorised over channels, whatever their size and channel count
     "depthwise": {"numba_cpu.DEPTHWISE_MAX_POSITIONS": 10**9,
                   "numba_cpu.DEPTHWISE_MIN_CHANNELS": 1},

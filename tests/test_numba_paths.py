@@ -4,6 +4,8 @@ as one row."""
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 import pytest
@@ -536,21 +538,31 @@ KVECTOR_CASES = [*BLOCKED_CASES,
                  ((2, 36, 5, 5), (130, 18, 3, 3), {"groups": 2, "padding": 1}),
                  # rows copied channels last a vector's worth of columns x channels at a time
                  ((1, 20, 3, 41), (64, 20, 1, 3), {"padding": (0, 5), "stride": (1, 2)}),
-                 ((3, 5, 6), (33, 5, 1), {"stride": 2})]
+                 ((3, 5, 6), (33, 5, 1), {"stride": 2}),
+                 # windows wholly in the padding (their outputs the bias), and a 3-D kernel
+                 # dilated and padded on every axis, strided on one
+                 ((2, 16, 4, 5), (64, 16, 3, 3), {"padding": 3}),
+                 ((1, 16, 4, 5, 6), (64, 16, 3, 3, 3), {"padding": (2, 1, 1),
+                                                        "dilation": (1, 2, 1),
+                                                        "stride": (1, 1, 2)})]
 
 
 @pytest.mark.skipif(not _numba_lanes.WIDE_VECTORS, reason="kvector needs AVX-512")
 @pytest.mark.parametrize("tasks", ["kvector", "kvector_small_tasks"])
 @pytest.mark.parametrize("layout", ["channel_major", "tap_major"])
+@pytest.mark.parametrize("skip_padding", [True, False])
 @pytest.mark.parametrize("x_shape, w_shape, kw", KVECTOR_CASES)
-def test_kvector_kernel(x_shape, w_shape, kw, layout, tasks, dtype, rng, monkeypatch):
+def test_kvector_kernel(x_shape, w_shape, kw, skip_padding, layout, tasks, dtype, rng,
+                        monkeypatch):
     """The direct kernels vectorised over output channels, forced: forward with a bias, weight
     gradient, and the stride-1 transposed convolution (the kernel flipped, a crop here),
     against the reference; tasks over the whole batch, or chunks of one register block with
-    one input channel at a time; weight blocks laid out either way."""
+    one input channel at a time; weight blocks laid out either way; the taps that read only
+    padding skipped per block of positions, or every tap run."""
     force_numba_way(tasks, monkeypatch)
     monkeypatch.setattr(numba_cpu, "KVECTOR_CHANNEL_MAJOR_POSITIONS",
                         1 << 40 if layout == "channel_major" else -1)
+    monkeypatch.setattr(numba_cpu, "KVECTOR_SKIP_MIN_STEPS", 0 if skip_padding else math.inf)
     nd, groups, x, w, b, wt, conv, transposed = _forced_kernel_case(x_shape, w_shape, kw,
                                                                     dtype, rng)
     backward = getattr(fc, f"conv{nd}d_backward")

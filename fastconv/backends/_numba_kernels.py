@@ -56,6 +56,7 @@ from ._numba_kvector import (  # noqa: F401
     KVECTOR_POSITIONS,
     _channels_last_padded,
     _conv_forward_kvector,
+    _conv_forward_kvector_skipping,
     _conv_weight_grad_kvector,
     _grad_channels_last,
     block_filters,

@@ -9,7 +9,9 @@ until every channel and tap of a block of input channels is done.
 Any stride, dilation, padding, group count and 1-D to 3-D shape is the same loop: an output
 position is an offset into the channels-last copy, a tap another offset. Positions are
 numbered across the whole batch, so six consecutive positions may span rows and images and
-only the very last block of a task computes a few spare positions.
+only the very last block of a task computes a few spare positions. Where the padding holds
+enough of the windows, the positions are grouped six at a time by the taps that read the
+input, and each block skips the taps that read only padding.
 """
 
 from __future__ import annotations
@@ -231,32 +233,61 @@ def _store_block(sums, a, vec, s):
 
 
 @njit(cache=True, inline="always")
+def _tap_steps(xf, q, block, o_tap, tap, c0, c_end, c_pairs, c_stride, t_stride, vec, s):
+    """The steps of one tap (its input at ``o_tap`` from each position's start) over input
+    channels ``c0 .. c_end - 1`` (``c_pairs``: where the pairs end), into the register block
+    ``s``. Channels two at a time: LLVM gives each of the six inputs a pointer of its own,
+    one add a step, which the pair shares."""
+    for c in range(c0, c_pairs, 2):
+        o, wi = o_tap + c, c * c_stride + tap * t_stride
+        s = _fma_step(_elements(xf, q, o), block, wi, vec, s)
+        s = _fma_step(_elements(xf, q, o + 1), block, wi + c_stride, vec, s)
+    if c_pairs < c_end:
+        s = _fma_step(_elements(xf, q, o_tap + c_pairs), block,
+                      c_pairs * c_stride + tap * t_stride, vec, s)
+    return s
+
+
+@njit(cache=True, inline="always")
+def _first_position(p, out_size):
+    """Position ``p``'s coordinates ``(n, od, oh, ow)`` (numbered across the batch)."""
+    ow = p % out_size[2]
+    oh = (p // out_size[2]) % out_size[1]
+    od = (p // (out_size[2] * out_size[1])) % out_size[0]
+    return p // (out_size[2] * out_size[1] * out_size[0]), od, oh, ow
+
+
+@njit(cache=True, inline="always")
+def _next_position(n, od, oh, ow, out_size):
+    """The coordinates of the position after ``(n, od, oh, ow)``: stepped, not divided out
+    of its number (three divisions a position were a third of the kernel's time in thin
+    layers, WaveNet's 32 x 2 taps at batch 1)."""
+    ow += 1
+    if ow == out_size[2]:
+        ow = 0
+        oh += 1
+        if oh == out_size[1]:
+            oh = 0
+            od += 1
+            if od == out_size[0]:
+                od = 0
+                n += 1
+    return n, od, oh, ow
+
+
+@njit(cache=True, inline="always")
 def _position_starts(p_lo, last, channel, stride, out_size, shape, starts):
     """Where output positions ``p_lo``, ``p_lo + 1``, ... (numbered across the batch; past
     ``last``, ``last`` again) read their first tap's input channel ``channel`` in the
-    channels-last copy of shape ``shape``, into ``starts``. The position's coordinates are
-    stepped, not divided out of each number: three divisions a position were a third of
-    the kernel's time in thin layers (WaveNet's 32 x 2 taps at batch 1)."""
+    channels-last copy of shape ``shape``, into ``starts``."""
     _, dp_n, hp_n, wp_n, c_n = shape
-    ow = p_lo % out_size[2]
-    oh = (p_lo // out_size[2]) % out_size[1]
-    od = (p_lo // (out_size[2] * out_size[1])) % out_size[0]
-    n = p_lo // (out_size[2] * out_size[1] * out_size[0])
+    n, od, oh, ow = _first_position(p_lo, out_size)
     at = 0
     for i in range(starts.size):
         if p_lo + i <= last:
             at = ((((n * dp_n + od * stride[0]) * hp_n + oh * stride[1]) * wp_n
                    + ow * stride[2]) * c_n + channel)
-            ow += 1
-            if ow == out_size[2]:
-                ow = 0
-                oh += 1
-                if oh == out_size[1]:
-                    oh = 0
-                    od += 1
-                    if od == out_size[0]:
-                        od = 0
-                        n += 1
+            n, od, oh, ow = _next_position(n, od, oh, ow, out_size)
         starts[i] = at
 
 
@@ -269,6 +300,179 @@ def _tap_offset(tap, kernel, dilation, shape):
     rh = (tap // kernel[2]) % kernel[1]
     rd = tap // (kernel[2] * kernel[1])
     return ((rd * dilation[0] * hp_n + rh * dilation[1]) * wp_n + rw * dilation[2]) * c_n
+
+
+@njit(cache=True, inline="always")
+def _tap_range(first, dilation, k, lo, hi):
+    """The taps ``r`` (``0 <= r < k``) along one axis whose input ``first + r * dilation``
+    lies in ``[lo, hi)``, the input's place in the padded copy: ``(r0, r1)``, empty where
+    none does."""
+    r0 = 0 if first >= lo else (lo - first + dilation - 1) // dilation
+    r1 = 0 if first >= hi else min(k, (hi - first + dilation - 1) // dilation)
+    return min(r0, r1), r1
+
+
+@njit(cache=True)
+def _tap_ranges(stride, dilation, kernel, out_size, data_lo, data_hi):
+    """Per axis and output coordinate ``o``, the taps of its window that read the input (in
+    ``[data_lo, data_hi)`` of the padded copy, not the padding; :func:`_tap_range`), as a
+    number: ``r0 * (k + 1) + k - r1``, 0 for the whole kernel. ``(3, max(out_size))``."""
+    ranges = np.zeros((3, max(out_size)), dtype=np.int64)
+    for axis in range(3):
+        k = kernel[axis]
+        for o in range(out_size[axis]):
+            r0, r1 = _tap_range(o * stride[axis], dilation[axis], k, data_lo[axis],
+                                data_hi[axis])
+            ranges[axis, o] = r0 * (k + 1) + k - r1
+    return ranges
+
+
+@njit(cache=True, inline="always")
+def _position_windows(p_lo, channel, stride, kernel, out_size, shape, ranges, starts, keys):
+    """For output positions ``p_lo``, ``p_lo + 1``, ... (``keys.size`` of them, numbered
+    across the batch): where each reads its first tap's input channel ``channel`` in the
+    channels-last copy of shape ``shape`` (``starts``), and its window's taps that read the
+    input (``keys``: the numbers of
+    :func:`_tap_ranges` of its three axes, in one number that orders them lexicographically,
+    0 for the whole kernel). Returns how many positions' windows reach into the padding.
+    Coordinates are stepped, as in :func:`_position_starts`."""
+    _, dp_n, hp_n, wp_n, c_n = shape
+    span_h, span_w = (kernel[1] + 1) ** 2, (kernel[2] + 1) ** 2
+    n, od, oh, ow = _first_position(p_lo, out_size)
+    edges = 0
+    for i in range(keys.size):
+        starts[i] = ((((n * dp_n + od * stride[0]) * hp_n + oh * stride[1]) * wp_n
+                      + ow * stride[2]) * c_n + channel)
+        key = (ranges[0, od] * span_h + ranges[1, oh]) * span_w + ranges[2, ow]
+        keys[i] = key
+        edges += key != 0
+        n, od, oh, ow = _next_position(n, od, oh, ow, out_size)
+    return edges
+
+
+@njit(cache=True, inline="always")
+def _key_box(key, kernel, box):
+    """Widen ``box`` ``(d0, d1, h0, h1, w0, w1)`` to hold the taps of ``key``
+    (:func:`_position_windows`)."""
+    if key == 0:  # the whole kernel
+        box[0], box[2], box[4] = 0, 0, 0
+        box[1], box[3], box[5] = kernel
+        return
+    for axis in range(2, -1, -1):
+        k = kernel[axis]
+        part = key % ((k + 1) * (k + 1))
+        key //= (k + 1) * (k + 1)
+        box[2 * axis] = min(box[2 * axis], part // (k + 1))
+        box[2 * axis + 1] = max(box[2 * axis + 1], k - part % (k + 1))
+
+
+@njit(cache=True, inline="always")
+def _position_blocks(keys, kernel, starts, edges):
+    """Blocks of six positions with like taps (``keys``, :func:`_position_windows`; ``edges``
+    of them not the whole kernel): the positions whose windows lie inside the input in their
+    order, then the others by their taps (a stable sort, of those few only: sorting a whole
+    chunk cost thin layers a third of their time), six at a time, the last block's spare
+    places repeating its last position. ``starts`` are reordered alike. Returns
+    ``(members, runs)``: block ``b``'s positions at ``members[6 * b:6 * b + 6]``, and per
+    block the smallest box ``(d0, d1, h0, h1, w0, w1)`` of taps that holds each of its
+    positions' (the taps outside a position's own read zeros) as runs (:func:`_box_runs`)."""
+    count = keys.size
+    n_blocks = (count + KVECTOR_POSITIONS - 1) // KVECTOR_POSITIONS
+    members = np.empty(n_blocks * KVECTOR_POSITIONS, dtype=np.int64)
+    if edges:
+        inside, e = 0, count - edges
+        edge = np.empty(edges, dtype=np.int64)
+        for i in range(count):
+            if keys[i] == 0:
+                members[inside] = i
+                inside += 1
+            else:
+                edge[i - inside] = i
+        order = np.argsort(keys[edge], kind="mergesort")
+        for j in range(edges):
+            members[e + j] = edge[order[j]]
+        in_order = starts.copy()
+        for i in range(count):
+            starts[i] = in_order[members[i]]
+    else:
+        for i in range(count):
+            members[i] = i
+    for i in range(count, members.size):
+        members[i] = members[count - 1]
+        starts[i] = starts[count - 1]
+    runs = np.empty((n_blocks, 6), dtype=np.int64)
+    box = np.empty(6, dtype=np.int64)
+    for b in range(n_blocks):
+        box[0], box[2], box[4] = kernel
+        box[1] = box[3] = box[5] = 0
+        for i in range(b * KVECTOR_POSITIONS, (b + 1) * KVECTOR_POSITIONS):
+            _key_box(keys[members[i]], kernel, box)
+        _box_runs(box, kernel, runs[b])
+    return members, runs
+
+
+@njit(cache=True, inline="always")
+def _box_runs(box, kernel, runs):
+    """The box of taps ``(d0, d1, h0, h1, w0, w1)`` as runs of consecutive taps (raster
+    order), ``runs``: ``(first, slices, slice_step, rows, row_step, length)``, run ``(i,
+    j)`` from ``first + i * slice_step + j * row_step``. Whole rows make one run of a
+    slice's rows, whole slices one run of all: the whole kernel is one run, one loop over
+    the taps as where none are skipped."""
+    d0, d1, h0, h1, w0, w1 = box[0], box[1], box[2], box[3], box[4], box[5]
+    kh, kw = kernel[1], kernel[2]
+    slices, rows, length = max(0, d1 - d0), max(0, h1 - h0), max(0, w1 - w0)
+    if length == kw:
+        length, rows = rows * kw, 1
+        if length == kh * kw:
+            length, slices = slices * kh * kw, 1
+    runs[0] = (d0 * kh + h0) * kw + w0
+    runs[1], runs[2] = slices, kh * kw
+    runs[3], runs[4] = rows, kw
+    runs[5] = length
+
+
+@njit(cache=True, inline="always")
+def _forward_task(task, chunks, kblocks, chunk, total, held, blocks, wf, w_shape, groups,
+                  transposed, kb, channel_major):
+    """A forward task's share: ``(g, kblock, p_lo, p_hi, block)``, its group, block of
+    filters, positions and its thread's row of ``blocks`` holding that block of weights
+    (copied unless ``held`` says the row holds it already)."""
+    p_lo = (task % chunks) * chunk
+    kblock = (task // chunks) % kblocks
+    g = task // (chunks * kblocks)
+    thread = get_thread_id()
+    block = blocks[thread]
+    if held[thread] != g * kblocks + kblock:
+        _weight_block(wf, w_shape, groups, transposed, g, kblock, kb, channel_major, block)
+        held[thread] = g * kblocks + kblock
+    return g, kblock, p_lo, min(total, p_lo + chunk), block
+
+
+@njit(cache=True, inline="always")
+def _bias_sums(bias, at, rows, kb, like):
+    """``rows`` rows of ``kb`` sums, each starting at ``bias[at:at + kb]``."""
+    sums = _vector_scratch(rows * kb, like)
+    for p in range(rows):
+        sums[p * kb:(p + 1) * kb] = bias[at:at + kb]
+    return sums
+
+
+@njit(cache=True, inline="always")
+def _forward_out(sums, kb, vec, p_lo, p_hi, positions, k_out, k0, filters, yf):
+    """The sums of positions ``p_lo .. p_hi - 1`` (position ``p``'s at ``(p - p_lo) * kb``),
+    filters ``k0 .. k0 + filters - 1``, into ``yf`` ``(N, k_out, positions)``: image by
+    image, a vector's worth of filters at a time (each filter's positions are a contiguous
+    row of its output plane)."""
+    rows_at = np.empty(vec, dtype=np.int64)
+    p = p_lo
+    while p < p_hi:
+        n = p // positions
+        end = min(p_hi, (n + 1) * positions)
+        dst = (n * k_out + k0) * positions - n * positions  # filter kk, position q at
+        for kk in range(0, filters, vec):                   # dst + kk * positions + q
+            _sums_out(sums, kb, kk, min(vec, filters - kk), p_lo, p, end, yf,
+                      dst + kk * positions, positions, rows_at)
+        p = end
 
 
 @njit(**_jit)
@@ -287,7 +491,9 @@ def _conv_forward_kvector(xp, w, groups, transposed, bias, stride, dilation, ker
     memory and read them back: at batch 1 as long as the sums). Per output element the sum
     starts at the bias and runs over blocks of ``c_block`` input channels, in each over taps,
     then channels (fused multiply-adds); a block's weights stay in the cache while every
-    position of the chunk reads them, the sums kept in a buffer between blocks.
+    position of the chunk reads them, the sums kept in a buffer between blocks. Every block
+    of positions runs every tap (:func:`_conv_forward_kvector_skipping` skips those that
+    read only padding).
     """
     n_b = xp.shape[0]
     taps = w.shape[2]
@@ -304,60 +510,105 @@ def _conv_forward_kvector(xp, w, groups, transposed, bias, stride, dilation, ker
     xf, wf, yf = xp.reshape(xp.size), w.reshape(w.size), y.reshape(y.size)
     held = np.full(blocks.shape[0], -1, dtype=np.int64)  # the block in each thread's row
     for task in prange(groups * kblocks * chunks):
-        p_lo = (task % chunks) * chunk
-        kblock = (task // chunks) % kblocks
-        g = task // (chunks * kblocks)
-        p_hi = min(total, p_lo + chunk)
-        last = p_hi - 1
-        thread = get_thread_id()
-        block = blocks[thread]
-        if held[thread] != g * kblocks + kblock:
-            _weight_block(wf, w.shape, groups, transposed, g, kblock, kb, channel_major,
-                          block)
-            held[thread] = g * kblocks + kblock
+        g, kblock, p_lo, p_hi, block = _forward_task(task, chunks, kblocks, chunk, total, held,
+                                                     blocks, wf, w.shape, groups, transposed,
+                                                     kb, channel_major)
         tap_at = np.empty(taps, dtype=np.int64)
         for tap in range(taps):
             tap_at[tap] = _tap_offset(tap, kernel, dilation, xp.shape)
-        sums = _vector_scratch((chunk + KVECTOR_POSITIONS) * kb, y)
-        at = (g * kblocks + kblock) * kb
-        for p in range(chunk + KVECTOR_POSITIONS):  # every sum starts at its filter's bias
-            sums[p * kb:(p + 1) * kb] = bias[at:at + kb]
+        sums = _bias_sums(bias, (g * kblocks + kblock) * kb, chunk + KVECTOR_POSITIONS, kb, y)
         # where each position of the chunk starts reading (the last repeated past the end)
         starts = np.empty(p_hi - p_lo + KVECTOR_POSITIONS, dtype=np.int64)
-        _position_starts(p_lo, last, g * cg, stride, out_size, xp.shape, starts)
+        _position_starts(p_lo, p_hi - 1, g * cg, stride, out_size, xp.shape, starts)
         for c0 in range(0, cg, c_block):
             c_end = min(cg, c0 + c_block)
             c_pairs = c0 + (c_end - c0) // 2 * 2
-            for p0 in range(p_lo, p_hi, 6):
+            for p0 in range(p_lo, p_hi, KVECTOR_POSITIONS):
                 a = (p0 - p_lo) * kb
                 q = (starts[p0 - p_lo + 0], starts[p0 - p_lo + 1], starts[p0 - p_lo + 2],
                      starts[p0 - p_lo + 3], starts[p0 - p_lo + 4], starts[p0 - p_lo + 5])
                 s = _load_block(sums, a, vec)
                 for tap in range(taps):
-                    # channels two at a time: LLVM gives each of the six inputs a pointer of
-                    # its own, one add a step, which the pair shares
-                    for c in range(c0, c_pairs, 2):
-                        o, wi = tap_at[tap] + c, c * c_stride + tap * t_stride
-                        s = _fma_step(_elements(xf, q, o), block, wi, vec, s)
-                        s = _fma_step(_elements(xf, q, o + 1), block, wi + c_stride, vec, s)
-                    if c_pairs < c_end:
-                        s = _fma_step(_elements(xf, q, tap_at[tap] + c_pairs), block,
-                                      c_pairs * c_stride + tap * t_stride, vec, s)
+                    s = _tap_steps(xf, q, block, tap_at[tap], tap, c0, c_end, c_pairs,
+                                   c_stride, t_stride, vec, s)
                 _store_block(sums, a, vec, s)
-        # out image by image, a vector's worth of filters at a time (each filter's positions
-        # are a contiguous row of its output plane)
         k0 = g * kg + kblock * kb
-        filters = min(kb, (g + 1) * kg - k0)
-        rows_at = np.empty(vec, dtype=np.int64)
-        p = p_lo
-        while p < p_hi:
-            n = p // positions
-            end = min(p_hi, (n + 1) * positions)
-            dst = (n * k_out + k0) * positions - n * positions  # filter kk, position q at
-            for kk in range(0, filters, vec):                   # dst + kk * positions + q
-                _sums_out(sums, kb, kk, min(vec, filters - kk), p_lo, p, end, yf,
-                          dst + kk * positions, positions, rows_at)
-            p = end
+        _forward_out(sums, kb, vec, p_lo, p_hi, positions, k_out, k0,
+                     min(kb, (g + 1) * kg - k0), yf)
+    return y
+
+
+@njit(**_jit)
+def _conv_forward_kvector_skipping(xp, w, groups, transposed, bias, stride, dilation, kernel,
+                                   out_size, data_lo, data_hi, chunk, c_block, channel_major,
+                                   blocks, y):
+    """:func:`_conv_forward_kvector`, each register block of six positions running only the
+    taps that read the input for one of them (``[data_lo, data_hi)`` per axis of the copy),
+    as oneDNN's direct kernels leave the padding out: the chunk's positions whose windows
+    lie inside the input first, in their order, then the others sorted by their windows'
+    taps (:func:`_position_blocks`), their sums in that order and put back after. (A kernel
+    of its own: in one kernel with the loop over every tap, that loop ran 2-5% slower on
+    thin layers, WaveNet's and M5's conv2.)"""
+    n_b = xp.shape[0]
+    taps = w.shape[2]
+    k_out = y.shape[1]
+    kg = k_out // groups
+    cg = w.shape[0] // groups if transposed else w.shape[1]
+    vec = _vcount(y)
+    kb = KVECTOR_VECTORS * vec
+    kblocks = (kg + kb - 1) // kb
+    c_stride, t_stride = _block_strides(cg, taps, kb, channel_major)
+    positions = out_size[0] * out_size[1] * out_size[2]
+    total = n_b * positions
+    chunks = (total + chunk - 1) // chunk
+    xf, wf, yf = xp.reshape(xp.size), w.reshape(w.size), y.reshape(y.size)
+    held = np.full(blocks.shape[0], -1, dtype=np.int64)
+    ranges = _tap_ranges(stride, dilation, kernel, out_size, data_lo, data_hi)
+    for task in prange(groups * kblocks * chunks):
+        g, kblock, p_lo, p_hi, block = _forward_task(task, chunks, kblocks, chunk, total, held,
+                                                     blocks, wf, w.shape, groups, transposed,
+                                                     kb, channel_major)
+        tap_at = np.empty(taps, dtype=np.int64)
+        for tap in range(taps):
+            tap_at[tap] = _tap_offset(tap, kernel, dilation, xp.shape)
+        sums = _bias_sums(bias, (g * kblocks + kblock) * kb, chunk + KVECTOR_POSITIONS, kb, y)
+        # where each position of the chunk starts reading and the taps that read its input;
+        # the positions in blocks of six with like taps, their sums in the blocks' order
+        n_pos = p_hi - p_lo
+        ordered = np.empty(n_pos + KVECTOR_POSITIONS, dtype=np.int64)
+        keys = np.empty(n_pos, dtype=np.int64)
+        edges = _position_windows(p_lo, g * cg, stride, kernel, out_size, xp.shape, ranges,
+                                  ordered, keys)
+        members, block_runs = _position_blocks(keys, kernel, ordered, edges)
+        for c0 in range(0, cg, c_block):
+            c_end = min(cg, c0 + c_block)
+            c_pairs = c0 + (c_end - c0) // 2 * 2
+            for b in range(block_runs.shape[0]):
+                i = b * KVECTOR_POSITIONS
+                q = (ordered[i], ordered[i + 1], ordered[i + 2], ordered[i + 3],
+                     ordered[i + 4], ordered[i + 5])
+                s = _load_block(sums, i * kb, vec)
+                # only the block's box of taps: the others read the padding's zeros for each
+                # of its positions (3x3 kernels on 7x7 images with padding 1: 18% of the
+                # multiply-adds)
+                first, slices, slice_step = (block_runs[b, 0], block_runs[b, 1],
+                                             block_runs[b, 2])
+                rows, row_step, length = block_runs[b, 3], block_runs[b, 4], block_runs[b, 5]
+                for i_d in range(slices):
+                    for i_h in range(rows):
+                        run = first + i_d * slice_step + i_h * row_step
+                        for tap in range(run, run + length):
+                            s = _tap_steps(xf, q, block, tap_at[tap], tap, c0, c_end,
+                                           c_pairs, c_stride, t_stride, vec, s)
+                _store_block(sums, i * kb, vec, s)
+        if edges:  # the sums back in the positions' order
+            blocked = sums
+            sums = _vector_scratch((chunk + KVECTOR_POSITIONS) * kb, y)
+            for i in range(n_pos):
+                sums[members[i] * kb:(members[i] + 1) * kb] = blocked[i * kb:(i + 1) * kb]
+        k0 = g * kg + kblock * kb
+        _forward_out(sums, kb, vec, p_lo, p_hi, positions, k_out, k0,
+                     min(kb, (g + 1) * kg - k0), yf)
     return y
 
 
