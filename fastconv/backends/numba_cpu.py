@@ -678,10 +678,12 @@ def _depth_padded_share(in_size, kernel, stride, pad_lo, dilation, out_size):
                          out_size[:1])
 
 
+@functools.lru_cache(maxsize=4096)
 def _padded_share(in_size, kernel, stride, pad_lo, dilation, out_size):
     """The share of a convolution's (output position, tap) pairs that read padding: per axis
     and tap, the outputs ``i`` with ``0 <= i * s + r * d - p < n`` are a range. (No outputs:
-    no share.)"""
+    no share.) Kept per geometry: `kvector`'s forward asks on every call, and a loop over
+    the taps in Python cost a call 2-10 us."""
     if 0 in out_size:
         return 0.0
     inside = 1.0
