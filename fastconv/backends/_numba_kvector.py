@@ -332,10 +332,9 @@ def _position_windows(p_lo, channel, stride, kernel, out_size, shape, ranges, st
     """For output positions ``p_lo``, ``p_lo + 1``, ... (``keys.size`` of them, numbered
     across the batch): where each reads its first tap's input channel ``channel`` in the
     channels-last copy of shape ``shape`` (``starts``), and its window's taps that read the
-    input (``keys``: the numbers of
-    :func:`_tap_ranges` of its three axes, in one number that orders them lexicographically,
-    0 for the whole kernel). Returns how many positions' windows reach into the padding.
-    Coordinates are stepped, as in :func:`_position_starts`."""
+    input (``keys``: the numbers of :func:`_tap_ranges` of its three axes, in one number
+    that orders them lexicographically, 0 for the whole kernel). Returns how many positions'
+    windows reach into the padding. Coordinates are stepped, as in :func:`_position_starts`."""
     _, dp_n, hp_n, wp_n, c_n = shape
     span_h, span_w = (kernel[1] + 1) ** 2, (kernel[2] + 1) ** 2
     n, od, oh, ow = _first_position(p_lo, out_size)
@@ -400,7 +399,7 @@ def _position_blocks(keys, kernel, starts, edges):
     for i in range(count, members.size):
         members[i] = members[count - 1]
         starts[i] = starts[count - 1]
-    runs = np.empty((n_blocks, 6), dtype=np.int64)
+    runs = np.empty((n_blocks, 4), dtype=np.int64)
     box = np.empty(6, dtype=np.int64)
     for b in range(n_blocks):
         box[0], box[2], box[4] = kernel
@@ -414,10 +413,9 @@ def _position_blocks(keys, kernel, starts, edges):
 @njit(cache=True, inline="always")
 def _box_runs(box, kernel, runs):
     """The box of taps ``(d0, d1, h0, h1, w0, w1)`` as runs of consecutive taps (raster
-    order), ``runs``: ``(first, slices, slice_step, rows, row_step, length)``, run ``(i,
-    j)`` from ``first + i * slice_step + j * row_step``. Whole rows make one run of a
-    slice's rows, whole slices one run of all: the whole kernel is one run, one loop over
-    the taps as where none are skipped."""
+    order), ``runs``: ``(first, slices, rows, length)``, run ``(i, j)`` from ``first + i * kh
+    * kw + j * kw``. Whole rows make one run of a slice's rows, whole slices one run of all:
+    the whole kernel is one run, one loop over the taps as where none are skipped."""
     d0, d1, h0, h1, w0, w1 = box[0], box[1], box[2], box[3], box[4], box[5]
     kh, kw = kernel[1], kernel[2]
     slices, rows, length = max(0, d1 - d0), max(0, h1 - h0), max(0, w1 - w0)
@@ -426,9 +424,32 @@ def _box_runs(box, kernel, runs):
         if length == kh * kw:
             length, slices = slices * kh * kw, 1
     runs[0] = (d0 * kh + h0) * kw + w0
-    runs[1], runs[2] = slices, kh * kw
-    runs[3], runs[4] = rows, kw
-    runs[5] = length
+    runs[1], runs[2], runs[3] = slices, rows, length
+
+
+@njit(cache=True, inline="always")
+def _forward_geometry(xp, w, y, groups, transposed, out_size, chunk):
+    """The forward kernels' sizes: ``(taps, k_out, kg, cg, kb, kblocks, positions, total,
+    chunks)``, ``kb`` filters a block, ``total`` positions in the batch in ``chunks`` chunks
+    of ``chunk``."""
+    taps = w.shape[2]
+    k_out = y.shape[1]
+    kg = k_out // groups
+    cg = w.shape[0] // groups if transposed else w.shape[1]
+    kb = KVECTOR_VECTORS * _vcount(y)
+    positions = out_size[0] * out_size[1] * out_size[2]
+    total = xp.shape[0] * positions
+    return (taps, k_out, kg, cg, kb, (kg + kb - 1) // kb, positions, total,
+            (total + chunk - 1) // chunk)
+
+
+@njit(cache=True, inline="always")
+def _tap_offsets(taps, kernel, dilation, shape):
+    """:func:`_tap_offset` of every tap, once a call (the tasks share them)."""
+    tap_at = np.empty(taps, dtype=np.int64)
+    for tap in range(taps):
+        tap_at[tap] = _tap_offset(tap, kernel, dilation, shape)
+    return tap_at
 
 
 @njit(cache=True, inline="always")
@@ -495,27 +516,17 @@ def _conv_forward_kvector(xp, w, groups, transposed, bias, stride, dilation, ker
     of positions runs every tap (:func:`_conv_forward_kvector_skipping` skips those that
     read only padding).
     """
-    n_b = xp.shape[0]
-    taps = w.shape[2]
-    k_out = y.shape[1]
-    kg = k_out // groups
-    cg = w.shape[0] // groups if transposed else w.shape[1]
+    taps, k_out, kg, cg, kb, kblocks, positions, total, chunks = _forward_geometry(
+        xp, w, y, groups, transposed, out_size, chunk)
     vec = _vcount(y)  # a compile-time constant (an array's itemsize is read at run time)
-    kb = KVECTOR_VECTORS * vec
-    kblocks = (kg + kb - 1) // kb
     c_stride, t_stride = _block_strides(cg, taps, kb, channel_major)
-    positions = out_size[0] * out_size[1] * out_size[2]
-    total = n_b * positions
-    chunks = (total + chunk - 1) // chunk
     xf, wf, yf = xp.reshape(xp.size), w.reshape(w.size), y.reshape(y.size)
     held = np.full(blocks.shape[0], -1, dtype=np.int64)  # the block in each thread's row
+    tap_at = _tap_offsets(taps, kernel, dilation, xp.shape)
     for task in prange(groups * kblocks * chunks):
         g, kblock, p_lo, p_hi, block = _forward_task(task, chunks, kblocks, chunk, total, held,
                                                      blocks, wf, w.shape, groups, transposed,
                                                      kb, channel_major)
-        tap_at = np.empty(taps, dtype=np.int64)
-        for tap in range(taps):
-            tap_at[tap] = _tap_offset(tap, kernel, dilation, xp.shape)
         sums = _bias_sums(bias, (g * kblocks + kblock) * kb, chunk + KVECTOR_POSITIONS, kb, y)
         # where each position of the chunk starts reading (the last repeated past the end)
         starts = np.empty(p_hi - p_lo + KVECTOR_POSITIONS, dtype=np.int64)
@@ -549,28 +560,18 @@ def _conv_forward_kvector_skipping(xp, w, groups, transposed, bias, stride, dila
     taps (:func:`_position_blocks`), their sums in that order and put back after. (A kernel
     of its own: in one kernel with the loop over every tap, that loop ran 2-5% slower on
     thin layers, WaveNet's and M5's conv2.)"""
-    n_b = xp.shape[0]
-    taps = w.shape[2]
-    k_out = y.shape[1]
-    kg = k_out // groups
-    cg = w.shape[0] // groups if transposed else w.shape[1]
-    vec = _vcount(y)
-    kb = KVECTOR_VECTORS * vec
-    kblocks = (kg + kb - 1) // kb
+    taps, k_out, kg, cg, kb, kblocks, positions, total, chunks = _forward_geometry(
+        xp, w, y, groups, transposed, out_size, chunk)
+    vec = _vcount(y)  # a compile-time constant (an array's itemsize is read at run time)
     c_stride, t_stride = _block_strides(cg, taps, kb, channel_major)
-    positions = out_size[0] * out_size[1] * out_size[2]
-    total = n_b * positions
-    chunks = (total + chunk - 1) // chunk
     xf, wf, yf = xp.reshape(xp.size), w.reshape(w.size), y.reshape(y.size)
-    held = np.full(blocks.shape[0], -1, dtype=np.int64)
+    held = np.full(blocks.shape[0], -1, dtype=np.int64)  # the block in each thread's row
+    tap_at = _tap_offsets(taps, kernel, dilation, xp.shape)
     ranges = _tap_ranges(stride, dilation, kernel, out_size, data_lo, data_hi)
     for task in prange(groups * kblocks * chunks):
         g, kblock, p_lo, p_hi, block = _forward_task(task, chunks, kblocks, chunk, total, held,
                                                      blocks, wf, w.shape, groups, transposed,
                                                      kb, channel_major)
-        tap_at = np.empty(taps, dtype=np.int64)
-        for tap in range(taps):
-            tap_at[tap] = _tap_offset(tap, kernel, dilation, xp.shape)
         sums = _bias_sums(bias, (g * kblocks + kblock) * kb, chunk + KVECTOR_POSITIONS, kb, y)
         # where each position of the chunk starts reading and the taps that read its input;
         # the positions in blocks of six with like taps, their sums in the blocks' order
@@ -591,12 +592,11 @@ def _conv_forward_kvector_skipping(xp, w, groups, transposed, bias, stride, dila
                 # only the block's box of taps: the others read the padding's zeros for each
                 # of its positions (3x3 kernels on 7x7 images with padding 1: 18% of the
                 # multiply-adds)
-                first, slices, slice_step = (block_runs[b, 0], block_runs[b, 1],
-                                             block_runs[b, 2])
-                rows, row_step, length = block_runs[b, 3], block_runs[b, 4], block_runs[b, 5]
+                first, slices = block_runs[b, 0], block_runs[b, 1]
+                rows, length = block_runs[b, 2], block_runs[b, 3]
                 for i_d in range(slices):
                     for i_h in range(rows):
-                        run = first + i_d * slice_step + i_h * row_step
+                        run = first + (i_d * kernel[1] + i_h) * kernel[2]
                         for tap in range(run, run + length):
                             s = _tap_steps(xf, q, block, tap_at[tap], tap, c0, c_end,
                                            c_pairs, c_stride, t_stride, vec, s)
