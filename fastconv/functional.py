@@ -17,6 +17,7 @@ weights ``(C_out, C_in // groups, *kernel)``, transposed-conv weights
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -115,15 +116,22 @@ def _conv_backward(fn, nd, grad_output, x, weight, stride, padding, dilation, gr
     w5 = _to5d(weight, nd)
     x5, pad_lo = _padded_input(_to5d(x, nd, spec.batched), spec)
     gx = None
-    if input_grad:
-        gx = be.conv_transpose_forward(gy, w5, spec.stride, pad_lo, spec.dilation,
-                                       spec.groups, x5.shape[2:])
-        if spec.padding_mode != "zeros":
-            gx = pad_backward(gx, spec.padding, spec.padding_mode)
-        gx = _from5d(gx, nd, spec.batched)
-    gw = be.conv_weight_grad(x5, gy, spec.stride, pad_lo, spec.dilation, spec.groups,
-                             spec.kernel)
+    with _one_copy_of(be, gy):  # both gradients read grad_output
+        if input_grad:
+            gx = be.conv_transpose_forward(gy, w5, spec.stride, pad_lo, spec.dilation,
+                                           spec.groups, x5.shape[2:])
+            if spec.padding_mode != "zeros":
+                gx = pad_backward(gx, spec.padding, spec.padding_mode)
+            gx = _from5d(gx, nd, spec.batched)
+        gw = be.conv_weight_grad(x5, gy, spec.stride, pad_lo, spec.dilation, spec.groups,
+                                 spec.kernel)
     return gx, gw.reshape(weight.shape), be.bias_grad(gy)
+
+
+def _one_copy_of(be, array):
+    """The backend's block within which its calls copy ``array`` into a layout of theirs
+    once, where it has one (``numba``: the grouped kernels' copies)."""
+    return getattr(be, "one_copy_of", contextlib.nullcontext)(array)
 
 
 def _conv_transpose(fn, nd, x, weight, bias, stride, padding, output_padding, groups, dilation):
@@ -152,10 +160,11 @@ def _conv_transpose_backward(fn, nd, grad_output, x, weight, stride, padding, ou
                         x.dtype)
     gy = _to5d(grad_output, nd, spec.batched)
     x5, w5 = _to5d(x, nd, spec.batched), _to5d(weight, nd)
-    gx = be.conv_forward(gy, w5, spec.stride, spec.pad_lo, spec.dilation, spec.groups,
-                         spec.in_size)
-    gw = be.conv_weight_grad(gy, x5, spec.stride, spec.pad_lo, spec.dilation, spec.groups,
-                             spec.kernel)
+    with _one_copy_of(be, gy):  # both gradients read grad_output
+        gx = be.conv_forward(gy, w5, spec.stride, spec.pad_lo, spec.dilation, spec.groups,
+                             spec.in_size)
+        gw = be.conv_weight_grad(gy, x5, spec.stride, spec.pad_lo, spec.dilation,
+                                 spec.groups, spec.kernel)
     return _from5d(gx, nd, spec.batched), gw.reshape(weight.shape), be.bias_grad(gy)
 
 

@@ -283,6 +283,44 @@ def test_phases_by_grouped_share_one_copy(k, s, p, d, op, dtype, rng, monkeypatc
     assert roles.count("grouped shared input") == sharing, roles
 
 
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_grouped_backward_copies_grad_output_once(input_grad, dtype, rng, monkeypatch):
+    """A convolution's backward by ``grouped`` copies the output gradient once: the input
+    gradient pads it, the weight gradient reads it from there (or, alone, copies it as it
+    needs); a transposed convolution's backward likewise shares it, its input there. The
+    numbers are the reference's."""
+    if numba_cpu._grouped_fits(16, 2, 3, np.dtype(dtype).itemsize) is None:
+        pytest.skip("grouped needs AVX-512")
+    force_numba_way("grouped", monkeypatch)
+    roles = []
+    copy = numba_cpu._grouped_copy
+    monkeypatch.setattr(numba_cpu, "_grouped_copy",
+                        lambda *a: roles.append(a[-1]) or copy(*a))
+    x = randn(rng, (2, 32, 6, 5), dtype)
+    w = randn(rng, (48, 2, 3, 2), dtype)
+    kw = {"padding": (1, 1), "dilation": (2, 1), "groups": 16}
+    gy = randn(rng, fc.conv_output_shape(x.shape, w.shape, **kw), dtype)
+    wt = randn(rng, (32, 3, 3, 2), dtype)
+    tkw = {"padding": 1, "groups": 16}
+    gyt = randn(rng, fc.conv_transpose_output_shape(x.shape, wt.shape, **tkw), dtype)
+
+    def run():
+        return [*fc.conv2d_backward(gy, x, w, input_grad=input_grad, **kw)[:2],
+                *fc.conv_transpose2d_backward(gyt, x, wt, **tkw)[:2]]
+
+    with fc.use_backend("numpy"):
+        expected = run()
+    with fc.use_backend("numba"), numba_cpu.trace_ways() as ways:
+        got = run()
+    assert ways == ["grouped"] * (4 if input_grad else 3), ways
+    assert roles == (["grouped shared input", "grouped input"] if input_grad else
+                     ["grouped input", "grouped shared input"]) + [
+        "grouped shared input", "grouped gradient"], roles
+    for a, e, what in zip(got, expected, ["gx", "gw", "gxt", "gwt"]):
+        if a is not None:
+            assert_close(a, e, dtype, what)
+
+
 def test_phases_rule():
     """The phases of a stride-2 input gradient with deep groups go to ``grouped``, so it goes
     by phases (ResNeXt's layer4.0 at batch 16); ResNet's and a depthwise one keep packing and

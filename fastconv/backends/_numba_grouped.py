@@ -10,7 +10,8 @@ order per filter. The register block is six output positions x four filters of t
 a vector of groups: per step of the sum (one channel at one tap) six input vectors and four
 weight vectors meet in 24 fused multiply-adds, lane by lane, no broadcast. The weight gradient
 runs the same block over (six channels x four filters) per tap, its sums over every position
-of the batch.
+of the batch, on the output gradient copied the same way (filters in place of channels): the
+copy the input gradient reads, padded, where it made one.
 
 Any stride, dilation, padding and 1-D to 3-D shape is the same loop: an output position is
 an offset into the copy, a tap another offset (:func:`._numba_kvector._tap_offset`).
@@ -35,16 +36,13 @@ from ._numba_kvector import (
     _tap_offset,
     _vectors,
 )
-from ._numba_simd import VECTOR_BYTES, _copy_transposed, _vector_scratch, _vtranspose
+from ._numba_simd import VECTOR_BYTES, _vector_scratch, _vtranspose
 
 # The register block: output positions (or, in the weight gradient, input channels) x
 # filters, each entry one vector of groups; kvector's block shape, whose loads and stores
 # (_load_block, _store_block) it shares.
 GROUPED_POSITIONS = KVECTOR_POSITIONS
 GROUPED_FILTERS = KVECTOR_VECTORS
-# Positions per task of the gradient's copy (one cache line of each filter's plane, and a
-# vector's worth for the float32 squares).
-_TILE = 16
 # Positions (whole rows of the plane) per task of the input's copy: a few squares each.
 _BAND_POSITIONS = 64
 
@@ -277,46 +275,16 @@ def _conv_forward_grouped(xp, origin, wg, bias, stride, dilation, kernel, groups
 
 
 @njit(**_jit)
-def _grad_groups_last(gy, groups, kg, gyg):
-    """``gy`` ``(N, groups * kg, OD, OH, OW)`` into ``gyg`` ``(gblocks, N * positions,
-    width)``, ``width`` at least ``kg`` rounded up to whole blocks of ``F`` filters times
-    ``vec``: per vector of groups and position, filter ``k`` of group ``lane`` at
-    ``k * vec + lane`` (zeros past the last group and filter)."""
-    n_b, k_out = gy.shape[:2]
-    positions = gy.size // max(1, n_b * k_out)
-    gblocks, _, width = gyg.shape
-    vec = VECTOR_BYTES // gy.itemsize
-    gf = gy.reshape(gy.size)
-    tiles = (positions + _TILE - 1) // _TILE
-    for task in prange(n_b * gblocks * tiles):
-        at = np.empty(vec, dtype=np.int64)
-        p0 = (task % tiles) * _TILE
-        gb = (task // tiles) % gblocks
-        n = task // (tiles * gblocks)
-        p1 = min(positions, p0 + _TILE)
-        rows = gyg[gb, n * positions:(n + 1) * positions].reshape(positions * width)
-        lanes = min(vec, groups - gb * vec)
-        if lanes < vec or kg * vec < width:  # zero filters or groups past the last
-            for p in range(p0, p1):
-                rows[p * width:(p + 1) * width] = 0
-        # a tile of positions at a time: its rows stay in the L1 cache while every filter's
-        # values are scattered into them (a filter's whole plane at a time: 2.1 -> 0.7 ms);
-        # per filter, group lane's position p at rows[p * width + k * vec + lane]
-        for k in range(kg):
-            _copy_transposed(gf, (n * k_out + gb * vec * kg + k) * positions + p0,
-                             kg * positions, rows, p0 * width + k * vec, width, lanes, p1 - p0,
-                             at)
-    return gyg
-
-
-@njit(**_jit)
-def _conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg, out_size,
-                              chunk, parts, gw):
-    """The weight gradient from the groups-last copy ``xp`` of the input
-    (:func:`_groups_last_padded`; at least ``GROUPED_POSITIONS`` vectors readable past its
-    last position) and ``gyg`` (:func:`_grad_groups_last`), into ``gw`` ``(P, groups * kg,
-    cg, taps)``: one partial sum per range of positions, ``P`` of them, for the caller to add
-    in order.
+def _conv_weight_grad_grouped(xp, origin, gyp, g_origin, stride, dilation, kernel, groups, cg,
+                              kg, out_size, chunk, parts, gw):
+    """The weight gradient from groups-last copies (:func:`_groups_last_padded`) of the input,
+    ``xp``, and of the output gradient, ``gyp``, read from elements ``origin`` and
+    ``g_origin`` of each vector of groups' copy on (copies shared with the input gradient's
+    convolution, or their own), into ``gw`` ``(P, groups * kg, cg, taps)``: one partial sum
+    per range of positions, ``P`` of them, for the caller to add in order. Past their last
+    position, ``xp`` holds ``GROUPED_POSITIONS`` vectors and ``gyp`` ``GROUPED_FILTERS``
+    readable (a block of six channels, or four filters, past a group's last reads them, and
+    drops its sums).
 
     A task is one vector of groups, one of ``parts`` ranges of channels and one of the ``P``
     ranges of the batch's positions; it runs over the range's positions in order, in chunks
@@ -330,14 +298,14 @@ def _conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg,
     taps = kernel[0] * kernel[1] * kernel[2]
     shape = xp.shape[1:]  # one vector of groups' copy
     total = xp.shape[1] * out_size[0] * out_size[1] * out_size[2]
-    gblocks, _, width = gyg.shape
+    gblocks = gyp.shape[0]
     vec = VECTOR_BYTES // xp.itemsize
     f_n = GROUPED_FILTERS
     kb = f_n * vec
     kblocks = (kg + f_n - 1) // f_n
     cblocks = (cg + GROUPED_POSITIONS - 1) // GROUPED_POSITIONS
     xf = xp.reshape(xp.size)
-    gf = gyg.reshape(gyg.size)
+    gf = gyp.reshape(gyp.size)
     gwf = gw.reshape(gw.size)
     ranges = gw.shape[0]
     for task in prange(gblocks * parts * ranges):
@@ -346,6 +314,7 @@ def _conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg,
                                                            total)
         out = at_range * gw[0].size
         starts = np.empty(chunk, dtype=np.int64)
+        g_starts = np.empty(chunk, dtype=np.int64)  # where each position's gradient starts
         tap_at = np.empty(taps, dtype=np.int64)
         for tap in range(taps):
             tap_at[tap] = _tap_offset(tap, kernel, dilation, shape)
@@ -357,8 +326,10 @@ def _conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg,
         sums[:] = 0
         for q0 in range(q_lo, q_hi, chunk):
             q1 = min(q_hi, q0 + chunk)
-            _position_starts(q0, q1 - 1, gb * xp[0].size, stride, out_size, shape,
+            _position_starts(q0, q1 - 1, gb * xp[0].size + origin, stride, out_size, shape,
                              starts[:q1 - q0])
+            _position_starts(q0, q1 - 1, gb * gyp[0].size + g_origin, (1, 1, 1), out_size,
+                             gyp.shape[1:], g_starts[:q1 - q0])
             # (block of filters, block of channels, tap) as one loop: nested three deep,
             # LLVM shuffled the 24 sums between registers on every position (2.3 against
             # 1.9 ms for ResNeXt's 16 x 16 filters at 14x14, batch 16)
@@ -367,14 +338,14 @@ def _conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg,
                 kblock = step // block_steps
                 cblock = cb0 + (step // taps) % (cb1 - cb0)
                 tap = step % taps
-                g_at = gb * total * width + kblock * kb
+                g_at = kblock * kb
                 c0 = cblock * GROUPED_POSITIONS * vec + tap_at[tap]
                 a = kblock * block_sums + tap * tap_sums + (cblock - cb0) * GROUPED_POSITIONS * kb
                 s = _load_block(sums, a, vec)
                 for q in range(q0, q1):  # six consecutive channels x four filters
                     s = _fma_step(_vectors(xf, (0, vec, 2 * vec, 3 * vec, 4 * vec, 5 * vec),
                                            starts[q - q0] + c0),
-                                  gf, q * width + g_at, vec, s)
+                                  gf, g_starts[q - q0] + g_at, vec, s)
                 _store_block(sums, a, vec, s)
         for kblock in range(kblocks):
             for lane in range(min(vec, groups - gb * vec)):

@@ -47,7 +47,6 @@ from ._numba_grouped import (  # noqa: F401
     GROUPED_POSITIONS,
     _conv_forward_grouped,
     _conv_weight_grad_grouped,
-    _grad_groups_last,
     _group_weights,
     _groups_last_padded,
     group_vector,

@@ -517,8 +517,8 @@ def _unaligned_width(width, itemsize):
 def _grouped_copy(x, pad, groups, extent, role):
     """``x`` copied groups last (:func:`K._groups_last_padded`), shifted by ``pad`` into
     ``extent`` per spatial axis, 64-byte aligned, with a register block's worth of channel
-    vectors of zeros past its end (a block of six channels past a group's last, in the weight
-    gradient, reads and drops them); kept in the workspace ``role``."""
+    vectors of zeros past its end (a block of six channels past a group's last, or of four
+    filters, in the weight gradient, reads and drops them); kept in the workspace ``role``."""
     n_b, c_in = x.shape[:2]
     vec = K.group_vector(x.itemsize)
     width = _unaligned_width(c_in // groups * vec, x.itemsize)
@@ -529,43 +529,64 @@ def _grouped_copy(x, pad, groups, extent, role):
                                  flat[:size].reshape(-(-groups // vec), n_b, *extent, width))
 
 
-# Within `_one_grouped_copy`, the grouped calls on one input read one copy of it: a strided
-# transposed convolution's phases (_numba_phases) each copied the same input, padded a little
-# differently (ResNeXt's 32 x 32 at stride 2, batch 16: its backward's copies into the
-# groups-last layout, the input's for the weight gradient and the four of the output
-# gradient, 2.96 -> 2.12 ms with one copy for the phases; the input gradient 7.7-8.1 -> 7.0-7.4
-# ms). Holds [input, padding, extent, the copy or None before its first use].
+# Within `_one_grouped_copy`, the grouped calls on one array read one copy of it:
+# - a strided transposed convolution's phases (_numba_phases) each copied the same input,
+#   padded a little differently (ResNeXt's 32 x 32 at stride 2, batch 16: its backward's
+#   copies into the groups-last layout, the input's for the weight gradient and the four of
+#   the output gradient, 2.96 -> 2.12 ms with one copy for the phases; the input gradient
+#   7.7-8.1 -> 7.0-7.4 ms);
+# - a convolution's backward (`one_copy_of`) copied the output gradient twice, padded for the
+#   input gradient and again for the weight gradient.
+# Holds [array, padding, extent, the copy or None before its first use, its workspace]; the
+# padding and extent None until a call or an inner block sets them.
 _shared_grouped_input = contextvars.ContextVar("fastconv_grouped_input", default=None)
 
 
 @contextlib.contextmanager
-def _one_grouped_copy(x, pad, extent):
+def _one_grouped_copy(x, pad=None, extent=None):
     """Within the block, :func:`_grouped_input` reads ``x`` from one groups-last copy, padded
-    by ``pad`` into ``extent``, wherever that holds what the call reads."""
-    token = _shared_grouped_input.set([x, pad, extent, None])
+    by ``pad`` into ``extent`` (or, left None, as the first call that copies it needs),
+    wherever that holds what the call reads. Within a block for ``x`` whose padding is not
+    set yet, the inner block sets it, and the outer block's later calls read that copy."""
+    shared = _shared_grouped_input.get()
+    if shared is not None and shared[0] is x and shared[1] is None and pad is not None:
+        shared[1:3] = pad, extent
+        yield
+        return
+    # a block within another for a different array: a workspace of its own
+    role = "grouped shared input" if shared is None else shared[4] + "'"
+    token = _shared_grouped_input.set([x, pad, extent, None, role])
     try:
         yield
     finally:
         _shared_grouped_input.reset(token)
 
 
-def _grouped_input(x, pad, groups, stride, dilation, kernel, out_size):
+def one_copy_of(array):
+    """A block within which this backend's calls copy ``array`` into a layout of theirs once
+    (a convolution's backward: the input gradient and the weight gradient copy the output
+    gradient alike)."""
+    return _one_grouped_copy(array)
+
+
+def _grouped_input(x, pad, groups, stride, dilation, kernel, out_size, role="grouped input"):
     """``(copy, origin)``: ``x`` groups last (:func:`_grouped_copy`), padded by ``pad`` to what
     ``out_size`` positions read, from element ``origin`` of each vector of groups' copy on:
     the copy :func:`_one_grouped_copy` shares where it holds those reads, else one of its
-    own."""
+    own, in the workspace ``role``."""
     extent = _read_extent(kernel, stride, dilation, out_size)
     shared = _shared_grouped_input.get()
     if shared is not None and shared[0] is x:
-        _, s_pad, s_extent, copy = shared
+        if shared[1] is None:  # the first call to copy it: as it needs
+            shared[1:3] = pad, extent
+        _, s_pad, s_extent, copy, s_role = shared
         shift = [s - p for s, p in zip(s_pad, pad)]
         if all(0 <= d and d + e <= s for d, e, s in zip(shift, extent, s_extent)):
             if copy is None:
-                copy = shared[3] = _grouped_copy(x, s_pad, groups, s_extent,
-                                                 "grouped shared input")
+                copy = shared[3] = _grouped_copy(x, s_pad, groups, s_extent, s_role)
             _, _, _, hp_n, wp_n, width = copy.shape
             return copy, ((shift[0] * hp_n + shift[1]) * wp_n + shift[2]) * width
-    return _grouped_copy(x, pad, groups, extent, "grouped input"), 0
+    return _grouped_copy(x, pad, groups, extent, role), 0
 
 
 def _grouped_conv(x, w, bias, stride, pad, dilation, groups, out_size, transposed=False):
@@ -599,27 +620,24 @@ def _grouped_conv(x, w, bias, stride, pad, dilation, groups, out_size, transpose
 
 
 def _grouped_weight_grad(x, gy, stride, pad, dilation, groups, kernel):
-    """:func:`K._conv_weight_grad_grouped` on groups-last copies of ``x`` and ``gy``, the
-    work cut by :func:`_weight_grad_split`."""
+    """:func:`K._conv_weight_grad_grouped` on groups-last copies of ``x`` and ``gy`` (each
+    one shared within :func:`one_copy_of`), the work cut by :func:`_weight_grad_split`."""
     n_b, c_in = x.shape[:2]
     k_out, out_size = gy.shape[1], gy.shape[2:]
     cg, kg, taps = c_in // groups, k_out // groups, math.prod(kernel)
     vec, f_n = K.group_vector(x.itemsize), K.GROUPED_FILTERS
     gblocks, kblocks = -(-groups // vec), -(-kg // f_n)
-    xp = _grouped_copy(x, pad, groups, _read_extent(kernel, stride, dilation, out_size),
-                       "grouped input")
-    width = _unaligned_width(kblocks * f_n * vec, x.itemsize)
-    gyg = K._grad_groups_last(gy, groups, kg,
-                              tasks.workspace("grouped gradient",
-                                              gblocks * n_b * math.prod(out_size) * width,
-                                              x.dtype).reshape(gblocks, -1, width))
+    xp, origin = _grouped_input(x, pad, groups, stride, dilation, kernel, out_size)
+    ones = (1, 1, 1)
+    gyp, g_origin = _grouped_input(gy, (0, 0, 0), groups, ones, ones, ones, out_size,
+                                   "grouped gradient")
     cblocks = -(-cg // K.GROUPED_POSITIONS)
     # a task's sums: every block of filters, tap and channel (x a vector of groups)
     sums_bytes = kblocks * taps * cblocks * K.GROUPED_POSITIONS * f_n * vec * x.itemsize
     parts, ranges = _weight_grad_split(cblocks, gblocks, sums_bytes)
     gw = np.empty((ranges, k_out, cg, taps), dtype=x.dtype)
-    K._conv_weight_grad_grouped(xp, gyg, stride, dilation, kernel, groups, cg, kg, out_size,
-                                KVECTOR_GRAD_CHUNK, parts, gw)
+    K._conv_weight_grad_grouped(xp, origin, gyp, g_origin, stride, dilation, kernel, groups,
+                                cg, kg, out_size, KVECTOR_GRAD_CHUNK, parts, gw)
     return tasks.sum_slots(gw, ranges).reshape(k_out, cg, *kernel)
 
 
