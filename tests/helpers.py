@@ -40,9 +40,11 @@ NUMBA_WAYS = {
                                "numba_cpu.WINOGRAD_AHEAD_MIN_MACS": 0, **_NO_BLOCKED},
     # register-blocked direct kernel: every kernel but 1x1 with at least four filters per group
     "blocked": {"numba_cpu.BLOCKED_MAX_MACS": 10**18, **_NO_WINOGRAD},
-    # the same with bands of a few rows and output channels in chunks of four
+    # the same with bands of one row and, where those are too few tasks, output channels in
+    # chunks (the rule for many weights, not the split for few: _blocked_split)
     "blocked_small_tasks": {"numba_cpu.BLOCKED_MAX_MACS": 10**18,
-                            "numba_cpu.BLOCKED_BAND_ELEMS": 1, **_NO_WINOGRAD},
+                            "numba_cpu.BLOCKED_BAND_ELEMS": 1,
+                            "numba_cpu.BLOCKED_FEW_WEIGHTS": 0, **_NO_WINOGRAD},
     # vectors of output channels (CPUs with AVX-512): the forward and stride-1 transposed
     "kvector": _ANY_KVECTOR,
     # the same in chunks of one register block of positions, one input channel per block,

@@ -569,6 +569,18 @@ def test_blocked_kernel(x_shape, w_shape, kw, tasks, dtype, rng, monkeypatch):
         assert_close(yt, transposed(x, wt, groups=groups), dtype, "transposed")
 
 
+def test_blocked_split_fills_the_runs():
+    """Few images and few weights: the blocked kernel's bands and chunks are those whose
+    busiest thread computes least, each band's last run of 64 positions counted whole.
+    AlexNet's 11x11 stem at stride 4 (55 rows of 55, 57 apart) at batch 1 on two threads:
+    two bands of 28 and 27 rows (1,539 and 1,596 positions: 25 runs each), not eight of 7
+    (7 runs for 397 positions), one task per thread; with four threads, the same bands,
+    each in two chunks of 32 filters."""
+    geometry = (1, 55, 55, 57, 46, 64, 3, 121, (4, 4, 11, 1), 64)
+    assert numba_cpu._blocked_split(*geometry, 2) == (28, 64)
+    assert numba_cpu._blocked_split(*geometry, 4) == (28, 32)
+
+
 KVECTOR_CASES = [*BLOCKED_CASES,
                  ((2, 6, 7, 5), (70, 6, 3, 3), {"padding": 1}),  # a block and 6 filters more
                  ((1, 8, 9, 9), (130, 4, 1, 1), {"groups": 2}),  # 65 per group, 1x1
