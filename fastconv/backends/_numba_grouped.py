@@ -141,9 +141,10 @@ def _group_weights(w, groups, transposed, wg):
     for task in prange(gblocks * kblocks):
         gb, kblock = task // kblocks, task % kblocks
         block = wg[gb, kblock].reshape(taps * cg * f_n * vec)
-        block[:] = 0
         lanes = min(vec, groups - gb * vec)
         filters = min(f_n, kg - kblock * f_n)
+        if lanes < vec or filters < f_n:  # else every element is written below
+            block[:] = 0
         if lanes == vec and transposed:
             # a transposed convolution's weights, likewise: per channel, the block's filters'
             # taps are one contiguous run (ResNeXt's 1024 x 32 x 3x3 at stride 2 as four
@@ -154,10 +155,16 @@ def _group_weights(w, groups, transposed, wg):
             for c in range(cg):
                 # group gb * vec + i's run at start + i * cg * kg * taps
                 start = ((gb * vec * cg + c) * kg + kblock * f_n) * taps
+                # the filter and tap of element j0 + j stepped, not divided out (two
+                # divisions by `taps` an element cost as much as the squares: ResNeXt's
+                # 1024 x 32 x 3x3 convolution's, 70 -> 53 us, alone)
+                f, t = 0, 0
                 for j0 in range(0, square, vec):
                     for j in range(vec):
-                        f, t = (j0 + j) // taps, (j0 + j) % taps
                         at[j] = (((taps - 1 - t) * cg + c) * f_n + f) * vec
+                        t += 1
+                        if t == taps:
+                            f, t = f + 1, 0
                     _vtranspose(wf, start + j0, cg * kg * taps, block, at)
                 for j in range(square, run):
                     f, t = j // taps, j % taps
@@ -175,10 +182,13 @@ def _group_weights(w, groups, transposed, wg):
             for f in range(filters):
                 k = kblock * f_n + f
                 start = (gb * vec * kg + k) * depth  # group gb * vec + i at start + i * kg * depth
+                c, t = 0, 0  # of element j0 + j, stepped (as above)
                 for j0 in range(0, square, vec):
                     for j in range(vec):
-                        c, t = (j0 + j) // taps, (j0 + j) % taps
                         at[j] = ((t * cg + c) * f_n + f) * vec
+                        t += 1
+                        if t == taps:
+                            c, t = c + 1, 0
                     _vtranspose(wf, start + j0, kg * depth, block, at)
                 for j in range(square, depth):
                     c, t = j // taps, j % taps
