@@ -254,19 +254,26 @@ def test_phases_agree_with_reference(k, s, p, d, op, groups, dtype, rng, monkeyp
         assert_close(got, expected, dtype, "yt")
 
 
-@pytest.mark.parametrize("k, s, p, d, op", PHASE_CASES)
-def test_phases_by_grouped_share_one_copy(k, s, p, d, op, dtype, rng, monkeypatch):
-    """Phases computed by ``grouped`` read one groups-last copy of the input, each from the
-    origin of its own padding (phases that crop the input make their own): the same numbers
-    as the reference, and the shared copy made."""
+def _grouped_copies(dtype, monkeypatch):
+    """``grouped`` forced (the test skipped without AVX-512), and the workspace of each
+    groups-last copy it makes recorded, in order, in the list returned."""
     if numba_cpu._grouped_fits(16, 2, 3, np.dtype(dtype).itemsize) is None:
         pytest.skip("grouped needs AVX-512")
-    force_numba_way("phases", monkeypatch)
     force_numba_way("grouped", monkeypatch)
     roles = []
     copy = numba_cpu._grouped_copy
     monkeypatch.setattr(numba_cpu, "_grouped_copy",
                         lambda *a: roles.append(a[-1]) or copy(*a))
+    return roles
+
+
+@pytest.mark.parametrize("k, s, p, d, op", PHASE_CASES)
+def test_phases_by_grouped_share_one_copy(k, s, p, d, op, dtype, rng, monkeypatch):
+    """Phases computed by ``grouped`` read one groups-last copy of the input, each from the
+    origin of its own padding (phases that crop the input make their own): the same numbers
+    as the reference, and the shared copy made."""
+    force_numba_way("phases", monkeypatch)
+    roles = _grouped_copies(dtype, monkeypatch)
     x = randn(rng, (2, 32, 5, 4), dtype)
     w = randn(rng, (32, 3, k, 2), dtype)
     kw = {"stride": (s, 1), "padding": (p, 0), "dilation": (d, 1), "output_padding": (op, 0),
@@ -289,13 +296,7 @@ def test_grouped_backward_copies_grad_output_once(input_grad, dtype, rng, monkey
     gradient pads it, the weight gradient reads it from there (or, alone, copies it as it
     needs); a transposed convolution's backward likewise shares it, its input there. The
     numbers are the reference's."""
-    if numba_cpu._grouped_fits(16, 2, 3, np.dtype(dtype).itemsize) is None:
-        pytest.skip("grouped needs AVX-512")
-    force_numba_way("grouped", monkeypatch)
-    roles = []
-    copy = numba_cpu._grouped_copy
-    monkeypatch.setattr(numba_cpu, "_grouped_copy",
-                        lambda *a: roles.append(a[-1]) or copy(*a))
+    roles = _grouped_copies(dtype, monkeypatch)
     x = randn(rng, (2, 32, 6, 5), dtype)
     w = randn(rng, (48, 2, 3, 2), dtype)
     kw = {"padding": (1, 1), "dilation": (2, 1), "groups": 16}

@@ -33,7 +33,7 @@ from ._numba_kvector import (
     _position_starts,
     _store_block,
     _sums_out,
-    _tap_offset,
+    _tap_offsets,
     _vectors,
 )
 from ._numba_simd import VECTOR_BYTES, _vector_scratch, _vtranspose
@@ -234,15 +234,13 @@ def _conv_forward_grouped(xp, origin, wg, bias, stride, dilation, kernel, groups
     chunks = (total + chunk - 1) // chunk
     k_out = groups * kg
     xf, wf, yf = xp.reshape(xp.size), wg.reshape(wg.size), y.reshape(y.size)
+    tap_at = _tap_offsets(taps, kernel, dilation, shape)
     for task in prange(gblocks * kblocks * chunks):
         kblock = task % kblocks
         p_lo = (task // kblocks) % chunks * chunk
         gb = task // (chunks * kblocks)
         p_hi = min(total, p_lo + chunk)
         last = p_hi - 1
-        tap_at = np.empty(taps, dtype=np.int64)
-        for tap in range(taps):
-            tap_at[tap] = _tap_offset(tap, kernel, dilation, shape)
         sums = _vector_scratch((chunk + GROUPED_POSITIONS) * kb, y)
         at = (gb * kblocks + kblock) * kb
         for p in range(chunk + GROUPED_POSITIONS):  # every sum starts at its filter's bias
@@ -318,6 +316,7 @@ def _conv_weight_grad_grouped(xp, origin, gyp, g_origin, stride, dilation, kerne
     gf = gyp.reshape(gyp.size)
     gwf = gw.reshape(gw.size)
     ranges = gw.shape[0]
+    tap_at = _tap_offsets(taps, kernel, dilation, shape)
     for task in prange(gblocks * parts * ranges):
         # one "block of filters" for _grad_task: a task takes them all
         gb, _, cb0, cb1, q_lo, q_hi, at_range = _grad_task(task, 1, parts, ranges, cblocks,
@@ -325,9 +324,6 @@ def _conv_weight_grad_grouped(xp, origin, gyp, g_origin, stride, dilation, kerne
         out = at_range * gw[0].size
         starts = np.empty(chunk, dtype=np.int64)
         g_starts = np.empty(chunk, dtype=np.int64)  # where each position's gradient starts
-        tap_at = np.empty(taps, dtype=np.int64)
-        for tap in range(taps):
-            tap_at[tap] = _tap_offset(tap, kernel, dilation, shape)
         # per block of filters and tap, the part's channels x F filters, each a vector of
         # groups
         tap_sums = (cb1 - cb0) * GROUPED_POSITIONS * kb

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import math
 import threading
@@ -53,6 +54,7 @@ from . import _numba_tuning as tuning
 from . import _numba_winograd as winograd
 from . import _small_pages as small_pages
 from . import reference
+from ._numba_band import _band_height
 
 name = "numba"
 
@@ -197,7 +199,7 @@ def _blocked_split(outer, rows, columns, pitch, most, kg4, depth, taps, steps, r
     for band in range(1, most + 1):
         bands = -(-rows // band)
         span = -(-((band - 1) * pitch + columns) // run) * run
-        copy = depth * sh * sw * (((band - 1) * sh + (kh - 1) * dh + sh) // sh) * pitch
+        copy = depth * sh * sw * _band_height.py_func(band, sh, kh, dh) * pitch
         for chunks in range(1, kg4 // 4 + 1):
             k_chunk = 4 * -(-(kg4 // 4) // chunks)
             tasks = outer * bands * -(-kg4 // k_chunk)
@@ -571,9 +573,19 @@ def _grouped_copy(x, pad, groups, extent, role):
 #   7.7-8.1 -> 7.0-7.4 ms);
 # - a convolution's backward (`one_copy_of`) copied the output gradient twice, padded for the
 #   input gradient and again for the weight gradient.
-# Holds [array, padding, extent, the copy or None before its first use, its workspace]; the
-# padding and extent None until a call or an inner block sets them.
+# Holds a _SharedCopy, its padding and extent None until a call or an inner block sets them.
 _shared_grouped_input = contextvars.ContextVar("fastconv_grouped_input", default=None)
+
+
+@dataclasses.dataclass
+class _SharedCopy:
+    """The array a `_one_grouped_copy` block shares, the padding and extent of its copy, the
+    copy (None before its first use) and the workspace that holds it."""
+    array: object
+    pad: tuple | None
+    extent: tuple | None
+    copy: np.ndarray | None
+    role: str
 
 
 @contextlib.contextmanager
@@ -583,13 +595,13 @@ def _one_grouped_copy(x, pad=None, extent=None):
     wherever that holds what the call reads. Within a block for ``x`` whose padding is not
     set yet, the inner block sets it, and the outer block's later calls read that copy."""
     shared = _shared_grouped_input.get()
-    if shared is not None and shared[0] is x and shared[1] is None and pad is not None:
-        shared[1:3] = pad, extent
+    if shared is not None and shared.array is x and shared.pad is None and pad is not None:
+        shared.pad, shared.extent = pad, extent
         yield
         return
     # a block within another for a different array: a workspace of its own
-    role = "grouped shared input" if shared is None else shared[4] + "'"
-    token = _shared_grouped_input.set([x, pad, extent, None, role])
+    role = "grouped shared input" if shared is None else shared.role + "'"
+    token = _shared_grouped_input.set(_SharedCopy(x, pad, extent, None, role))
     try:
         yield
     finally:
@@ -610,16 +622,15 @@ def _grouped_input(x, pad, groups, stride, dilation, kernel, out_size, role="gro
     own, in the workspace ``role``."""
     extent = _read_extent(kernel, stride, dilation, out_size)
     shared = _shared_grouped_input.get()
-    if shared is not None and shared[0] is x:
-        if shared[1] is None:  # the first call to copy it: as it needs
-            shared[1:3] = pad, extent
-        _, s_pad, s_extent, copy, s_role = shared
-        shift = [s - p for s, p in zip(s_pad, pad)]
-        if all(0 <= d and d + e <= s for d, e, s in zip(shift, extent, s_extent)):
-            if copy is None:
-                copy = shared[3] = _grouped_copy(x, s_pad, groups, s_extent, s_role)
-            _, _, _, hp_n, wp_n, width = copy.shape
-            return copy, ((shift[0] * hp_n + shift[1]) * wp_n + shift[2]) * width
+    if shared is not None and shared.array is x:
+        if shared.pad is None:  # the first call to copy it: as it needs
+            shared.pad, shared.extent = pad, extent
+        shift = [s - p for s, p in zip(shared.pad, pad)]
+        if all(0 <= d and d + e <= s for d, e, s in zip(shift, extent, shared.extent)):
+            if shared.copy is None:
+                shared.copy = _grouped_copy(x, shared.pad, groups, shared.extent, shared.role)
+            _, _, _, hp_n, wp_n, width = shared.copy.shape
+            return shared.copy, ((shift[0] * hp_n + shift[1]) * wp_n + shift[2]) * width
     return _grouped_copy(x, pad, groups, extent, role), 0
 
 
